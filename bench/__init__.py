@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench`. Figures are printed as ratios against a baseline measured in the same run."""

@@ -1,0 +1,3 @@
+from recomamp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,370 @@
+"""The daemon's configuration: one TOML file, overridable from the environment, parsed into frozen models.
+
+Secrets are `SecretStr`. Each can come from the TOML file, from a file named by a `*_file` key,
+or from systemd's `$CREDENTIALS_DIRECTORY` (`LoadCredential=`), never from the command line.
+A reload builds a whole new `Config`; nothing here is module-level state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path("/etc/recomamp/recomamp.toml")
+ENV_PREFIX = "RECOMAMP_"
+
+# Names of the systemd credentials (LoadCredential=NAME:PATH) that stand in for secret keys.
+CREDENTIAL_DSN = "database-dsn"
+CREDENTIAL_CLIENT_SECRET = "amazon-client-secret"  # noqa: S105 - a credential's name, not its value
+CREDENTIAL_TOKEN_KEY = "token-key"  # noqa: S105 - a credential's name, not its value
+
+Region = Literal["na", "eu", "fe"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _credential_path(name: str) -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    return path if path.is_file() else None
+
+
+def _read_secret_file(path: Path, key: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{key}: the file {path} does not exist") from None
+    except PermissionError:
+        raise ValueError(f"{key}: the file {path} is not readable by this user") from None
+    if not text:
+        raise ValueError(f"{key}: the file {path} is empty")
+    return text
+
+
+def _resolve_secret(data: dict[str, Any], key: str, credential: str) -> None:
+    """Fill `data[key]` from `data[key + '_file']` or the systemd credential, when it is not given inline."""
+    file_key = f"{key}_file"
+    file_value = data.get(file_key)
+    if data.get(key) is not None:
+        return
+    if file_value is not None:
+        data[key] = _read_secret_file(Path(str(file_value)), file_key)
+        return
+    credential_path = _credential_path(credential)
+    if credential_path is not None:
+        data[key] = _read_secret_file(credential_path, f"$CREDENTIALS_DIRECTORY/{credential}")
+
+
+class DatabaseSettings(_Section):
+    dsn: SecretStr = Field(description="postgresql://user:password@host:port/dbname")
+    dsn_file: Path | None = None
+    pool_min_size: int = Field(default=1, ge=0)
+    pool_max_size: int = Field(default=10, ge=1)
+    command_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_sources(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _resolve_secret(data, "dsn", CREDENTIAL_DSN)
+            if data.get("dsn") is None:
+                raise ValueError(
+                    f"dsn is missing: set [database] dsn, dsn_file, or the systemd credential '{CREDENTIAL_DSN}'"
+                )
+        return data
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_is_postgres_url(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a URL that starts with postgresql:// (the password is never shown)")
+        return value
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> DatabaseSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+        return self
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return value.rstrip("/")
+
+
+class AmcBaseUrls(_Section):
+    na: str = "https://advertising-api.amazon.com"
+    eu: str = "https://advertising-api-eu.amazon.com"
+    fe: str = "https://advertising-api-fe.amazon.com"
+
+    @field_validator("na", "eu", "fe")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    def for_region(self, region: Region) -> str:
+        url: str = getattr(self, region)
+        return url
+
+
+class AmazonSettings(_Section):
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    client_secret_file: Path | None = None
+    token_url: str = "https://api.amazon.com/auth/o2/token"  # noqa: S105 - a URL, not a secret
+    amc_base_url: AmcBaseUrls = AmcBaseUrls()
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    token_refresh_margin_seconds: int = Field(default=300, ge=0)
+    amc_execution_timeout_seconds: int = Field(default=86_400, gt=0)
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_sources(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            _resolve_secret(data, "client_secret", CREDENTIAL_CLIENT_SECRET)
+            if data.get("client_secret") is None:
+                raise ValueError(
+                    "client_secret is missing: set [amazon] client_secret_file, "
+                    f"or the systemd credential '{CREDENTIAL_CLIENT_SECRET}'"
+                )
+        return data
+
+
+class SecuritySettings(_Section):
+    token_keys: tuple[SecretStr, ...] = Field(
+        description="Fernet keys, newest first: the first encrypts, all of them decrypt"
+    )
+    token_key_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_sources(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("token_keys") is None:
+            text: str | None = None
+            if data.get("token_key_file") is not None:
+                text = _read_secret_file(Path(str(data["token_key_file"])), "token_key_file")
+            elif (path := _credential_path(CREDENTIAL_TOKEN_KEY)) is not None:
+                text = _read_secret_file(path, f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_TOKEN_KEY}")
+            if text is None:
+                raise ValueError(
+                    "no token encryption key: set [security] token_key_file, or the systemd credential "
+                    f"'{CREDENTIAL_TOKEN_KEY}'. Make one with `recomamp keygen`; recomamp never makes one itself"
+                )
+            data["token_keys"] = tuple(line.strip() for line in text.splitlines() if line.strip())
+        return data
+
+    @field_validator("token_keys")
+    @classmethod
+    def _keys_are_fernet(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        from cryptography.fernet import Fernet
+
+        if not keys:
+            raise ValueError("the token key file holds no key")
+        for index, key in enumerate(keys, start=1):
+            try:
+                Fernet(key.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    f"key {index} is not a Fernet key (32 url-safe base64-encoded bytes); "
+                    "make one with `recomamp keygen`"
+                ) from None
+        return keys
+
+
+def _default_replica_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DaemonSettings(_Section):
+    poll_interval_seconds: float = Field(default=15.0, gt=0)
+    claim_batch_size: int = Field(default=200, ge=1)
+    max_concurrent_runs: int = Field(default=20, ge=1)
+    max_runs_per_instance: int = Field(default=10, ge=1)
+    drain_timeout_seconds: float = Field(default=60.0, ge=0)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    heartbeat_interval_seconds: float = Field(default=30.0, gt=0)
+    replica_name: str = Field(default_factory=_default_replica_name, min_length=1)
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> DaemonSettings:
+        if self.heartbeat_interval_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_interval_seconds must be shorter than lease_seconds")
+        return self
+
+
+Waits = tuple[float, ...]
+
+
+class RetrySettings(_Section):
+    """Backoff waits in seconds. Tests and the demo shorten them; production keeps the defaults."""
+
+    lwa_max_attempts: int = Field(default=3, ge=1, le=10)
+    lwa_server_error_waits: Waits = (5.0, 10.0, 20.0)
+    lwa_throttle_waits: Waits = (10.0, 20.0, 40.0)
+    lwa_network_waits: Waits = (5.0, 10.0, 20.0)
+    retry_after_cap_seconds: float = Field(default=300.0, ge=0)
+    amc_max_attempts: int = Field(default=5, ge=1)
+    amc_waits: Waits = (2.0, 5.0, 15.0, 30.0, 60.0)
+    amc_poll_initial_seconds: float = Field(default=30.0, gt=0)
+    amc_poll_max_seconds: float = Field(default=300.0, gt=0)
+    amc_poll_multiplier: float = Field(default=1.5, ge=1)
+    snowflake_max_attempts: int = Field(default=3, ge=1)
+    snowflake_waits: Waits = (5.0, 15.0, 45.0)
+
+    @field_validator(
+        "lwa_server_error_waits", "lwa_throttle_waits", "lwa_network_waits", "amc_waits", "snowflake_waits"
+    )
+    @classmethod
+    def _waits_not_negative(cls, waits: Waits) -> Waits:
+        if not waits:
+            raise ValueError("give at least one wait")
+        if any(wait < 0 for wait in waits):
+            raise ValueError("waits must not be negative")
+        return waits
+
+
+class SnowflakeSettings(_Section):
+    batch_rows: int = Field(default=50_000, ge=1)
+    thread_pool_size: int = Field(default=4, ge=1)
+    login_timeout_seconds: int = Field(default=30, ge=1)
+    network_timeout_seconds: int = Field(default=300, ge=1)
+
+
+class LoggingSettings(_Section):
+    level: LogLevel = "info"
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    database: DatabaseSettings
+    amazon: AmazonSettings
+    security: SecuritySettings
+    daemon: DaemonSettings = DaemonSettings()
+    retry: RetrySettings = RetrySettings()
+    snowflake: SnowflakeSettings = SnowflakeSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment outranks the file: an override has to win.
+        return (env_settings, init_settings)
+
+
+def _format_error(error: Mapping[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (a typo?); see systemd/recomamp.toml for the keys there are"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    return f"{location}: {message}"
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate a parsed TOML document (plus the environment) into a `Config`, or raise `ConfigError`."""
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        problems = [_format_error(error) for error in exc.errors(include_url=False, include_input=False)]
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read the TOML file at `path` and validate it. Every problem is reported, each with its key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: the config file does not exist (pass --config PATH)"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: the config file is not readable by this user"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_config(data)
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted names of the keys whose values differ. Values are never returned: some are secrets."""
+
+    def flatten(model: BaseModel, prefix: str) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            key = f"{prefix}{name}"
+            if isinstance(value, BaseModel):
+                flat.update(flatten(value, key + "."))
+            elif isinstance(value, SecretStr):
+                flat[key] = value.get_secret_value()
+            elif isinstance(value, tuple):
+                flat[key] = tuple(v.get_secret_value() if isinstance(v, SecretStr) else v for v in value)
+            else:
+                flat[key] = value
+        return flat
+
+    before, after = flatten(old, ""), flatten(new, "")
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
+# Keys that only take effect on a restart; a reload reports them and leaves them alone.
+RESTART_ONLY_PREFIXES = ("database.", "security.", "daemon.replica_name", "snowflake.thread_pool_size")
+
+
+def restart_only(keys: list[str]) -> list[str]:
+    return [key for key in keys if key.startswith(RESTART_ONLY_PREFIXES)]

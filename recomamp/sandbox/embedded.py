@@ -1,0 +1,95 @@
+"""Embedded servers: Postgres from the pgserver wheel, and fakesnow in server mode as a child process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def start_postgres(data_dir: Path) -> str:
+    """Start (or reuse) a Postgres server whose data lives in `data_dir`; return a superuser DSN.
+
+    The server stops when this process exits. As root, pgserver runs it as a system user `pgserver`.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (no login session): harmless here.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # pgserver re-exports get_server without __all__, so mypy cannot see it.
+        server = pgserver.get_server(  # type: ignore[attr-defined]
+            data_dir.resolve(), cleanup_mode="stop"
+        )
+        uri: str = server.get_uri()
+    return uri
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class FakeSnowflake:
+    """fakesnow in server mode: the real connector talks to it over HTTP, as it would to Snowflake."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_fakesnow(port: int | None = None, log_path: Path | None = None, timeout: float = 30.0) -> FakeSnowflake:
+    port = port or free_port()
+    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+        [sys.executable, "-m", "fakesnow", "-s", "-p", str(port)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"fakesnow exited with code {process.returncode} before it was ready")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return FakeSnowflake("127.0.0.1", port, process)
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"fakesnow did not listen on port {port} within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def fakesnow_server(log_path: Path | None = None) -> Iterator[FakeSnowflake]:
+    server = start_fakesnow(log_path=log_path)
+    try:
+        yield server
+    finally:
+        server.stop()
