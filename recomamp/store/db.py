@@ -7,8 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from recomamp.config import DatabaseSettings
+
+# Anything that runs a query: a connection, a pool, or a connection borrowed from a pool.
+Queryable = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

@@ -1,0 +1,1 @@
+"""Adapters for Amazon: Login with Amazon (tokens) and the AMC reporting API."""

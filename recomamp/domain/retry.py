@@ -1,0 +1,161 @@
+"""How a failed call is classified, whether it is retried, and how long to wait. No I/O here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+
+class FailureKind(StrEnum):
+    REAUTH_REQUIRED = "reauth_required"  # the user's refresh token is invalid, expired or revoked
+    CLIENT_CREDENTIALS = "client_credentials"  # the operator's LWA client id or secret is wrong
+    CLIENT_CONFIGURATION = "client_configuration"  # the LWA security profile may not use this grant
+    SERVER_ERROR = "server_error"  # 5xx
+    THROTTLED = "throttled"  # 429
+    NETWORK = "network"  # timeout, refused or dropped connection
+    BAD_RESPONSE = "bad_response"  # a 200 whose body is not a token
+
+
+RETRYABLE = frozenset({FailureKind.SERVER_ERROR, FailureKind.THROTTLED, FailureKind.NETWORK})
+SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+# LWA 400 codes that are about the security profile (the operator's), not about the user's grant.
+_CLIENT_LEVEL_CODES = frozenset({"unauthorized_client", "unsupported_grant_type"})
+
+
+@dataclass(frozen=True)
+class AttemptFailure:
+    """One failed attempt at a call, classified."""
+
+    kind: FailureKind
+    http_status: int | None = None
+    error_code: str | None = None
+    error_description: str | None = None
+    exception_class: str | None = None
+    retry_after_seconds: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+    @property
+    def reason(self) -> str:
+        """A short cause for log lines and messages: 'HTTP 503 server_error', 'TimeoutError'."""
+        if self.http_status is not None:
+            return f"HTTP {self.http_status}" + (f" {self.error_code}" if self.error_code else "")
+        return self.exception_class or self.kind.value
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def classify_lwa_response(status: int, body: Mapping[str, Any] | None, retry_after: str | None) -> AttemptFailure:
+    """Classify a non-200 answer from the LWA token endpoint."""
+    body = body or {}
+    code = body.get("error") if isinstance(body.get("error"), str) else None
+    description = body.get("error_description") if isinstance(body.get("error_description"), str) else None
+    if status == 429:
+        kind = FailureKind.THROTTLED
+    elif status in SERVER_ERROR_STATUSES or status >= 500:
+        kind = FailureKind.SERVER_ERROR
+    elif status == 401 and code == "invalid_client":
+        kind = FailureKind.CLIENT_CREDENTIALS
+    elif code in _CLIENT_LEVEL_CODES:
+        kind = FailureKind.CLIENT_CONFIGURATION
+    else:
+        # 400 invalid_grant / invalid_request, and any other 4xx: the grant is unusable.
+        kind = FailureKind.REAUTH_REQUIRED
+    return AttemptFailure(
+        kind=kind,
+        http_status=status,
+        error_code=code,
+        error_description=description,
+        retry_after_seconds=parse_retry_after(retry_after) if kind is FailureKind.THROTTLED else None,
+    )
+
+
+def classify_network_exception(exc: BaseException) -> AttemptFailure:
+    return AttemptFailure(kind=FailureKind.NETWORK, exception_class=type(exc).__name__)
+
+
+def _from_table(waits: Sequence[float], attempt: int) -> float:
+    if not waits:
+        return 0.0
+    return float(waits[min(attempt, len(waits)) - 1])
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """The waits after a failed attempt, by kind. `attempt` is the 1-based number of the attempt that failed."""
+
+    server_error_waits: Sequence[float]
+    throttle_waits: Sequence[float]
+    network_waits: Sequence[float]
+    retry_after_cap_seconds: float
+
+    def wait_after(self, failure: AttemptFailure, attempt: int) -> float:
+        if failure.kind is FailureKind.THROTTLED:
+            if failure.retry_after_seconds is not None:
+                return min(failure.retry_after_seconds, self.retry_after_cap_seconds)
+            return _from_table(self.throttle_waits, attempt)
+        if failure.kind is FailureKind.SERVER_ERROR:
+            return _from_table(self.server_error_waits, attempt)
+        if failure.kind is FailureKind.NETWORK:
+            return _from_table(self.network_waits, attempt)
+        return 0.0
+
+
+def token_failure_message(failure: AttemptFailure, attempts: int) -> tuple[bool, str]:
+    """(permanent, message) for the run's history: what happened, whether it heals, who must act."""
+    cause = failure.reason
+    if failure.error_description:
+        cause += f": {failure.error_description}"
+    if failure.kind is FailureKind.REAUTH_REQUIRED:
+        return True, (
+            f"User needs to re-authenticate via Amazon OAuth. Login with Amazon rejected the refresh token "
+            f"({cause}). Permanent: the user must sign in with Amazon again; until an operator stores the new "
+            "token with `recomamp users set-token`, this user's runs fail without calling Amazon."
+        )
+    if failure.kind is FailureKind.CLIENT_CREDENTIALS:
+        return True, (
+            f"Login with Amazon rejected recomamp's client credentials ({cause}). Permanent, and not the user's "
+            "fault: an operator must fix [amazon] client_id and client_secret, then reload. The user's token "
+            "was left as it is."
+        )
+    if failure.kind is FailureKind.CLIENT_CONFIGURATION:
+        return True, (
+            f"Login with Amazon refused the grant for recomamp's security profile ({cause}). Permanent: an "
+            "operator must check the LWA security profile in [amazon] client_id. The user was not marked."
+        )
+    if failure.kind is FailureKind.BAD_RESPONSE:
+        return False, (
+            f"Login with Amazon answered with something that is not a token ({cause}). Temporary: it will be "
+            "tried again on the next run; if it persists, check [amazon] token_url."
+        )
+    return False, (
+        f"Token refresh failed after {attempts} attempt(s); the last failed with {cause}. Temporary: Amazon "
+        "or the network had a problem, and the refresh will be tried again on the next run. Nobody needs to "
+        "act unless it persists."
+    )

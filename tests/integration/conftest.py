@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from recomamp.amazon.lwa import LwaClient
+from recomamp.config import DatabaseSettings, RetrySettings
+from recomamp.crypto import SecretBox
+from recomamp.sandbox.simulator import AmcSimulator
+from recomamp.store.db import create_pool
+from recomamp.tokens import TokenPolicy, TokenService, set_refresh_token
+
+ZERO_WAITS = RetrySettings(
+    lwa_server_error_waits=(0.0,),
+    lwa_throttle_waits=(0.0,),
+    lwa_network_waits=(0.0,),
+    amc_waits=(0.0,),
+    amc_poll_initial_seconds=0.01,
+    amc_poll_max_seconds=0.05,
+    snowflake_waits=(0.0,),
+)
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[AmcSimulator]:
+    sim = AmcSimulator(list_page_size=2, url_page_size=2)
+    async with sim.serve():
+        yield sim
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(DatabaseSettings(dsn=SecretStr(db_dsn), pool_max_size=20))
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def box(token_key: str) -> SecretBox:
+    return SecretBox([SecretStr(token_key)])
+
+
+def make_lwa(http: aiohttp.ClientSession, simulator: AmcSimulator, timeout: float = 5.0) -> LwaClient:
+    return LwaClient(
+        http,
+        token_url=simulator.token_url,
+        client_id=simulator.client_id,
+        client_secret=SecretStr(simulator.client_secret),
+        timeout_seconds=timeout,
+    )
+
+
+def make_token_service(
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, timeout: float = 5.0
+) -> TokenService:
+    policy = TokenPolicy.from_settings(ZERO_WAITS, refresh_margin_seconds=300)
+    return TokenService(pool, make_lwa(http, simulator, timeout), box, policy)
+
+
+async def add_user(pool: asyncpg.Pool, box: SecretBox, email: str, refresh_token: str | None) -> int:
+    async with pool.acquire() as connection:
+        user_id: int = await connection.fetchval("INSERT INTO users (email) VALUES ($1) RETURNING id", email)
+        if refresh_token is not None:
+            await set_refresh_token(connection, box, user_id, refresh_token)
+    return user_id
