@@ -68,13 +68,17 @@ class FakeSnowflake:
 
 def start_fakesnow(port: int | None = None, log_path: Path | None = None, timeout: float = 30.0) -> FakeSnowflake:
     port = port or free_port()
-    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-        [sys.executable, "-m", "fakesnow", "-s", "-p", str(port)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child, closed below
+    try:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+            [sys.executable, "-m", "fakesnow", "-s", "-p", str(port)],
+            stdout=log_file if log_file is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+    finally:
+        if log_file is not None:
+            log_file.close()  # the child has its own copy of the descriptor
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,0 +1,1 @@
+"""The Snowflake sink: per-user connections, staged UPSERT of result files, schema evolution."""

@@ -1,0 +1,56 @@
+"""Which Snowflake failures heal with a retry, and what to tell a person about the others."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SnowflakeLoadError(Exception):
+    def __init__(self, message: str, *, transient: bool, step: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+        self.step = step
+
+
+@dataclass(frozen=True)
+class SnowflakeFailure:
+    transient: bool
+    code: int | None
+    message: str
+
+
+# errno → what to tell the person who must act. All are permanent.
+_PERMANENT: dict[int, str] = {
+    390100: "Snowflake rejected the user name or password: fix them with `recomamp snowflake set`",
+    390144: "Snowflake rejected the key-pair login (JWT): check that the user's RSA_PUBLIC_KEY matches the "
+    "private key stored with `recomamp snowflake set`",
+    390191: "Snowflake rejected the login: check the user and its authentication method",
+    390201: "Snowflake says the database or schema in the configuration does not exist, or the role may not use it",
+    390318: "Snowflake rejected the login: the user is locked or disabled",
+    2003: "a Snowflake object does not exist, or the role may not see it: check the database, schema and table "
+    "names, and the role's grants",
+    3001: "the Snowflake role lacks a privilege it needs: grant it USAGE on the database and schema, and "
+    "CREATE TABLE, INSERT, UPDATE, DELETE on the schema",
+    2043: "a Snowflake object does not exist, or the role may not see it",
+    606: "no active warehouse: set one in the user's Snowflake configuration, or give the user a default warehouse",
+    251005: "the Snowflake user name is missing",
+    251006: "the Snowflake password is missing",
+}
+# errno values that mean "try again later".
+_TRANSIENT = frozenset({250001, 250003, 390114, 604, 251012})
+
+
+def classify(exc: BaseException) -> SnowflakeFailure:
+    errno = getattr(exc, "errno", None)
+    code = errno if isinstance(errno, int) and errno > 0 else None
+    text = str(getattr(exc, "msg", None) or exc)
+    name = type(exc).__name__
+    if code in _PERMANENT:
+        return SnowflakeFailure(False, code, f"{_PERMANENT[code]} (Snowflake error {code}: {text})")
+    lowered = text.lower()
+    if "warehouse" in lowered and ("suspended" in lowered or "resuming" in lowered):
+        return SnowflakeFailure(True, code, f"the Snowflake warehouse is suspended or resuming: {text}")
+    if code in _TRANSIENT or name in ("OperationalError", "InterfaceError") or isinstance(exc, OSError | TimeoutError):
+        return SnowflakeFailure(True, code, f"Snowflake could not be reached or failed for a moment ({name}: {text})")
+    return SnowflakeFailure(False, code, f"Snowflake refused the load ({name}: {text})")

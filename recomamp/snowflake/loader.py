@@ -1,0 +1,478 @@
+"""The Snowflake write: staged UPSERT of a run's result, in a worker thread.
+
+How a run lands (the way dlt, Airbyte and Fivetran load):
+1. Open one session; create the schema if missing; `USE SCHEMA` (temporary objects are created unqualified).
+2. Create a temporary stage and a temporary all-VARCHAR staging table. A staging table of text never
+   rejects a value; types are applied on the way into the target, where they are known to fit.
+3. Rows are read from the downloaded CSV files in batches of `batch_rows`. Each batch is written as a
+   gzip CSV in memory, PUT under a new name for every attempt, and COPYed into the staging table. Every
+   row carries its sequence number, so a batch loaded twice (a COPY whose answer was lost) is
+   deduplicated before it reaches the target.
+4. DDL first (DDL commits any open transaction): create the table, add new columns, and widen a column
+   whose new values no longer fit its type to VARCHAR (its values are kept, as text).
+5. One transaction applies the run: either DELETE the schedule's rows for this window and INSERT the
+   new ones (a re-run replaces its window), or, when the schedule names key columns, MERGE on them with
+   the source deduplicated first (Snowflake rejects a nondeterministic MERGE).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import io
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from recomamp.domain.columns import VARCHAR, ColumnType, Kind, TypeTracker, fits, from_snowflake
+from recomamp.domain.identifiers import column_name, qualified, quote, validate_identifier
+from recomamp.logs import get_logger
+from recomamp.snowflake.errors import SnowflakeLoadError, classify
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+SEQ_COLUMN = "_RECOMAMP_SEQ"
+METADATA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("UPLOADED_AT", "TIMESTAMP_NTZ"),
+    ("RECOMAMP_SCHEDULE_ID", "NUMBER(38,0)"),
+    ("RECOMAMP_RUN_ID", "NUMBER(38,0)"),
+    ("RECOMAMP_WINDOW_START", "TIMESTAMP_NTZ"),
+    ("RECOMAMP_WINDOW_END", "TIMESTAMP_NTZ"),
+)
+_RESERVED = frozenset(name for name, _ in METADATA_COLUMNS) | {SEQ_COLUMN}
+COPY_FILE_FORMAT = (
+    "FILE_FORMAT=(TYPE=CSV SKIP_HEADER=1 FIELD_OPTIONALLY_ENCLOSED_BY='\"' EMPTY_FIELD_AS_NULL=TRUE COMPRESSION=GZIP)"
+)
+
+
+class Cursor(Protocol):
+    def execute(self, command: str, params: Any = None, **kwargs: Any) -> Any: ...
+    def fetchall(self) -> list[tuple[Any, ...]]: ...
+    def fetchone(self) -> tuple[Any, ...] | None: ...
+    def close(self) -> Any: ...
+
+
+class Connection(Protocol):
+    def cursor(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    database: str
+    schema: str
+    table: str
+    key_columns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.database, "snowflake database")
+        validate_identifier(self.schema, "snowflake_schema_name")
+        validate_identifier(self.table, "snowflake_table_name")
+        for key in self.key_columns or ():
+            validate_identifier(key, "snowflake_key_columns")
+
+    @property
+    def parts(self) -> tuple[str, str, str]:
+        return self.database.upper(), self.schema.upper(), self.table.upper()
+
+    @property
+    def display(self) -> str:
+        return ".".join(self.parts)
+
+
+@dataclass(frozen=True)
+class RunMetadata:
+    schedule_id: int
+    run_id: int
+    window_start: datetime  # UTC, naive or aware
+    window_end: datetime
+    uploaded_at: datetime
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    batch_rows: int
+    max_attempts: int
+    waits: tuple[float, ...]
+    sleep: Callable[[float], None] = time.sleep
+
+    def wait(self, attempt: int) -> float:
+        return self.waits[min(attempt, len(self.waits)) - 1] if self.waits else 0.0
+
+
+@dataclass
+class LoadResult:
+    table: str
+    rows: int
+    batches: int
+    created_table: bool = False
+    added_columns: list[str] = field(default_factory=list)
+    widened_columns: list[str] = field(default_factory=list)
+    stage_names: list[str] = field(default_factory=list)
+
+
+StatementHook = Callable[[str, str], None]
+
+
+def _utc_text(value: datetime) -> str:
+    """A timestamp for a TIMESTAMP_NTZ column, in UTC."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class Loader:
+    """Loads one run's result files into one table, on the calling thread."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        policy: LoadPolicy,
+        *,
+        after_statement: StatementHook | None = None,
+    ) -> None:
+        self._connect = connect
+        self._policy = policy
+        # A seam for fault injection: called after each statement ran, with (kind, sql).
+        self._after_statement = after_statement
+
+    # --- retries -------------------------------------------------------------------------------------
+
+    def _retrying(self, what: str, action: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return action()
+            except SnowflakeLoadError:
+                raise
+            except Exception as exc:
+                failure = classify(exc)
+                if not failure.transient or attempt >= self._policy.max_attempts:
+                    raise SnowflakeLoadError(failure.message, transient=failure.transient, step=what) from exc
+                wait = self._policy.wait(attempt)
+                log.warning(
+                    "snowflake_retry",
+                    step=what,
+                    attempt=attempt,
+                    error_code=failure.code,
+                    exception_class=type(exc).__name__,
+                    wait_seconds=wait,
+                )
+                self._policy.sleep(wait)
+
+    def _run(self, cursor: Cursor, kind: str, sql: str, params: Any = None, **kwargs: Any) -> Any:
+        result = cursor.execute(sql, params, **kwargs)
+        if self._after_statement is not None:
+            self._after_statement(kind, sql)
+        return result
+
+    # --- the load ------------------------------------------------------------------------------------
+
+    def load(self, target: LoadTarget, metadata: RunMetadata, files: Sequence[Path]) -> LoadResult:
+        database, schema, table = target.parts
+        header = _read_header(files)
+        columns = result_columns(header)
+        if target.key_columns:
+            missing = [k for k in target.key_columns if k.upper() not in columns]
+            if missing:
+                raise SnowflakeLoadError(
+                    f"snowflake_key_columns {', '.join(missing)} are not in the result; its columns are "
+                    f"{', '.join(columns)}. Fix the schedule's key columns.",
+                    transient=False,
+                    step="validate",
+                )
+        connection = self._retrying("connect", self._connect)
+        try:
+            cursor = connection.cursor()
+            suffix = f"{metadata.run_id}_{uuid.uuid4().hex[:8]}".upper()
+            stage, staging = f"RECOMAMP_STAGE_{suffix}", f"RECOMAMP_STAGING_{suffix}"
+
+            def prepare() -> None:
+                self._run(cursor, "ddl", f"CREATE SCHEMA IF NOT EXISTS {qualified(database, schema)}")
+                self._run(cursor, "ddl", f"USE SCHEMA {qualified(database, schema)}")
+                self._run(cursor, "ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {quote(stage)}")
+                staging_columns = ", ".join(
+                    [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} VARCHAR" for c in columns)]
+                )
+                self._run(cursor, "ddl", f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(staging)} ({staging_columns})")
+
+            self._retrying("prepare", prepare)
+            tracker = TypeTracker(len(columns))
+            result = LoadResult(table=target.display, rows=0, batches=0)
+            for batch_number, (first_seq, rows) in enumerate(_batches(files, len(columns), self._policy.batch_rows)):
+                for row in rows:
+                    tracker.observe(row)
+                payload = _encode_batch(columns, first_seq, rows)
+                self._retrying(
+                    f"stage batch {batch_number + 1}",
+                    functools.partial(
+                        self._stage_batch, cursor, stage, staging, columns, batch_number, payload, result
+                    ),
+                )
+                result.rows += len(rows)
+                result.batches += 1
+            types = {name: inferred or VARCHAR for name, inferred in zip(columns, tracker.types, strict=True)}
+            target_types = self._retrying(
+                "prepare table", lambda: self._ensure_table(cursor, (database, schema, table), types, result)
+            )
+            self._retrying(
+                "apply",
+                lambda: self._apply(
+                    cursor, (database, schema, table), staging, columns, target_types, target, metadata
+                ),
+            )
+            log.info(
+                "snowflake_load_completed",
+                table=target.display,
+                rows=result.rows,
+                batches=result.batches,
+                created_table=result.created_table,
+                added_columns=result.added_columns,
+                widened_columns=result.widened_columns,
+            )
+            return result
+        finally:
+            try:
+                connection.close()
+            except Exception as exc:  # the load's outcome stands; a failed close loses nothing
+                log.warning("snowflake_close_failed", exception_class=type(exc).__name__)
+
+    def _stage_batch(
+        self,
+        cursor: Cursor,
+        stage: str,
+        staging: str,
+        columns: list[str],
+        batch_number: int,
+        payload: bytes,
+        result: LoadResult,
+    ) -> None:
+        # A new name on every attempt: reusing a staged name on retry is how other loaders duplicated rows.
+        prefix = f"b{batch_number:06d}_{uuid.uuid4().hex[:12]}"
+        result.stage_names.append(prefix)
+        self._run(
+            cursor,
+            "put",
+            f"PUT file://{prefix}.csv.gz @{quote(stage)}/{prefix}/ AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
+            file_stream=io.BytesIO(payload),
+        )
+        column_list = ", ".join(quote(c) for c in (SEQ_COLUMN, *columns))
+        self._run(
+            cursor,
+            "copy",
+            f"COPY INTO {quote(staging)} ({column_list}) FROM @{quote(stage)}/{prefix}/ {COPY_FILE_FORMAT} PURGE=TRUE",
+        )
+
+    def _existing_columns(self, cursor: Cursor, database: str, schema: str, table: str) -> dict[str, ColumnType]:
+        self._run(
+            cursor,
+            "select",
+            f"SELECT column_name, data_type, numeric_scale FROM {quote(database)}.information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (schema, table),
+        )
+        return {
+            str(name).upper(): from_snowflake(str(data_type), scale) for name, data_type, scale in cursor.fetchall()
+        }
+
+    def _ensure_table(
+        self,
+        cursor: Cursor,
+        parts: tuple[str, str, str],
+        types: dict[str, ColumnType],
+        result: LoadResult,
+    ) -> dict[str, ColumnType]:
+        """Create, extend or widen the target table. Returns each result column's type in the table."""
+        database, schema, table = parts
+        name = qualified(*parts)
+        existing = self._existing_columns(cursor, database, schema, table)
+        if not existing:
+            definitions = [f"{quote(c)} {t.sql()}" for c, t in types.items()]
+            definitions += [f"{quote(c)} {sql_type}" for c, sql_type in METADATA_COLUMNS]
+            self._run(cursor, "ddl", f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(definitions)})")
+            result.created_table = True
+            return dict(types)
+        for column, sql_type in METADATA_COLUMNS:
+            if column not in existing:
+                # A table made before recomamp loaded it: give it the time-series columns.
+                self._run(cursor, "ddl", f"ALTER TABLE {name} ADD COLUMN {quote(column)} {sql_type}")
+        final: dict[str, ColumnType] = {}
+        for column, incoming in types.items():
+            current = existing.get(column)
+            if current is None:
+                self._run(cursor, "ddl", f"ALTER TABLE {name} ADD COLUMN {quote(column)} {incoming.sql()}")
+                result.added_columns.append(column)
+                final[column] = incoming
+            elif fits(current, incoming):
+                final[column] = current
+            else:
+                self._widen_to_text(cursor, name, column)
+                result.widened_columns.append(column)
+                final[column] = VARCHAR
+        return final
+
+    def _widen_to_text(self, cursor: Cursor, table: str, column: str) -> None:
+        """Snowflake cannot ALTER a NUMBER or DATE column to VARCHAR: copy it into a new text column."""
+        temporary = f"{column}__RECOMAMP_TEXT"
+        log.warning("snowflake_column_widened", column=column, to="VARCHAR")
+        self._run(cursor, "ddl", f"ALTER TABLE {table} ADD COLUMN {quote(temporary)} VARCHAR")
+        self._run(cursor, "dml", f"UPDATE {table} SET {quote(temporary)} = CAST({quote(column)} AS VARCHAR)")
+        self._run(cursor, "ddl", f"ALTER TABLE {table} DROP COLUMN {quote(column)}")
+        self._run(cursor, "ddl", f"ALTER TABLE {table} RENAME COLUMN {quote(temporary)} TO {quote(column)}")
+
+    def _apply(
+        self,
+        cursor: Cursor,
+        parts: tuple[str, str, str],
+        staging: str,
+        columns: list[str],
+        types: dict[str, ColumnType],
+        target: LoadTarget,
+        metadata: RunMetadata,
+    ) -> None:
+        name = qualified(*parts)
+        casts = [_cast(c, types[c]) for c in columns]
+        meta_values = (
+            _utc_text(metadata.uploaded_at),
+            metadata.schedule_id,
+            metadata.run_id,
+            _utc_text(metadata.window_start),
+            _utc_text(metadata.window_end),
+        )
+        meta_casts = [f"CAST(%s AS {sql_type}) AS {quote(c)}" for c, sql_type in METADATA_COLUMNS]
+        all_columns = [*columns, *(c for c, _ in METADATA_COLUMNS)]
+        # One row per sequence number: a batch staged twice counts once.
+        source = (
+            f"SELECT {quote(SEQ_COLUMN)}, {', '.join([*casts, *meta_casts])} FROM {quote(staging)} "
+            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {quote(SEQ_COLUMN)} ORDER BY {quote(SEQ_COLUMN)}) = 1"
+        )
+        if target.key_columns:
+            keys = [k.upper() for k in target.key_columns]
+            partition = ", ".join(quote(k) for k in keys)
+            deduplicated = (
+                f"SELECT * FROM ({source}) "
+                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1"
+            )
+            matches = " AND ".join(f"t.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
+            updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in all_columns if c not in keys)
+            inserted = ", ".join(quote(c) for c in all_columns)
+            values = ", ".join(f"s.{quote(c)}" for c in all_columns)
+            # One statement is one transaction (autocommit): readers see all of the run or none of it.
+            self._run(
+                cursor,
+                "dml",
+                f"MERGE INTO {name} AS t USING ({deduplicated}) AS s ON {matches} "
+                f"WHEN MATCHED THEN UPDATE SET {updates} "
+                f"WHEN NOT MATCHED THEN INSERT ({inserted}) VALUES ({values})",
+                meta_values,
+            )
+            return
+        # Two statements: one explicit transaction, so readers never see the window half replaced.
+        self._run(cursor, "txn", "BEGIN")
+        try:
+            self._run(
+                cursor,
+                "dml",
+                f"DELETE FROM {name} WHERE {quote('RECOMAMP_SCHEDULE_ID')} = %s "
+                f"AND {quote('RECOMAMP_WINDOW_START')} = CAST(%s AS TIMESTAMP_NTZ) "
+                f"AND {quote('RECOMAMP_WINDOW_END')} = CAST(%s AS TIMESTAMP_NTZ)",
+                (metadata.schedule_id, meta_values[3], meta_values[4]),
+            )
+            inserted = ", ".join(quote(c) for c in all_columns)
+            self._run(cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM ({source})", meta_values)
+            self._run(cursor, "txn", "COMMIT")
+        except BaseException:
+            try:
+                cursor.execute("ROLLBACK")
+            except Exception as rollback_error:  # the original error is the one to report
+                log.warning("snowflake_rollback_failed", exception_class=type(rollback_error).__name__)
+            raise
+
+
+def _cast(column: str, column_type: ColumnType) -> str:
+    if column_type.kind is Kind.VARCHAR:
+        return quote(column)
+    return f"CAST({quote(column)} AS {column_type.sql()}) AS {quote(column)}"
+
+
+def result_columns(header: Sequence[str]) -> list[str]:
+    """Snowflake names for a result's CSV header: cleaned, unique, and clear of recomamp's own columns."""
+    names: list[str] = []
+    taken: set[str] = set(_RESERVED)
+    for position, raw in enumerate(header):
+        base = column_name(raw, position)
+        candidate, counter = base, 1
+        while candidate in taken:
+            counter += 1
+            candidate = f"{base}_{counter}"
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _read_header(files: Sequence[Path]) -> list[str]:
+    if not files:
+        raise SnowflakeLoadError("the AMC result has no files", transient=False, step="read")
+    header: list[str] | None = None
+    for path in files:
+        with path.open(newline="", encoding="utf-8") as handle:
+            first = next(csv.reader(handle), None)
+        if first is None:
+            continue
+        if header is None:
+            header = first
+        elif first != header:
+            raise SnowflakeLoadError(
+                f"result file {path.name} has different columns from the first file", transient=False, step="read"
+            )
+    if header is None:
+        raise SnowflakeLoadError("the AMC result files are empty: not even a header", transient=False, step="read")
+    return header
+
+
+def _batches(files: Sequence[Path], width: int, batch_rows: int) -> Iterator[tuple[int, list[list[str]]]]:
+    """(first sequence number, rows) per batch, streamed from the files; header rows are skipped."""
+    batch: list[list[str]] = []
+    sequence = 0
+    first = 0
+    for path in files:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            for row in reader:
+                if len(row) != width:
+                    raise SnowflakeLoadError(
+                        f"result file {path.name}, line {reader.line_num}: {len(row)} values where the header "
+                        f"has {width}",
+                        transient=False,
+                        step="read",
+                    )
+                batch.append(row)
+                sequence += 1
+                if len(batch) >= batch_rows:
+                    yield first, batch
+                    batch, first = [], sequence
+    if batch:
+        yield first, batch
+
+
+def _encode_batch(columns: list[str], first_sequence: int, rows: list[list[str]]) -> bytes:
+    buffer = io.BytesIO()
+    # Level 1: the network is the bottleneck, not the bytes; higher levels cost CPU for little gain.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1) as compressed:
+        text = io.TextIOWrapper(compressed, encoding="utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow([SEQ_COLUMN, *columns])
+        for offset, row in enumerate(rows):
+            writer.writerow([first_sequence + offset, *row])
+        text.flush()
+        text.detach()
+    return buffer.getvalue()

@@ -1,0 +1,280 @@
+"""The Snowflake sink against fakesnow in server mode: the real connector, over HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+from snowflake.connector.errors import OperationalError
+
+from recomamp.config import RetrySettings, SnowflakeSettings
+from recomamp.domain.identifiers import InvalidIdentifier
+from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow
+from recomamp.snowflake.connection import SnowflakeConnectionSpec, server_version
+from recomamp.snowflake.errors import SnowflakeLoadError
+from recomamp.snowflake.loader import LoadTarget, RunMetadata
+from recomamp.snowflake.sink import SnowflakeSink
+
+SETTINGS = SnowflakeSettings(batch_rows=4, thread_pool_size=2, login_timeout_seconds=10, network_timeout_seconds=30)
+RETRY = RetrySettings(snowflake_waits=(0.0,), snowflake_max_attempts=3)
+WINDOW = (datetime(2026, 11, 1, 4, tzinfo=UTC), datetime(2026, 11, 8, 5, tzinfo=UTC))
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSnowflake]:
+    server = start_fakesnow(log_path=tmp_path_factory.mktemp("fakesnow") / "fakesnow.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database() -> str:
+    return f"TESTDB_{uuid.uuid4().hex[:10].upper()}"
+
+
+@pytest.fixture
+def spec(fakesnow_server: FakeSnowflake, database: str) -> SnowflakeConnectionSpec:
+    return SnowflakeConnectionSpec(
+        account="acme-test",
+        user="LOADER",
+        password=SecretStr("loader-password"),
+        database=database,
+        default_schema="AMC",
+        warehouse="LOAD_WH",
+        host=fakesnow_server.host,
+        port=fakesnow_server.port,
+        protocol="http",
+    )
+
+
+def query(spec: SnowflakeConnectionSpec, sql: str) -> list[tuple[Any, ...]]:
+    connection = spec.connect(SETTINGS)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f'CREATE DATABASE IF NOT EXISTS "{spec.database}"')
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def write_csv(directory: Path, name: str, lines: list[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def metadata(run_id: int, window: tuple[datetime, datetime] = WINDOW) -> RunMetadata:
+    return RunMetadata(
+        schedule_id=7, run_id=run_id, window_start=window[0], window_end=window[1], uploaded_at=datetime.now(UTC)
+    )
+
+
+HEADER = "event_date,campaign_id,campaign_name,impressions,spend,is_branded,first_seen_at"
+FIRST = [
+    HEADER,
+    '2026-11-01,1001,"Campaign 1001, brand",1500,12.50,true,2026-11-01 10:00:00',
+    '2026-11-01,1002,"Say ""hi""",900,3.25,false,2026-11-01 11:30:00',
+    "2026-11-02,1001,Campaign 1001,1700,14.00,true,2026-11-02 10:00:00",
+]
+SECOND = [HEADER, "2026-11-02,1002,Campaign 1002,800,2.00,false,", "2026-11-03,1003,,50,0.10,,"]
+
+
+async def create_database(spec: SnowflakeConnectionSpec) -> None:
+    query(spec, "SELECT 1")
+
+
+async def test_the_first_load_creates_the_table_with_inferred_types(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    files = [write_csv(tmp_path, "part-00000.csv", FIRST), write_csv(tmp_path, "part-00001.csv", SECOND)]
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    result = await sink.load(spec, LoadTarget(spec.database, "AMC", "daily_results"), metadata(1), files)
+    sink.close()
+    assert (result.rows, result.batches, result.created_table) == (5, 2, True)
+    assert result.table == f"{spec.database}.AMC.DAILY_RESULTS"
+    types = dict(
+        query(
+            spec,
+            f'SELECT column_name, data_type FROM "{spec.database}".information_schema.columns '
+            "WHERE table_schema = 'AMC' AND table_name = 'DAILY_RESULTS'",
+        )
+    )
+    assert types["EVENT_DATE"] == "DATE"
+    assert types["CAMPAIGN_ID"] == "NUMBER"
+    assert types["CAMPAIGN_NAME"] == "TEXT"
+    assert types["SPEND"] == "NUMBER"
+    assert types["IS_BRANDED"] == "BOOLEAN"
+    assert types["FIRST_SEEN_AT"].startswith("TIMESTAMP")
+    assert types["UPLOADED_AT"].startswith("TIMESTAMP")
+    rows = query(
+        spec,
+        f'SELECT campaign_id, campaign_name, spend, recomamp_run_id FROM "{spec.database}".AMC.DAILY_RESULTS '
+        "ORDER BY event_date, campaign_id",
+    )
+    assert rows[0][:2] == (1001, "Campaign 1001, brand")
+    assert rows[1][1] == 'Say "hi"'
+    assert str(rows[0][2]) == "12.50"
+    assert {row[3] for row in rows} == {1}
+
+
+async def test_a_rerun_of_the_same_window_replaces_it(spec: SnowflakeConnectionSpec, tmp_path: Path) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "daily_results")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    files = [write_csv(tmp_path, "part-00000.csv", FIRST)]
+    await sink.load(spec, target, metadata(1), files)
+    await sink.load(spec, target, metadata(2), files)
+    other_window = (datetime(2026, 11, 8, 5, tzinfo=UTC), datetime(2026, 11, 15, 5, tzinfo=UTC))
+    await sink.load(spec, target, metadata(3, other_window), files)
+    sink.close()
+    counts = query(
+        spec,
+        f'SELECT recomamp_run_id, COUNT(*) FROM "{spec.database}".AMC.DAILY_RESULTS GROUP BY 1 ORDER BY 1',
+    )
+    assert counts == [(2, 3), (3, 3)]  # run 1's window was replaced by run 2; run 3 is a new window
+
+
+async def test_a_new_column_is_added_and_a_misfit_column_widened(spec: SnowflakeConnectionSpec, tmp_path: Path) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "evolving")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(spec, target, metadata(1), [write_csv(tmp_path / "a", "p.csv", ["id,code", "1,10", "2,20"])])
+    later = ["id,code,audience", "3,X-30,in-market", "4,40,lifestyle"]
+    later_window = (datetime(2026, 11, 8, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC))
+    result = await sink.load(spec, target, metadata(2, later_window), [write_csv(tmp_path / "b", "p.csv", later)])
+    sink.close()
+    assert result.added_columns == ["AUDIENCE"]
+    assert result.widened_columns == ["CODE"]
+    rows = query(spec, f'SELECT id, code, audience FROM "{spec.database}".AMC.EVOLVING ORDER BY id')
+    assert rows == [(1, "10", None), (2, "20", None), (3, "X-30", "in-market"), (4, "40", "lifestyle")]
+
+
+async def test_key_columns_merge_overlapping_windows_without_duplicates(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "merged", key_columns=("event_date", "campaign_id"))
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(spec, target, metadata(1), [write_csv(tmp_path / "a", "p.csv", FIRST)])
+    # An overlapping window restates 2026-11-02/1001 and repeats one key twice within itself.
+    overlap = [
+        HEADER,
+        "2026-11-02,1001,Campaign 1001,1800,15.00,true,2026-11-02 10:00:00",
+        "2026-11-03,1001,Campaign 1001,10,1.00,true,2026-11-03 10:00:00",
+        "2026-11-03,1001,Campaign 1001,20,2.00,true,2026-11-03 10:00:00",
+    ]
+    window = (datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC))
+    await sink.load(spec, target, metadata(2, window), [write_csv(tmp_path / "b", "p.csv", overlap)])
+    sink.close()
+    rows = query(spec, f'SELECT event_date, campaign_id, impressions FROM "{spec.database}".AMC.MERGED ORDER BY 1, 2')
+    assert [(str(d), c, i) for d, c, i in rows] == [
+        ("2026-11-01", 1001, 1500),
+        ("2026-11-01", 1002, 900),
+        ("2026-11-02", 1001, 1800),
+        ("2026-11-03", 1001, 20),  # the later of the two duplicates wins
+    ]
+
+
+async def test_a_key_pair_config_is_accepted(fakesnow_server: FakeSnowflake, database: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass-phrase"),
+    ).decode()
+    spec = SnowflakeConnectionSpec(
+        account="acme-test",
+        user="LOADER",
+        private_key_pem=SecretStr(pem),
+        private_key_passphrase=SecretStr("pass-phrase"),
+        database=database,
+        default_schema="AMC",
+        host=fakesnow_server.host,
+        port=fakesnow_server.port,
+        protocol="http",
+    )
+    kwargs = spec.connect_kwargs(SETTINGS)
+    assert kwargs["authenticator"] == "SNOWFLAKE_JWT"
+    assert isinstance(kwargs["private_key"], bytes)
+    assert "password" not in kwargs
+    assert server_version(spec, SETTINGS)
+
+
+async def test_a_bad_identifier_is_rejected_and_nothing_written(spec: SnowflakeConnectionSpec, tmp_path: Path) -> None:
+    await create_database(spec)
+    with pytest.raises(InvalidIdentifier, match="snowflake_table_name"):
+        LoadTarget(spec.database, "AMC", 'x"; DROP TABLE users; --')
+    with pytest.raises(InvalidIdentifier, match="snowflake_schema_name"):
+        LoadTarget(spec.database, "my schema", "t")
+    tables = query(spec, f'SELECT table_name FROM "{spec.database}".information_schema.tables')
+    assert tables == []
+
+
+async def test_a_lost_copy_answer_is_retried_under_a_new_name_without_duplicates(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    copies: list[str] = []
+
+    def lose_the_first_copy_answer(kind: str, sql: str) -> None:
+        if kind == "copy":
+            copies.append(sql)
+            if len(copies) == 1:
+                # The COPY ran; its answer never came back. The retry must not double the batch.
+                raise OperationalError(msg="HTTP 503: Service Unavailable", errno=250003)
+
+    sink = SnowflakeSink(SETTINGS, RETRY, after_statement=lose_the_first_copy_answer)
+    files = [write_csv(tmp_path, "part-00000.csv", FIRST), write_csv(tmp_path, "part-00001.csv", SECOND)]
+    result = await sink.load(spec, LoadTarget(spec.database, "AMC", "retried"), metadata(1), files)
+    sink.close()
+    assert result.rows == 5
+    assert len(result.stage_names) == 3  # batch 1 twice, under two names; batch 2 once
+    assert result.stage_names[0] != result.stage_names[1]
+    assert result.stage_names[0][:8] == result.stage_names[1][:8] == "b000000_"
+    assert query(spec, f'SELECT COUNT(*) FROM "{spec.database}".AMC.RETRIED') == [(5,)]
+
+
+async def test_a_permanent_problem_is_not_retried_and_says_what_to_fix(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    target = LoadTarget(spec.database, "AMC", "keyed", key_columns=("no_such_column",))
+    with pytest.raises(SnowflakeLoadError) as excinfo:
+        await sink.load(spec, target, metadata(1), [write_csv(tmp_path, "p.csv", FIRST)])
+    sink.close()
+    assert not excinfo.value.transient
+    assert "snowflake_key_columns no_such_column are not in the result" in excinfo.value.message
+
+
+async def test_the_log_context_travels_into_the_thread(
+    spec: SnowflakeConnectionSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import structlog
+
+    from recomamp.logs import configure_logging
+
+    await create_database(spec)
+    configure_logging("info")
+    structlog.contextvars.bind_contextvars(user_email="ada@example.com", run_id=41)
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(spec, LoadTarget(spec.database, "AMC", "ctx"), metadata(41), [write_csv(tmp_path, "p.csv", FIRST)])
+    sink.close()
+    structlog.contextvars.clear_contextvars()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    done = [line for line in lines if line["event"] == "snowflake_load_completed"]
+    assert done[0]["user_email"] == "ada@example.com"
+    assert done[0]["run_id"] == 41
+    assert "loader-password" not in capsys.readouterr().out
