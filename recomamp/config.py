@@ -226,6 +226,12 @@ class DaemonSettings(_Section):
     lease_seconds: float = Field(default=120.0, gt=0)
     heartbeat_interval_seconds: float = Field(default=30.0, gt=0)
     replica_name: str = Field(default_factory=_default_replica_name, min_length=1)
+    # A run that failed for a transient reason (AMC or Snowflake down) is tried again after this delay,
+    # up to max_run_attempts claims in all. `recomamp run --once` does not wait: it fails such runs.
+    max_run_attempts: int = Field(default=5, ge=1)
+    run_retry_delay_seconds: float = Field(default=300.0, ge=0)
+    # Where result files are spooled while a run loads them (a temporary folder per run).
+    work_dir: Path | None = None
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> DaemonSettings:

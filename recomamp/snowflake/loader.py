@@ -52,6 +52,16 @@ COPY_FILE_FORMAT = (
 )
 
 
+def _connector_errors() -> tuple[type[BaseException], ...]:
+    from snowflake.connector.errors import Error
+
+    return (Error, OSError, TimeoutError)
+
+
+# Failures of the connector or the network are classified; anything else is a bug and propagates.
+RETRYABLE_ERRORS = _connector_errors()
+
+
 class Cursor(Protocol):
     def execute(self, command: str, params: Any = None, **kwargs: Any) -> Any: ...
     def fetchall(self) -> list[tuple[Any, ...]]: ...
@@ -153,7 +163,7 @@ class Loader:
                 return action()
             except SnowflakeLoadError:
                 raise
-            except Exception as exc:
+            except RETRYABLE_ERRORS as exc:
                 failure = classify(exc)
                 if not failure.transient or attempt >= self._policy.max_attempts:
                     raise SnowflakeLoadError(failure.message, transient=failure.transient, step=what) from exc
@@ -213,9 +223,7 @@ class Loader:
                 payload = _encode_batch(columns, first_seq, rows)
                 self._retrying(
                     f"stage batch {batch_number + 1}",
-                    functools.partial(
-                        self._stage_batch, cursor, stage, staging, columns, batch_number, payload, result
-                    ),
+                    functools.partial(self._stage_batch, cursor, stage, staging, batch_number, payload, result),
                 )
                 result.rows += len(rows)
                 result.batches += 1
@@ -250,7 +258,6 @@ class Loader:
         cursor: Cursor,
         stage: str,
         staging: str,
-        columns: list[str],
         batch_number: int,
         payload: bytes,
         result: LoadResult,
@@ -264,11 +271,11 @@ class Loader:
             f"PUT file://{prefix}.csv.gz @{quote(stage)}/{prefix}/ AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
             file_stream=io.BytesIO(payload),
         )
-        column_list = ", ".join(quote(c) for c in (SEQ_COLUMN, *columns))
+        # Positional: the staging table was created from this very column list, in this order.
         self._run(
             cursor,
             "copy",
-            f"COPY INTO {quote(staging)} ({column_list}) FROM @{quote(stage)}/{prefix}/ {COPY_FILE_FORMAT} PURGE=TRUE",
+            f"COPY INTO {quote(staging)} FROM @{quote(stage)}/{prefix}/ {COPY_FILE_FORMAT} PURGE=TRUE",
         )
 
     def _existing_columns(self, cursor: Cursor, database: str, schema: str, table: str) -> dict[str, ColumnType]:

@@ -13,6 +13,8 @@ from recomamp.config import DatabaseSettings
 
 # Anything that runs a query: a connection, a pool, or a connection borrowed from a pool.
 Queryable = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
+# A single connection (its own, or borrowed from a pool): what a transaction needs.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 
 from recomamp.logs import get_logger
+from recomamp.store.db import Connection
 
 log = get_logger(__name__)
 
@@ -91,7 +92,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return migrations
 
 
-async def _applied(connection: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+async def _applied(connection: Connection) -> dict[int, asyncpg.Record]:
     await connection.execute(CREATE_TABLE)
     rows = await connection.fetch("SELECT version, name, checksum, applied_at FROM schema_migrations")
     return {row["version"]: row for row in rows}
@@ -113,7 +114,7 @@ def _check_unchanged(migrations: list[Migration], applied: dict[int, asyncpg.Rec
             )
 
 
-async def status(connection: asyncpg.Connection, directory: Path | None = None) -> list[MigrationState]:
+async def status(connection: Connection, directory: Path | None = None) -> list[MigrationState]:
     migrations = load_migrations(directory)
     applied = await _applied(connection)
     return [
@@ -127,13 +128,11 @@ async def status(connection: asyncpg.Connection, directory: Path | None = None) 
     ]
 
 
-async def pending_versions(connection: asyncpg.Connection, directory: Path | None = None) -> list[int]:
+async def pending_versions(connection: Connection, directory: Path | None = None) -> list[int]:
     return [state.version for state in await status(connection, directory) if state.applied_at is None]
 
 
-async def migrate_up(
-    connection: asyncpg.Connection, *, to: int | None = None, directory: Path | None = None
-) -> list[int]:
+async def migrate_up(connection: Connection, *, to: int | None = None, directory: Path | None = None) -> list[int]:
     """Apply pending migrations up to `to` (default: all). Returns the versions applied."""
     migrations = load_migrations(directory)
     done: list[int] = []
@@ -159,7 +158,7 @@ async def migrate_up(
     return done
 
 
-async def migrate_down(connection: asyncpg.Connection, *, to: int, directory: Path | None = None) -> list[int]:
+async def migrate_down(connection: Connection, *, to: int, directory: Path | None = None) -> list[int]:
     """Roll back applied migrations above `to`, newest first. Returns the versions rolled back."""
     if to < 0:
         raise MigrationError("--to must be 0 or more")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import asyncpg
@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from recomamp.amazon.lwa import LwaClient
 from recomamp.config import DatabaseSettings, RetrySettings
 from recomamp.crypto import SecretBox
+from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.store.db import create_pool
 from recomamp.tokens import TokenPolicy, TokenService, set_refresh_token
@@ -73,3 +74,11 @@ async def add_user(pool: asyncpg.Pool, box: SecretBox, email: str, refresh_token
         if refresh_token is not None:
             await set_refresh_token(connection, box, user_id, refresh_token)
     return user_id
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSnowflake]:
+    """fakesnow in server mode, once per session: the real connector talks to it over HTTP."""
+    server = start_fakesnow(log_path=tmp_path_factory.mktemp("fakesnow") / "fakesnow.log")
+    yield server
+    server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from snowflake.connector.errors import OperationalError
 
 from recomamp.config import RetrySettings, SnowflakeSettings
 from recomamp.domain.identifiers import InvalidIdentifier
-from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow
+from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.snowflake.connection import SnowflakeConnectionSpec, server_version
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.snowflake.loader import LoadTarget, RunMetadata
@@ -25,13 +24,6 @@ from recomamp.snowflake.sink import SnowflakeSink
 SETTINGS = SnowflakeSettings(batch_rows=4, thread_pool_size=2, login_timeout_seconds=10, network_timeout_seconds=30)
 RETRY = RetrySettings(snowflake_waits=(0.0,), snowflake_max_attempts=3)
 WINDOW = (datetime(2026, 11, 1, 4, tzinfo=UTC), datetime(2026, 11, 8, 5, tzinfo=UTC))
-
-
-@pytest.fixture(scope="session")
-def fakesnow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSnowflake]:
-    server = start_fakesnow(log_path=tmp_path_factory.mktemp("fakesnow") / "fakesnow.log")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,216 @@
+"""The daemon in-process, against Postgres, the simulator and fakesnow."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from recomamp.config import load_config
+from recomamp.crypto import SecretBox
+from recomamp.daemon.process import Daemon
+from recomamp.sandbox.embedded import FakeSnowflake
+from recomamp.sandbox.simulator import AmcSimulator, Fault
+from recomamp.store import catalog
+from tests.conftest import ConfigWriter
+from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, write_world_config
+
+
+async def runs(pool: asyncpg.Pool) -> list[dict[str, object]]:
+    return [dict(row) for row in await pool.fetch("SELECT * FROM schedule_runs ORDER BY id")]
+
+
+async def test_a_due_schedule_runs_end_to_end_into_snowflake(
+    pool: asyncpg.Pool,
+    db_dsn: str,
+    box: SecretBox,
+    simulator: AmcSimulator,
+    fakesnow_server: FakeSnowflake,
+    write_config: ConfigWriter,
+) -> None:
+    database = f"DEMO_{uuid.uuid4().hex[:8].upper()}"
+    tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amcA")
+    await add_snowflake(pool, box, tenant, fakesnow_server.host, fakesnow_server.port, database)
+    schedule_id = await add_due_schedule(pool, tenant, "daily traffic", table="daily_traffic", overdue_days=3)
+    config = load_config(write_world_config(write_config, db_dsn, simulator))
+
+    assert await Daemon(config, once=True).run() == 0
+
+    (run,) = await runs(pool)
+    assert run["status"] == "succeeded", run["error_message"]
+    assert run["missed_fires_skipped"] == 3
+    assert run["step"] == "finished"
+    assert run["snowflake_status"] == "completed"
+    assert run["snowflake_rows"] == run["result_rows"] == 120
+    assert run["snowflake_table"] == f"{database}.AMC.DAILY_TRAFFIC"
+    assert run["amc_execution_id"] in simulator.executions
+    assert all(run[f] is not None for f in ("started_at", "submitted_at", "amc_finished_at", "finished_at"))
+    schedule = await pool.fetchrow(
+        "SELECT next_run_at, consecutive_failures FROM workflow_schedules WHERE id = $1", schedule_id
+    )
+    assert schedule is not None and schedule["next_run_at"] > datetime.now(UTC)
+    execution = simulator.executions[str(run["amc_execution_id"])]
+    assert execution.window_timezone == "UTC"
+    assert execution.window_end is not None
+
+
+async def test_three_daemons_run_every_fire_exactly_once(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    simulator.default_profile.files = 1
+    simulator.default_profile.rows = 5
+    tenants = [await add_tenant(pool, box, simulator, f"user{i}@example.com", f"amc{i}") for i in range(5)]
+    schedule_ids = [await add_due_schedule(pool, tenants[i % 5], f"s{i}") for i in range(500)]
+    path = write_world_config(write_config, db_dsn, simulator, max_concurrent_runs=30, max_runs_per_instance=10)
+    base = load_config(path)
+    daemons = [
+        Daemon(
+            base.model_copy(update={"daemon": base.daemon.model_copy(update={"replica_name": f"replica-{n}"})}),
+            once=True,
+        )
+        for n in range(3)
+    ]
+    codes = await asyncio.gather(*(daemon.run() for daemon in daemons))
+    # A replica may stop before the others are done; then the stragglers are finished by a last pass.
+    if sum(d.tally.succeeded for d in daemons) < 500:
+        codes.append(await Daemon(base, once=True).run())
+    assert set(codes) == {0}
+    rows = await runs(pool)
+    assert len(rows) == 500
+    assert sorted(int(r["schedule_id"]) for r in rows) == sorted(schedule_ids)  # type: ignore[call-overload]
+    assert {r["status"] for r in rows} == {"succeeded"}
+    assert {r["attempt"] for r in rows} == {1}  # nobody ran a fire twice
+    assert simulator.calls["create_execution"] == 500
+    assert len(simulator.executions) == 500
+    assert sum(d.tally.succeeded for d in daemons) >= 400  # the work was shared
+
+
+async def test_a_revoked_user_fails_fast_and_the_schedule_auto_pauses(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    tenant = await add_tenant(pool, box, simulator, "bob@example.com", "amcB")
+    simulator.revoke("bob@example.com")
+    schedule_id = await add_due_schedule(pool, tenant, "bob daily")
+    await pool.execute(
+        "UPDATE workflow_schedules SET auto_pause_on_failure = TRUE, failure_threshold = 2, consecutive_failures = 1 "
+        "WHERE id = $1",
+        schedule_id,
+    )
+    config = load_config(write_world_config(write_config, db_dsn, simulator))
+    assert await Daemon(config, once=True).run() == 1
+    (run,) = await runs(pool)
+    assert run["status"] == "failed"
+    assert run["error_kind"] == "reauth_required"
+    assert str(run["error_message"]).startswith("User needs to re-authenticate via Amazon OAuth")
+    schedule = await pool.fetchrow("SELECT is_active, paused_reason FROM workflow_schedules WHERE id = $1", schedule_id)
+    assert schedule is not None
+    assert schedule["is_active"] is False
+    assert schedule["paused_reason"] == "auto-paused after 2 consecutive failures"
+    assert simulator.calls["create_execution"] == 0
+
+
+async def test_a_run_whose_lease_expired_is_adopted_and_polled_not_resubmitted(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    tenant = await add_tenant(pool, box, simulator, "cy@example.com", "amcC")
+    schedule_id = await add_due_schedule(pool, tenant, "cy daily")
+    config = load_config(write_world_config(write_config, db_dsn, simulator))
+    async with pool.acquire() as connection:
+        run_id = await catalog.run_now(connection, schedule_id, datetime.now(UTC))
+    await pool.execute(
+        "UPDATE workflow_schedules SET next_run_at = now() + interval '1 day' WHERE id = $1", schedule_id
+    )
+    # A replica that died after its POST: execution id persisted, lease long expired.
+    execution_id = await _submit_directly(simulator, tenant)
+    await pool.execute(
+        "UPDATE schedule_runs SET status = 'running', step = 'submitted', attempt = 1, amc_execution_id = $2, "
+        "submit_marker = 'x', lease_owner = 'dead-replica', lease_expires_at = now() - interval '1 second' "
+        "WHERE id = $1",
+        run_id,
+        execution_id,
+    )
+    posts_before = simulator.calls["create_execution"]
+    assert await Daemon(config, once=True).run() == 0
+    (run,) = await runs(pool)
+    assert (run["status"], run["attempt"], run["amc_execution_id"]) == ("succeeded", 2, execution_id)
+    assert simulator.calls["create_execution"] == posts_before
+
+
+async def _submit_directly(simulator: AmcSimulator, tenant: object) -> str:
+    import aiohttp
+
+    from recomamp.amazon.amc import AmcClient, AmcRetryPolicy, AmcTarget, ExecutionRequest
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            simulator.token_url,
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": next(t for t, e in simulator.refresh_tokens.items() if e == "cy@example.com"),
+                "client_id": simulator.client_id,
+                "client_secret": simulator.client_secret,
+            },
+        ) as response:
+            token = (await response.json())["access_token"]
+
+        async def tokens(stale: str | None = None) -> str:
+            return str(token)
+
+        client = AmcClient(http, client_id=simulator.client_id, policy=AmcRetryPolicy(1, (0.0,), 0, 0.01, 0.01, 1, 5))
+        execution = await client.create_execution(
+            AmcTarget(simulator.base_url, "amcC", "ENT1", "ATVPDKIKX0DER"),
+            tokens,
+            ExecutionRequest(datetime(2026, 11, 1), datetime(2026, 11, 2), "UTC", sql_query="SELECT 1"),
+            marker="x",
+        )
+    return execution.execution_id
+
+
+async def test_a_transient_amc_outage_defers_the_run_in_the_long_running_daemon(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    tenant = await add_tenant(pool, box, simulator, "dee@example.com", "amcD")
+    await add_due_schedule(pool, tenant, "dee daily")
+    simulator.add_faults("get_execution", *[Fault.http(503)] * 5)
+    config = load_config(
+        write_world_config(write_config, db_dsn, simulator, run_retry_delay_seconds=0.3, max_run_attempts=3)
+    )
+    daemon = Daemon(config)
+    serving = asyncio.create_task(daemon.run())
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        rows = await runs(pool)
+        if rows and rows[0]["status"] == "succeeded":
+            break
+    daemon._on_stop_signal(15)
+    assert await serving == 0
+    (run,) = await runs(pool)
+    assert run["status"] == "succeeded"
+    assert run["attempt"] == 2  # deferred once, then adopted again and polled on
+    assert simulator.calls["create_execution"] == 1
+
+
+async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
+    pool: asyncpg.Pool, db_dsn: str, simulator: AmcSimulator, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    path = write_world_config(write_config, db_dsn, simulator)
+    daemon = Daemon(load_config(path), config_path=path)
+    serving = asyncio.create_task(daemon.run())
+    await asyncio.sleep(0.3)
+    text = path.read_text()
+    path.write_text(
+        text.replace("poll_interval_seconds = 0.2", "poll_interval_seconds = 0.7").replace(
+            'dsn = "', 'dsn = "postgresql://changed@h/db" \n#"'
+        )
+    )
+    assert await daemon.reload() is True
+    assert daemon.config.daemon.poll_interval_seconds == 0.7
+    assert daemon.config.database.dsn.get_secret_value() == db_dsn  # restart-only: not half-applied
+    path.write_text(text.replace("[daemon]", "[daemon]\nmax_concurrent_runs = -4"))
+    assert await daemon.reload() is False
+    assert daemon.config.daemon.poll_interval_seconds == 0.7
+    daemon._on_stop_signal(15)
+    assert await serving == 0

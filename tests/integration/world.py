@@ -1,0 +1,126 @@
+"""A small world for daemon tests: Postgres, the simulator, and optionally fakesnow, wired by a config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from recomamp.config import Config, load_config
+from recomamp.crypto import SecretBox
+from recomamp.domain.models import ScheduleCreatePreset
+from recomamp.sandbox.simulator import AmcSimulator
+from recomamp.store import catalog
+from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
+from recomamp.tokens import set_refresh_token
+from tests.conftest import ConfigWriter
+
+FAST_RETRY = {
+    "lwa_server_error_waits": [0.0],
+    "lwa_throttle_waits": [0.0],
+    "lwa_network_waits": [0.0],
+    "amc_waits": [0.0],
+    "amc_poll_initial_seconds": 0.02,
+    "amc_poll_max_seconds": 0.1,
+    "snowflake_waits": [0.0],
+}
+
+
+def write_world_config(write_config: ConfigWriter, dsn: str, simulator: AmcSimulator, **daemon: object) -> Path:
+    path = write_config(
+        dsn=dsn,
+        amazon={
+            "client_id": simulator.client_id,
+            "token_url": simulator.token_url,
+            "amc_base_url": {"na": simulator.base_url, "eu": simulator.base_url, "fe": simulator.base_url},
+            "request_timeout_seconds": 5.0,
+        },
+        daemon={
+            "poll_interval_seconds": 0.2,
+            "lease_seconds": 30.0,
+            "heartbeat_interval_seconds": 5.0,
+            "drain_timeout_seconds": 5.0,
+            **daemon,
+        },
+        retry=FAST_RETRY,
+        snowflake={"batch_rows": 1000, "thread_pool_size": 2, "login_timeout_seconds": 10},
+    )
+    # The writer puts its own client secret in the file: use the simulator's.
+    (write_config.directory / "client_secret").write_text(simulator.client_secret + "\n")
+    return path
+
+
+@dataclass
+class Tenant:
+    email: str
+    user_id: int
+    instance: str
+
+
+async def add_tenant(pool: asyncpg.Pool, box: SecretBox, simulator: AmcSimulator, email: str, instance: str) -> Tenant:
+    async with pool.acquire() as connection:
+        user_id = await catalog.add_user(connection, email)
+        await set_refresh_token(connection, box, user_id, simulator.add_user(email))
+        await catalog.add_instance(
+            connection,
+            user_id,
+            instance_id=instance,
+            advertiser_id=f"ENT{user_id}",
+            marketplace_id="ATVPDKIKX0DER",
+            region="na",
+        )
+    return Tenant(email, user_id, instance)
+
+
+async def add_snowflake(
+    pool: asyncpg.Pool, box: SecretBox, tenant: Tenant, host: str, port: int, database: str
+) -> None:
+    await save_config(
+        pool,
+        box,
+        tenant.user_id,
+        SnowflakeConfigInput(
+            account="acme-test",
+            username="LOADER",
+            database=database,
+            default_schema="AMC",
+            password="loader-password",
+            host=host,
+            port=port,
+            protocol="http",
+        ),
+    )
+
+
+async def add_due_schedule(
+    pool: asyncpg.Pool, tenant: Tenant, name: str, *, table: str | None = None, overdue_days: int = 0
+) -> int:
+    now = datetime.now(UTC)
+    async with pool.acquire() as connection:
+        schedule_id = await catalog.create_schedule(
+            connection,
+            ScheduleCreatePreset(
+                name=name,
+                user_email=tenant.email,
+                instance_id=tenant.instance,
+                sql_query="SELECT campaign_id, SUM(impressions) FROM sponsored_ads_traffic GROUP BY 1",
+                preset="daily",
+                time_of_day=(now - timedelta(minutes=5)).strftime("%H:%M"),
+                timezone="UTC",
+                snowflake_table_name=table,
+            ),
+            now,
+        )
+        # Due now (or overdue): as if the daemon had been down.
+        await connection.execute(
+            "UPDATE workflow_schedules SET next_run_at = $2 WHERE id = $1",
+            schedule_id,
+            now - timedelta(days=overdue_days, minutes=5),
+        )
+    return schedule_id
+
+
+def config_from(path: Path) -> Config:
+    return load_config(path)
