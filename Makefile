@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit integration bench demo clean
+.PHONY: install test lint typecheck unit integration bench demo clean install-systemd
 
 install: $(STAMP)
 
@@ -35,3 +35,18 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .recomamp-demo
+
+demo: install
+	$(BIN)/recomamp demo
+
+# Installs this checkout as the service: the unit (pointing at this checkout's .venv), the example
+# config (kept if one exists), and the recomamp system user. Run as root. Secrets are yours to place.
+install-systemd: install
+	id -u recomamp >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin recomamp
+	install -d -m 0750 -g recomamp /etc/recomamp
+	test -f /etc/recomamp/recomamp.toml || install -m 0640 -g recomamp systemd/recomamp.toml /etc/recomamp/recomamp.toml
+	sed 's#/opt/recomamp#$(CURDIR)#g' systemd/recomamp.service > /etc/systemd/system/recomamp.service
+	systemctl daemon-reload
+	@echo "Next: put token.key, client_secret and dsn in /etc/recomamp (mode 0600, owned by root),"
+	@echo "      run: $(BIN)/recomamp migrate up --config /etc/recomamp/recomamp.toml"
+	@echo "      then: systemctl enable --now recomamp"

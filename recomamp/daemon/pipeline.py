@@ -288,3 +288,44 @@ class RunPipeline:
         await self._write(run_store.DEFER_RUN, run.id, delay, kind, full)
         log.warning("run_deferred", error_kind=kind, message=full, retry_in_seconds=delay)
         return RunOutcome(run.id, "deferred", kind, full)
+
+
+class RetryUploadRefused(ValueError):
+    pass
+
+
+async def retry_upload(services: Services, config: Config, run_id: int) -> str:
+    """Fetch fresh result links for a run's AMC execution and load them into Snowflake again.
+
+    Safe to repeat: the load replaces the run's window (or merges on the schedule's keys).
+    Returns a summary line; raises RetryUploadRefused with what is wrong, or a load error.
+    """
+    run = await run_store.load_run(services.pool, run_id)
+    if run is None:
+        raise RetryUploadRefused(f"run: no run {run_id}; see `recomamp runs list`")
+    if not run.snowflake_enabled or not run.snowflake_table_name:
+        raise RetryUploadRefused(f"run {run_id}: its schedule does not load into Snowflake")
+    if not run.amc_execution_id or run.amc_status != "SUCCEEDED":
+        raise RetryUploadRefused(
+            f"run {run_id}: there is no succeeded AMC execution to load (AMC status: {run.amc_status or 'none'})"
+        )
+    if run.status == "running" and run.lease_owner:
+        raise RetryUploadRefused(f"run {run_id} is in flight on {run.lease_owner}; wait for it to finish")
+    structlog.contextvars.bind_contextvars(user_email=run.user_email, schedule_id=run.schedule_id, run_id=run_id)
+    pipeline = RunPipeline(services, owner="retry-upload", config=lambda: config, once=True)
+    tokens = UserTokenSource(services.tokens, run.owner_id)
+    with tempfile.TemporaryDirectory(prefix=f"recomamp-retry{run_id}-", dir=config.daemon.work_dir) as spool:
+        files = await services.amc.download_results(amc_target(run, config), tokens, run.amc_execution_id, Path(spool))
+        problem = await pipeline.upload(run, files, config, owner=None)
+    if problem is not None:
+        raise SnowflakeLoadError(problem, transient=False, step="retry-upload")
+    await services.pool.execute(
+        "UPDATE schedule_runs SET status = 'succeeded', error_kind = NULL, error_message = NULL, updated_at = now() "
+        "WHERE id = $1 AND status = 'failed' AND error_kind = 'snowflake'",
+        run_id,
+    )
+    row = await services.pool.fetchrow(
+        "SELECT snowflake_table, snowflake_rows FROM schedule_runs WHERE id = $1", run_id
+    )
+    assert row is not None
+    return f"run {run_id}: loaded {row['snowflake_rows']} rows into {row['snowflake_table']}"

@@ -24,45 +24,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 
-from recomamp.amazon.amc import AmcClient, AmcRetryPolicy
-from recomamp.amazon.lwa import LwaClient
 from recomamp.config import Config, ConfigError, changed_keys, load_config, restart_only
-from recomamp.crypto import SecretBox
-from recomamp.daemon.pipeline import RunOutcome, RunPipeline, Services
+from recomamp.daemon.pipeline import RunOutcome, RunPipeline
+from recomamp.daemon.services import amc_policy, open_services, token_policy
 from recomamp.logs import get_logger, set_level
-from recomamp.snowflake.sink import SnowflakeSink
 from recomamp.store import migrations
 from recomamp.store.db import create_pool
 from recomamp.store.runs import claim_runs, release_leases, renew_leases
 from recomamp.store.schedules import WAKEUP_CHANNEL, claim_all_due
 from recomamp.systemd import Notifier, watchdog_interval_seconds
-from recomamp.tokens import TokenPolicy, TokenService
 
 log = get_logger(__name__)
 
 
 class DaemonError(Exception):
     """The daemon cannot start: the message says what to fix."""
-
-
-def amc_policy(config: Config) -> AmcRetryPolicy:
-    retry = config.retry
-    return AmcRetryPolicy(
-        max_attempts=retry.amc_max_attempts,
-        waits=retry.amc_waits,
-        retry_after_cap_seconds=retry.retry_after_cap_seconds,
-        poll_initial_seconds=retry.amc_poll_initial_seconds,
-        poll_max_seconds=retry.amc_poll_max_seconds,
-        poll_multiplier=retry.amc_poll_multiplier,
-        request_timeout_seconds=config.amazon.request_timeout_seconds,
-    )
-
-
-def token_policy(config: Config) -> TokenPolicy:
-    return TokenPolicy.from_settings(config.retry, config.amazon.token_refresh_margin_seconds)
 
 
 @dataclass
@@ -127,29 +105,11 @@ class Daemon:
                 raise DaemonError(
                     f"the database schema is behind: migrations {pending} are pending. Run `recomamp migrate up`."
                 )
-            async with aiohttp.ClientSession() as http:
-                box = SecretBox(config.security.token_keys)
-                lwa = LwaClient(
-                    http,
-                    token_url=config.amazon.token_url,
-                    client_id=config.amazon.client_id,
-                    client_secret=config.amazon.client_secret,
-                    timeout_seconds=config.amazon.request_timeout_seconds,
-                )
-                sink = SnowflakeSink(config.snowflake, config.retry)
-                try:
-                    self._services = Services(
-                        pool=pool,
-                        tokens=TokenService(pool, lwa, box, token_policy(config)),
-                        amc=AmcClient(http, client_id=config.amazon.client_id, policy=amc_policy(config)),
-                        sink=sink,
-                        box=box,
-                    )
-                    self._pipeline = RunPipeline(self._services, self._owner, lambda: self._config, once=self._once)
-                    self._install_signals()
-                    return await (self._run_once() if self._once else self._serve())
-                finally:
-                    await asyncio.to_thread(sink.close)
+            async with open_services(config, pool) as services:
+                self._services = services
+                self._pipeline = RunPipeline(services, self._owner, lambda: self._config, once=self._once)
+                self._install_signals()
+                return await (self._run_once() if self._once else self._serve())
         finally:
             await pool.close()
 

@@ -146,7 +146,7 @@ class AmcSimulator:
         self,
         *,
         client_id: str = "amzn1.application-oa2-client.sandbox",
-        client_secret: str = "sandbox-client-secret",  # noqa: S107 - the simulator's own fake secret
+        client_secret: str = "sandbox-client-secret",
         access_token_ttl_seconds: int = 3600,
         link_ttl_seconds: float = 600.0,
         list_page_size: int = 25,
@@ -163,7 +163,8 @@ class AmcSimulator:
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.default_profile = default_profile or InstanceProfile()
         self.profiles: dict[str, InstanceProfile] = {}
-        self.refresh_tokens: dict[str, str] = {}  # refresh token -> user email
+        self.refresh_tokens: dict[str, str] = {}  # refresh token -> user email, while it is valid
+        self._issued_to: dict[str, str] = {}  # every refresh token ever issued -> email, to count calls
         self.access_tokens: dict[str, tuple[str, float]] = {}  # access token -> (email, expires, monotonic)
         self.executions: dict[str, SimExecution] = {}
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
@@ -180,6 +181,7 @@ class AmcSimulator:
     def add_user(self, email: str, refresh_token: str | None = None) -> str:
         token = refresh_token or f"Atzr|sim-{secrets.token_urlsafe(48)}"
         self.refresh_tokens[token] = email
+        self._issued_to[token] = email
         return token
 
     def revoke(self, email: str) -> None:
@@ -288,8 +290,9 @@ class AmcSimulator:
         form = await request.post()
         refresh_token = str(form.get("refresh_token", ""))
         user = self.refresh_tokens.get(refresh_token)
-        self._count("lwa_token", user, None)
-        fault = self._take_fault("lwa_token", user, None)
+        caller = self._issued_to.get(refresh_token)  # a revoked token's calls still count as its user's
+        self._count("lwa_token", caller, None)
+        fault = self._take_fault("lwa_token", caller, None)
         if fault is not None and (fault.status is not None or fault.hang_seconds or fault.drop):
             return await self._apply(request, fault)
         if form.get("grant_type") != "refresh_token":
