@@ -44,9 +44,10 @@ demo: install
 install-systemd: install
 	id -u recomamp >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin recomamp
 	install -d -m 0750 -g recomamp /etc/recomamp
+	install -d -m 0700 /etc/recomamp/credentials
 	test -f /etc/recomamp/recomamp.toml || install -m 0640 -g recomamp systemd/recomamp.toml /etc/recomamp/recomamp.toml
 	sed 's#/opt/recomamp#$(CURDIR)#g' systemd/recomamp.service > /etc/systemd/system/recomamp.service
 	systemctl daemon-reload
-	@echo "Next: put token.key, client_secret and dsn in /etc/recomamp (mode 0600, owned by root),"
-	@echo "      run: $(BIN)/recomamp migrate up --config /etc/recomamp/recomamp.toml"
+	@echo "Next: put token-key, amazon-client-secret and database-dsn in /etc/recomamp/credentials (mode 0600),"
+	@echo "      then: CREDENTIALS_DIRECTORY=/etc/recomamp/credentials $(BIN)/recomamp migrate up --config /etc/recomamp/recomamp.toml"
 	@echo "      then: systemctl enable --now recomamp"

@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
 
 from recomamp.config import Config, ConfigError, changed_keys, load_config, restart_only
-from recomamp.daemon.pipeline import RunOutcome, RunPipeline
+from recomamp.daemon.pipeline import RunOutcome, RunPipeline, Services
 from recomamp.daemon.services import amc_policy, open_services, token_policy
 from recomamp.logs import get_logger, set_level
 from recomamp.store import migrations
@@ -37,6 +38,16 @@ from recomamp.store.schedules import WAKEUP_CHANNEL, claim_all_due
 from recomamp.systemd import Notifier, watchdog_interval_seconds
 
 log = get_logger(__name__)
+
+
+class Pipeline(Protocol):
+    async def execute(self, run_id: int) -> RunOutcome: ...
+
+
+class PipelineFactory(Protocol):
+    """Builds the per-run pipeline. The benchmarks hand in one that does nothing."""
+
+    def __call__(self, services: Services, owner: str, config: Callable[[], Config], *, once: bool) -> Pipeline: ...
 
 
 class DaemonError(Exception):
@@ -72,12 +83,14 @@ class Daemon:
         once: bool = False,
         notifier: Notifier | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pipeline_factory: PipelineFactory | None = None,
     ) -> None:
         self._config = config
         self._config_path = config_path
         self._once = once
         self._notifier = notifier or Notifier()
         self._clock = clock
+        self._pipeline_factory: PipelineFactory = pipeline_factory or RunPipeline
         self._owner = config.daemon.replica_name
         self._runs: dict[int, asyncio.Task[RunOutcome]] = {}
         self._tally = Tally()
@@ -107,7 +120,7 @@ class Daemon:
                 )
             async with open_services(config, pool) as services:
                 self._services = services
-                self._pipeline = RunPipeline(services, self._owner, lambda: self._config, once=self._once)
+                self._pipeline = self._pipeline_factory(services, self._owner, lambda: self._config, once=self._once)
                 self._install_signals()
                 return await (self._run_once() if self._once else self._serve())
         finally:

@@ -123,25 +123,57 @@ def from_snowflake(data_type: str, scale: int | None) -> ColumnType:
     return VARCHAR
 
 
+def _repeated(pattern: str) -> re.Pattern[str]:
+    """`pattern`, one or more times, separated by newlines: a whole column checked in one regex pass."""
+    return re.compile(rf"(?:{pattern})(?:\n(?:{pattern}))*")
+
+
+# Conservative fast paths: a column whose every value matches one of these has exactly the type that
+# value-by-value inference would give. Anything else takes the slow path, value by value.
+_ALL_BOOLEAN = _repeated(r"(?i:true|false)")
+_ALL_NUMBER = _repeated(r"[+-]?\d{1,26}(?:\.\d{1,12})?")  # integers, or decimals within NUMBER(38, 12)
+_ALL_INTEGER = _repeated(r"[+-]?\d{1,38}")
+_ALL_DATE_OR_TIMESTAMP = _repeated(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z?)?")
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def infer_column(values: list[str]) -> ColumnType | None:
+    """The type of a batch of one column's values (empties already removed)."""
+    if not values:
+        return None
+    joined = "\n".join(values)
+    if joined.count("\n") == len(values) - 1:  # no value holds a newline of its own
+        if _ALL_INTEGER.fullmatch(joined):
+            return ColumnType(Kind.INTEGER)
+        if _ALL_NUMBER.fullmatch(joined):
+            scale = max(len(fraction) for fraction in _FRACTION.findall(joined))
+            return ColumnType(Kind.DECIMAL, scale=scale)
+        if _ALL_BOOLEAN.fullmatch(joined):
+            return ColumnType(Kind.BOOLEAN)
+        if _ALL_DATE_OR_TIMESTAMP.fullmatch(joined):
+            return ColumnType(Kind.TIMESTAMP) if (" " in joined or "T" in joined) else ColumnType(Kind.DATE)
+    result: ColumnType | None = None
+    for value in set(values):
+        result = combine(result, infer_value(value))
+        if result == VARCHAR:
+            break
+    return result
+
+
 class TypeTracker:
     """Folds every value of every column into its inferred type, batch by batch."""
 
-    _MEMO_LIMIT = 4096
-
     def __init__(self, width: int) -> None:
         self.types: list[ColumnType | None] = [None] * width
-        # Result columns repeat values (dates, flags, names) a lot: remember what each value inferred to.
-        self._memo: list[dict[str, ColumnType | None]] = [{} for _ in range(width)]
 
     def observe(self, row: list[str]) -> None:
-        for index, value in enumerate(row):
-            memo = self._memo[index]
-            if value in memo:
-                inferred = memo[value]
-            else:
-                inferred = infer_value(value)
-                if len(memo) < self._MEMO_LIMIT:
-                    memo[value] = inferred
+        self.observe_batch([row])
+
+    def observe_batch(self, rows: list[list[str]]) -> None:
+        if not rows:
+            return
+        for index, column in enumerate(zip(*rows, strict=True)):
             current = self.types[index]
-            if inferred != current:
-                self.types[index] = combine(current, inferred)
+            if current == VARCHAR:
+                continue  # nothing is wider: no need to look
+            self.types[index] = combine(current, infer_column([value for value in column if value]))

@@ -17,10 +17,13 @@ How a run lands (the way dlt, Airbyte and Fivetran load):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import gzip
 import io
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -217,16 +220,14 @@ class Loader:
             self._retrying("prepare", prepare)
             tracker = TypeTracker(len(columns))
             result = LoadResult(table=target.display, rows=0, batches=0)
-            for batch_number, (first_seq, rows) in enumerate(_batches(files, len(columns), self._policy.batch_rows)):
-                for row in rows:
-                    tracker.observe(row)
-                payload = _encode_batch(columns, first_seq, rows)
-                self._retrying(
-                    f"stage batch {batch_number + 1}",
-                    functools.partial(self._stage_batch, cursor, stage, staging, batch_number, payload, result),
-                )
-                result.rows += len(rows)
-                result.batches += 1
+            with _BatchProducer(files, columns, self._policy.batch_rows, tracker) as batches:
+                for batch_number, (row_count, payload) in enumerate(batches):
+                    self._retrying(
+                        f"stage batch {batch_number + 1}",
+                        functools.partial(self._stage_batch, cursor, stage, staging, batch_number, payload, result),
+                    )
+                    result.rows += row_count
+                    result.batches += 1
             types = {name: inferred or VARCHAR for name, inferred in zip(columns, tracker.types, strict=True)}
             target_types = self._retrying(
                 "prepare table", lambda: self._ensure_table(cursor, (database, schema, table), types, result)
@@ -445,41 +446,147 @@ def _read_header(files: Sequence[Path]) -> list[str]:
     return header
 
 
-def _batches(files: Sequence[Path], width: int, batch_rows: int) -> Iterator[tuple[int, list[list[str]]]]:
-    """(first sequence number, rows) per batch, streamed from the files; header rows are skipped."""
-    batch: list[list[str]] = []
-    sequence = 0
-    first = 0
+def read_records(path: Path) -> Iterator[tuple[list[str], str]]:
+    """(cells, the record's own text) for each record after the header, as AMC wrote it.
+
+    A record with no quote character is split on commas, which is exact for CSV. One with quotes is
+    parsed by the csv module, joining the following lines while a quoted field is still open. The text
+    is passed on unchanged (CRLF normalised to LF), so a batch is re-written without re-quoting.
+    """
+    with path.open(newline="", encoding="utf-8") as handle:
+        handle.readline()  # the header
+        pending = ""
+        for line in handle:
+            if pending:
+                line = pending + line
+                pending = ""
+            if '"' not in line:
+                text = line.rstrip("\r\n")
+                yield text.split(","), text
+                continue
+            if line.count('"') % 2:  # a quoted field runs on to the next line
+                pending = line
+                continue
+            text = line.rstrip("\r\n")
+            yield next(csv.reader([text])), text
+        if pending:
+            raise SnowflakeLoadError(
+                f"result file {path.name} ends inside a quoted field: it is cut short", transient=False, step="read"
+            )
+
+
+_CHUNK_ROWS = 5_000
+
+
+def _chunks(
+    files: Sequence[Path], width: int, batch_rows: int
+) -> Iterator[tuple[int, list[list[str]], list[str], bool]]:
+    """(first sequence number, cells, record texts, whether the batch ends here), in chunks of a few
+    thousand rows that never cross a batch boundary: memory follows the chunk, not the batch."""
+    cells: list[list[str]] = []
+    texts: list[str] = []
+    sequence = first = in_batch = 0
     for path in files:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            next(reader, None)
-            for row in reader:
-                if len(row) != width:
-                    raise SnowflakeLoadError(
-                        f"result file {path.name}, line {reader.line_num}: {len(row)} values where the header "
-                        f"has {width}",
-                        transient=False,
-                        step="read",
-                    )
-                batch.append(row)
-                sequence += 1
-                if len(batch) >= batch_rows:
-                    yield first, batch
-                    batch, first = [], sequence
-    if batch:
-        yield first, batch
+        for number, (row, text) in enumerate(read_records(path), start=2):
+            if len(row) != width:
+                raise SnowflakeLoadError(
+                    f"result file {path.name}, record {number}: {len(row)} values where the header has {width}",
+                    transient=False,
+                    step="read",
+                )
+            cells.append(row)
+            texts.append(text)
+            sequence += 1
+            in_batch += 1
+            ends_batch = in_batch >= batch_rows
+            if ends_batch or len(cells) >= _CHUNK_ROWS:
+                yield first, cells, texts, ends_batch
+                cells, texts, first = [], [], sequence
+                if ends_batch:
+                    in_batch = 0
+    if cells:
+        yield first, cells, texts, True
 
 
-def _encode_batch(columns: list[str], first_sequence: int, rows: list[list[str]]) -> bytes:
-    buffer = io.BytesIO()
-    # Level 1: the network is the bottleneck, not the bytes; higher levels cost CPU for little gain.
-    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=1) as compressed:
-        text = io.TextIOWrapper(compressed, encoding="utf-8", newline="")
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerow([SEQ_COLUMN, *columns])
-        for offset, row in enumerate(rows):
-            writer.writerow([first_sequence + offset, *row])
-        text.flush()
-        text.detach()
-    return buffer.getvalue()
+class _BatchFile:
+    """One batch's gzip CSV, written chunk by chunk: the sequence number, then the record as it came."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self._buffer = io.BytesIO()
+        # Level 1: the network is the bottleneck, not the bytes; higher levels cost CPU for little gain.
+        self._gzip = gzip.GzipFile(fileobj=self._buffer, mode="wb", compresslevel=1)
+        header = io.StringIO()
+        csv.writer(header, lineterminator="\n").writerow([SEQ_COLUMN, *columns])
+        self._gzip.write(header.getvalue().encode("utf-8"))
+        self.rows = 0
+
+    def write(self, first_sequence: int, texts: list[str]) -> None:
+        lines = "".join(f"{first_sequence + offset},{text}\n" for offset, text in enumerate(texts))
+        self._gzip.write(lines.encode("utf-8"))
+        self.rows += len(texts)
+
+    def finish(self) -> bytes:
+        self._gzip.close()
+        return self._buffer.getvalue()
+
+
+class _BatchProducer:
+    """Reads, type-checks and gzips batches on a thread of its own, while the caller stages the previous one.
+
+    The queue holds at most two encoded batches, so memory stays flat however large the result is.
+    """
+
+    _DONE = object()
+
+    def __init__(self, files: Sequence[Path], columns: list[str], batch_rows: int, tracker: TypeTracker) -> None:
+        self._files = files
+        self._columns = columns
+        self._batch_rows = batch_rows
+        self._tracker = tracker
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="snowflake-batches", daemon=True)
+
+    def __enter__(self) -> Iterator[tuple[int, bytes]]:
+        self._thread.start()
+        return self._consume()
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting for room in the queue
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def _produce(self) -> None:
+        try:
+            batch: _BatchFile | None = None
+            for first, cells, texts, ends_batch in _chunks(self._files, len(self._columns), self._batch_rows):
+                self._tracker.observe_batch(cells)
+                batch = batch or _BatchFile(self._columns)
+                batch.write(first, texts)
+                if ends_batch:
+                    if not self._put((batch.rows, batch.finish())):
+                        return
+                    batch = None
+            self._put(self._DONE)
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            self._put(exc)
+
+    def _consume(self) -> Iterator[tuple[int, bytes]]:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]

@@ -112,3 +112,28 @@ def test_snowflake_error_classes() -> None:
     assert classify(FakeConnectorError("Warehouse 'LOAD_WH' is resuming", 0)).transient
     assert classify(TimeoutError()).transient
     assert not classify(FakeConnectorError("SQL compilation error", 1003)).transient
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        ["1", "-2", "+3"],
+        ["1", "2.50", "3.125"],
+        ["1" * 27 + ".5"],  # too wide for the fast path: the slow path decides
+        ["1.5e-05", "2"],
+        ["true", "FALSE"],
+        ["2026-01-01", "2026-01-02"],
+        ["2026-01-01", "2026-01-02 10:00:00"],
+        ["2026-01-01T10:00:00.123Z"],
+        ["12\n34", "5"],  # a value with its own newline must not pass as two integers
+        ["1", "x"],
+        ["0.1234567890123"],
+    ],
+)
+def test_column_inference_agrees_with_value_by_value(column: list[str]) -> None:
+    from recomamp.domain.columns import infer_column
+
+    expected = None
+    for value in column:
+        expected = combine(expected, infer_value(value))
+    assert infer_column(column) == expected
