@@ -232,3 +232,18 @@ async def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None
             main(argv)
         assert exit_info.value.code == 0
     assert "--snowflake-key-columns" in capsys.readouterr().out
+
+
+async def test_migrate_status_down_and_up(
+    empty_db_dsn: str, write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(dsn=empty_db_dsn)
+    assert await cli(path, "migrate", "up") == 0
+    assert "applied 2 migration(s): [1, 2]" in capsys.readouterr().out
+    assert await cli(path, "migrate", "down", "--to", "1") == 0
+    assert await cli(path, "migrate", "status", "--json") == 0
+    capsys.readouterr()
+    assert await cli(path, "migrate", "status", "--json") == 0
+    states = json.loads(capsys.readouterr().out)
+    assert [(s["version"], s["applied_at"] is not None) for s in states] == [(1, True), (2, False)]
+    assert await cli(path, "migrate", "down") == 2  # --to is required: rolling back is never implied

@@ -98,7 +98,9 @@ async def test_sigterm_drains_releases_leases_and_notifies_systemd(
         return any(text in m for m in messages)
 
     path = write_world_config(write_config, db_dsn, simulator, drain_timeout_seconds=0.5)
-    process = await _start(path, tmp_path / "daemon.log", env={"NOTIFY_SOCKET": str(notify_path)})
+    process = await _start(
+        path, tmp_path / "daemon.log", env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
+    )
     try:
         await _until(lambda: received("READY=1"))
         await _until(lambda: _submitted(pool, 4))
@@ -115,6 +117,7 @@ async def test_sigterm_drains_releases_leases_and_notifies_systemd(
             process.kill()
         listener.close()
     assert any("STATUS=" in m for m in messages)
+    assert any(m == "WATCHDOG=1" for m in messages)  # fed by the poll loop while it makes progress
     rows = await pool.fetch("SELECT status, step, lease_owner FROM schedule_runs")
     assert [(r["status"], r["step"], r["lease_owner"]) for r in rows] == [("running", "submitted", None)] * 4
     lines = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines() if line.startswith("{")]

@@ -1,0 +1,84 @@
+"""`runs retry-upload` after a Snowflake failure, and run-now waking a daemon through NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+
+from recomamp.config import load_config
+from recomamp.crypto import SecretBox
+from recomamp.daemon.pipeline import retry_upload
+from recomamp.daemon.process import Daemon
+from recomamp.daemon.services import open_services
+from recomamp.sandbox.embedded import FakeSnowflake
+from recomamp.sandbox.simulator import AmcSimulator
+from recomamp.store import catalog
+from tests.conftest import ConfigWriter
+from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, write_world_config
+
+
+async def test_a_failed_upload_is_loaded_again_from_fresh_links(
+    pool: asyncpg.Pool,
+    db_dsn: str,
+    box: SecretBox,
+    simulator: AmcSimulator,
+    fakesnow_server: FakeSnowflake,
+    write_config: ConfigWriter,
+) -> None:
+    tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amcA")
+    await add_due_schedule(pool, tenant, "daily", table="daily_results")  # no Snowflake config yet
+    config = load_config(write_world_config(write_config, db_dsn, simulator))
+    assert await Daemon(config, once=True).run() == 1
+    run = await pool.fetchrow("SELECT * FROM schedule_runs")
+    assert run is not None
+    assert (run["status"], run["error_kind"], run["snowflake_status"]) == ("failed", "snowflake", "failed")
+    assert "has no active Snowflake configuration" in run["error_message"]
+    assert f"recomamp runs retry-upload {run['id']}" in run["error_message"]
+
+    database = f"DB_{uuid.uuid4().hex[:8].upper()}"
+    await add_snowflake(pool, box, tenant, fakesnow_server.host, fakesnow_server.port, database)
+    simulator.link_ttl_seconds = 600
+    downloads_before = simulator.calls["download_urls"]
+    async with open_services(config, pool) as services:
+        summary = await retry_upload(services, config, run["id"])
+        again = await retry_upload(services, config, run["id"])  # idempotent: the window is replaced
+    assert summary == again
+    assert summary == f"run {run['id']}: loaded 120 rows into {database}.AMC.DAILY_RESULTS"
+    after = await pool.fetchrow("SELECT * FROM schedule_runs WHERE id = $1", run["id"])
+    assert after is not None
+    assert (after["status"], after["snowflake_status"], after["snowflake_rows"]) == ("succeeded", "completed", 120)
+    assert after["error_message"] is None
+    assert simulator.calls["download_urls"] > downloads_before  # fresh links, not the old ones
+    assert simulator.calls["create_execution"] == 1
+
+
+async def test_run_now_wakes_a_sleeping_daemon(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    tenant = await add_tenant(pool, box, simulator, "ben@example.com", "amcB")
+    schedule_id = await add_due_schedule(pool, tenant, "ben daily")
+    await pool.execute(
+        "UPDATE workflow_schedules SET next_run_at = now() + interval '1 day' WHERE id = $1", schedule_id
+    )
+    config = load_config(write_world_config(write_config, db_dsn, simulator, poll_interval_seconds=60.0))
+    daemon = Daemon(config)
+    serving = asyncio.create_task(daemon.run())
+    await asyncio.sleep(1.0)  # past the first poll: now it sleeps for a minute
+    started = time.monotonic()
+    async with pool.acquire() as connection:
+        run_id = await catalog.run_now(connection, schedule_id, datetime.now(UTC))
+    while time.monotonic() - started < 10:
+        if await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run_id) == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    woke_after = time.monotonic() - started
+    daemon._on_stop_signal(15)
+    assert await serving == 0
+    assert await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run_id) == "succeeded"
+    assert woke_after < 5  # NOTIFY, not the 60 s poll
+    next_run = await pool.fetchval("SELECT next_run_at FROM workflow_schedules WHERE id = $1", schedule_id)
+    assert next_run > datetime.now(UTC)  # the regular cadence was left alone
