@@ -23,7 +23,7 @@ from recomamp.config import Config, parse_config
 from recomamp.daemon.pipeline import RunOutcome, Services
 from recomamp.daemon.process import Daemon
 from recomamp.logs import configure_logging
-from recomamp.sandbox.embedded import start_postgres, with_database
+from recomamp.sandbox.embedded import recreate_database, start_postgres
 from recomamp.store import migrations
 from recomamp.store.runs import finish_run
 from recomamp.store.schedules import SELECT_DUE
@@ -46,13 +46,7 @@ class NothingPipeline:
 
 
 async def _fresh_database(admin_dsn: str, name: str) -> str:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_dsn, name)
+    dsn = await recreate_database(admin_dsn, name)
     connection = await asyncpg.connect(dsn)
     try:
         await migrations.migrate_up(connection)

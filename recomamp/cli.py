@@ -306,7 +306,7 @@ async def _snowflake(args: argparse.Namespace) -> int:
 # --- schedules ---------------------------------------------------------------------------------------
 
 
-def _schedule_fields(args: argparse.Namespace, *, creating: bool) -> dict[str, Any]:
+def _schedule_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if args.sql is not None or getattr(args, "sql_file", None):
         if args.sql is not None and args.sql_file:
@@ -357,7 +357,7 @@ async def _schedules(args: argparse.Namespace) -> int:
 
     command = args.schedules_command
     if command == "create":
-        fields = _schedule_fields(args, creating=True)
+        fields = _schedule_fields(args)
         fields.update(user_email=args.user, instance_id=args.instance)
         try:
             if args.preset == "custom" or (args.preset is None and args.cron):
@@ -406,7 +406,7 @@ async def _schedules(args: argparse.Namespace) -> int:
                     print(f"{key:>24}: {_cell(value)}")
         elif command == "update":
             try:
-                update = ScheduleUpdate(**_schedule_fields(args, creating=False))
+                update = ScheduleUpdate(**_schedule_fields(args))
             except ValidationError as exc:
                 raise UsageError(_validation_line(exc)) from None
             await catalog.update_schedule(connection, schedule_id, update, _now())

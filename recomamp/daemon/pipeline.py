@@ -206,6 +206,13 @@ class RunPipeline:
             if done.endswith(" 0"):
                 raise LostLease
 
+        if not run.snowflake_table_name:
+            message = (
+                "Snowflake is enabled for this schedule but it names no table: set one with "
+                f"`recomamp schedules update {run.schedule_id} --snowflake-table NAME`."
+            )
+            await record("failed", None, None, message)
+            return message
         if config_row is None or not config_row["is_active"]:
             message = (
                 f"Snowflake is enabled for this schedule but {run.user_email} has no active Snowflake "

@@ -139,6 +139,10 @@ class Daemon:
             log.warning("second_signal_exit_now", signal=signal.Signals(signum).name)
             os._exit(1)
         log.info("stop_requested", signal=signal.Signals(signum).name)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """Stop claiming, drain, and return from run(): what SIGTERM does."""
         self._stopping.set()
         self._wake_poller.set()
         self._wake_dispatcher.set()
@@ -216,9 +220,9 @@ class Daemon:
 
     async def _serve(self) -> int:
         tasks = {
-            asyncio.create_task(self._loop("poller", self._poll_once, self._wake_poller), name="poller"),
+            asyncio.create_task(self._loop("poll_failed", self._poll_once, self._wake_poller), name="poller"),
             asyncio.create_task(
-                self._loop("dispatcher", self._dispatch_once, self._wake_dispatcher), name="dispatcher"
+                self._loop("dispatch_failed", self._dispatch_once, self._wake_dispatcher), name="dispatcher"
             ),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._listen(), name="listener"),
@@ -250,7 +254,7 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
-    async def _loop(self, name: str, step: Callable[[], Awaitable[None]], wake: asyncio.Event) -> None:
+    async def _loop(self, failure_event: str, step: Callable[[], Awaitable[None]], wake: asyncio.Event) -> None:
         failures = 0
         while not self._stopping.is_set():
             wake.clear()
@@ -261,7 +265,7 @@ class Daemon:
                 # The database blinked: keep trying. The watchdog is fed only on progress, so a
                 # database that stays away gets the daemon restarted by systemd.
                 failures += 1
-                log.error(f"{name}_failed", error=str(exc), exception_class=type(exc).__name__, failures=failures)
+                log.error(failure_event, error=str(exc), exception_class=type(exc).__name__, failures=failures)
             interval = self._config.daemon.poll_interval_seconds
             watchdog = watchdog_interval_seconds()
             await self._wait(wake, min(interval, watchdog) if watchdog else interval)

@@ -20,7 +20,7 @@ import asyncpg
 
 from recomamp.crypto import SecretBox, generate_key
 from recomamp.domain.models import ScheduleCreatePreset
-from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow, start_postgres, with_database
+from recomamp.sandbox.embedded import FakeSnowflake, recreate_database, start_fakesnow, start_postgres
 from recomamp.sandbox.simulator import AmcSimulator, Fault, InstanceProfile
 from recomamp.store import catalog, migrations
 from recomamp.store.db import _init_connection
@@ -79,13 +79,7 @@ level = "info"
 
 
 async def _prepare(admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake, workdir: Path) -> tuple[str, Path]:
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
-    finally:
-        await admin.close()
-    dsn = with_database(admin_dsn, DEMO_DATABASE)
+    dsn = await recreate_database(admin_dsn, DEMO_DATABASE)
     secret_dir = workdir / "secrets"
     secret_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = generate_key()  # the demo's own throwaway key; the daemon itself never makes one

@@ -20,6 +20,19 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
+async def recreate_database(admin_dsn: str, name: str) -> str:
+    """Drop (closing its sessions) and create database `name` on the server; return its DSN."""
+    import asyncpg
+
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return with_database(admin_dsn, name)
+
+
 def start_postgres(data_dir: Path) -> str:
     """Start (or reuse) a Postgres server whose data lives in `data_dir`; return a superuser DSN.
 

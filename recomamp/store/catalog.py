@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from recomamp.domain.models import ScheduleCreateCustom, ScheduleCreatePreset, ScheduleResponse, ScheduleUpdate
-from recomamp.domain.schedules import Cadence, InvalidSchedule, next_fire, window_for
+from recomamp.domain.schedules import Cadence, next_fire, window_for
 from recomamp.store.db import Connection, Queryable
 from recomamp.store.schedules import CADENCE_COLUMNS, WAKEUP_CHANNEL, cadence_from_row
 
@@ -244,6 +244,3 @@ async def run_now(connection: Connection, schedule_id: int, now: datetime) -> in
             raise ValueError("a run for this schedule at this very instant already exists; try again")
         await connection.execute(f"NOTIFY {WAKEUP_CHANNEL}")
     return int(run_id)
-
-
-__all__ = ["InvalidSchedule", "NotFound"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from recomamp.config import Region
 from recomamp.store.db import Connection, Queryable
 
 # Claims are serialised across replicas for a few milliseconds, so that the counts of runs in flight
@@ -73,9 +75,7 @@ WHERE r.id = $1
 
 # Step updates. $1 run id, $2 owner; the rest per statement.
 SET_STEP = """
-UPDATE schedule_runs SET step = $3, updated_at = now(),
-    token_checked_at = CASE WHEN $3 = 'submitting' THEN now() ELSE token_checked_at END
-WHERE id = $1 AND lease_owner = $2
+UPDATE schedule_runs SET step = $3, updated_at = now() WHERE id = $1 AND lease_owner = $2
 """
 MARK_SUBMITTING = """
 UPDATE schedule_runs
@@ -175,20 +175,44 @@ async def release_leases(connection: Queryable, owner: str, run_ids: list[int]) 
 
 @dataclass(frozen=True)
 class RunContext:
-    """A run with what it needs from its schedule, instance and user."""
+    """A run, with what it needs from its schedule, AMC instance and user."""
 
-    row: dict[str, Any]
+    id: int
+    schedule_id: int
+    scheduled_for: datetime
+    trigger: str
+    status: str
+    step: str
+    attempt: int
+    lease_owner: str | None
+    window_start: datetime
+    window_end: datetime
+    window_timezone: str
+    submit_marker: str | None
+    amc_execution_id: str | None
+    amc_status: str | None
+    sql_query: str | None
+    workflow_id: str | None
+    parameter_values: dict[str, str] | None
+    snowflake_enabled: bool | None
+    snowflake_table_name: str | None
+    snowflake_schema_name: str | None
+    snowflake_key_columns: list[str] | None
+    owner_id: int
+    amc_instance_id: str
+    advertiser_id: str
+    marketplace_id: str
+    region: Region
+    user_email: str
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.row[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @classmethod
+    def from_row(cls, row: Any) -> RunContext:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
 async def load_run(connection: Queryable, run_id: int) -> RunContext | None:
     row = await connection.fetchrow(LOAD_RUN, run_id)
-    return RunContext(dict(row)) if row is not None else None
+    return RunContext.from_row(row) if row is not None else None
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ async def test_a_transient_amc_outage_defers_the_run_in_the_long_running_daemon(
         rows = await runs(pool)
         if rows and rows[0]["status"] == "succeeded":
             break
-    daemon._on_stop_signal(15)
+    daemon.request_stop()
     assert await serving == 0
     (run,) = await runs(pool)
     assert run["status"] == "succeeded"
@@ -212,5 +212,36 @@ async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
     path.write_text(text.replace("[daemon]", "[daemon]\nmax_concurrent_runs = -4"))
     assert await daemon.reload() is False
     assert daemon.config.daemon.poll_interval_seconds == 0.7
-    daemon._on_stop_signal(15)
+    daemon.request_stop()
     assert await serving == 0
+
+
+async def test_a_run_whose_lease_another_replica_took_is_stopped_here(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    simulator.default_profile.running_seconds = 60
+    tenant = await add_tenant(pool, box, simulator, "eve@example.com", "amcE")
+    await add_due_schedule(pool, tenant, "eve daily")
+    config = load_config(
+        write_world_config(write_config, db_dsn, simulator, heartbeat_interval_seconds=0.2, lease_seconds=5.0)
+    )
+    daemon = Daemon(config)
+    serving = asyncio.create_task(daemon.run())
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if await pool.fetchval("SELECT amc_execution_id FROM schedule_runs") is not None:
+            break
+    # Another replica adopted the run (say this one stalled past its lease): the heartbeat must notice.
+    await pool.execute(
+        "UPDATE schedule_runs SET lease_owner = 'replica-b', lease_expires_at = now() + interval '1 hour'"
+    )
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        if not daemon._runs:
+            break
+    assert not daemon._runs  # our copy of the run was stopped
+    daemon.request_stop()
+    assert await serving == 0
+    row = await pool.fetchrow("SELECT status, lease_owner FROM schedule_runs")
+    assert row is not None
+    assert (row["status"], row["lease_owner"]) == ("running", "replica-b")  # untouched by the drain

@@ -76,7 +76,7 @@ async def test_run_now_wakes_a_sleeping_daemon(
             break
         await asyncio.sleep(0.05)
     woke_after = time.monotonic() - started
-    daemon._on_stop_signal(15)
+    daemon.request_stop()
     assert await serving == 0
     assert await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run_id) == "succeeded"
     assert woke_after < 5  # NOTIFY, not the 60 s poll
