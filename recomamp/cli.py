@@ -803,7 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging("warning", stream=sys.stderr)
+    # An interactive command prints its own answer; library chatter (connector retries) stays out of it.
+    # `run` and `runs retry-upload` reconfigure logging from the config file.
+    configure_logging("error", stream=sys.stderr)
     try:
         code: int = args.handler(args)
     except ConfigError as exc:

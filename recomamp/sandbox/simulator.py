@@ -152,6 +152,7 @@ class AmcSimulator:
         list_page_size: int = 25,
         url_page_size: int = 25,
         rotate_refresh_tokens: bool = False,
+        return_refresh_token: bool = True,
         default_profile: InstanceProfile | None = None,
     ) -> None:
         self.client_id = client_id
@@ -161,6 +162,7 @@ class AmcSimulator:
         self.list_page_size = list_page_size
         self.url_page_size = url_page_size
         self.rotate_refresh_tokens = rotate_refresh_tokens
+        self.return_refresh_token = return_refresh_token  # LWA may leave it out of a refresh answer
         self.default_profile = default_profile or InstanceProfile()
         self.profiles: dict[str, InstanceProfile] = {}
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user email, while it is valid
@@ -316,7 +318,7 @@ class AmcSimulator:
         if self.rotate_refresh_tokens:
             del self.refresh_tokens[refresh_token]
             body["refresh_token"] = self.add_user(user)
-        else:
+        elif self.return_refresh_token:
             body["refresh_token"] = refresh_token
         return _json_response(body, 200)
 

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from recomamp.cli import main
+from recomamp.sandbox.embedded import FakeSnowflake, free_port
 from tests.conftest import ConfigWriter
 
 
@@ -247,3 +248,35 @@ async def test_migrate_status_down_and_up(
     states = json.loads(capsys.readouterr().out)
     assert [(s["version"], s["applied_at"] is not None) for s in states] == [(1, True), (2, False)]
     assert await cli(path, "migrate", "down") == 2  # --to is required: rolling back is never implied
+
+
+async def test_snowflake_test_reports_the_version_or_a_clear_error(
+    seeded: Path, fakesnow_server: FakeSnowflake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = tmp_path / "pw"
+    password.write_text("pw\n")
+    common = [
+        "--account",
+        "acme",
+        "--user",
+        "LOADER",
+        "--database",
+        "ANALYTICS",
+        "--password-file",
+        str(password),
+        "--host",
+        fakesnow_server.host,
+        "--protocol",
+        "http",
+    ]
+    assert await cli(seeded, "snowflake", "set", "ada@example.com", *common, "--port", str(fakesnow_server.port)) == 0
+    capsys.readouterr()
+    assert await cli(seeded, "snowflake", "test", "ada@example.com") == 0
+    assert "connected to Snowflake as LOADER (password); server version" in capsys.readouterr().out
+    closed_port = str(free_port())
+    assert await cli(seeded, "snowflake", "set", "ada@example.com", *common, "--port", closed_port) == 0
+    capsys.readouterr()
+    assert await cli(seeded, "snowflake", "test", "ada@example.com") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("snowflake test failed: ")
+    assert len(err.strip().splitlines()) == 1

@@ -182,3 +182,16 @@ async def test_a_user_without_a_refresh_token_is_told_how_to_fix_it(
     with pytest.raises(TokenError, match=re.escape("no refresh token is stored for dee@example.com")):
         await make_token_service(pool, http, simulator, box).access_token(user_id)
     assert simulator.calls["lwa_token"] == 0
+
+
+async def test_a_refresh_without_a_refresh_token_keeps_the_stored_one(
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox
+) -> None:
+    original = simulator.add_user("ada@example.com")
+    user_id = await add_user(pool, box, "ada@example.com", original)
+    simulator.return_refresh_token = False
+    service = make_token_service(pool, http, simulator, box)
+    first = await service.access_token(user_id)
+    stored = await pool.fetchval("SELECT refresh_token_encrypted FROM users WHERE id = $1", user_id)
+    assert box.decrypt(stored) == original
+    assert await service.access_token(user_id, stale=first) != first  # and it still works next time

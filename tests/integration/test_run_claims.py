@@ -1,0 +1,68 @@
+"""Claiming runs: the global and per-instance limits hold across replicas, counted in the database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from recomamp.store.runs import claim_runs
+
+
+async def _seed(db: asyncpg.Connection, runs_per_instance: int) -> None:
+    await db.execute("INSERT INTO users (email) VALUES ('u@example.com')")
+    for instance in ("i1", "i2"):
+        instance_id = await db.fetchval(
+            "INSERT INTO amc_instances (owner_id, instance_id, advertiser_id, marketplace_id) "
+            "VALUES (1, $1, 'E', 'M') RETURNING id",
+            instance,
+        )
+        schedule_id = await db.fetchval(
+            "INSERT INTO workflow_schedules (name, owner_id, instance_id, sql_query, preset, time_of_day) "
+            "VALUES ('s', 1, $1, 'SELECT 1', 'daily', '06:00') RETURNING id",
+            instance_id,
+        )
+        base = datetime(2026, 11, 1, tzinfo=UTC)
+        for n in range(runs_per_instance):
+            await db.execute(
+                "INSERT INTO schedule_runs (schedule_id, instance_id, scheduled_for) VALUES ($1, $2, $3)",
+                schedule_id,
+                instance_id,
+                base + timedelta(minutes=n),
+            )
+
+
+async def _leased_by_instance(db: asyncpg.Connection) -> dict[str, int]:
+    rows = await db.fetch(
+        "SELECT i.instance_id, count(*) AS n FROM schedule_runs r JOIN amc_instances i ON i.id = r.instance_id "
+        "WHERE r.lease_owner IS NOT NULL GROUP BY 1"
+    )
+    return {row["instance_id"]: row["n"] for row in rows}
+
+
+async def test_limits_hold_across_replicas(db: asyncpg.Connection, db_dsn: str) -> None:
+    await _seed(db, runs_per_instance=10)
+    first = await claim_runs(db, owner="a", lease_seconds=60, max_global=5, max_per_instance=3, limit=100)
+    assert len(first) == 5
+    leased = await _leased_by_instance(db)
+    assert max(leased.values()) <= 3
+    other = await asyncpg.connect(db_dsn)
+    try:
+        # Another replica, with room of its own, gets nothing: the global count is shared.
+        assert await claim_runs(other, owner="b", lease_seconds=60, max_global=5, max_per_instance=3, limit=100) == []
+        # When a lease expires, its run is claimable again, by anyone, and counted once.
+        await db.execute(
+            "UPDATE schedule_runs SET lease_expires_at = now() - interval '1 second' WHERE id = $1", first[0]
+        )
+        again = await claim_runs(other, owner="b", lease_seconds=60, max_global=5, max_per_instance=3, limit=100)
+        assert again == [first[0]]
+    finally:
+        await other.close()
+    assert await db.fetchval("SELECT attempt FROM schedule_runs WHERE id = $1", first[0]) == 2
+
+
+async def test_a_busy_instance_does_not_block_another(db: asyncpg.Connection) -> None:
+    await _seed(db, runs_per_instance=10)
+    claimed = await claim_runs(db, owner="a", lease_seconds=60, max_global=8, max_per_instance=2, limit=100)
+    assert await _leased_by_instance(db) == {"i1": 2, "i2": 2}
+    assert len(claimed) == 4
