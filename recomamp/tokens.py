@@ -114,10 +114,13 @@ class TokenService:
         """A reload swaps the policy; a refresh already in flight keeps the one it started with."""
         self._policy = policy
 
-    async def access_token(self, user_id: int, *, stale: str | None = None) -> str:
-        """A usable access token. Pass `stale`, the token AMC just answered 401 to, to force a refresh."""
+    async def access_token(self, user_id: int, *, stale: str | None = None, announce: bool = True) -> str:
+        """A usable access token. Pass `stale`, the token AMC just answered 401 to, to force a refresh.
+
+        `announce` logs the check (status and seconds left) at info; otherwise at debug.
+        """
         user = await fetch_user_tokens(self._pool, user_id)
-        access = self._usable_access_token(user, stale=stale, log_check=True)
+        access = self._usable_access_token(user, stale=stale, log_level="info" if announce else "debug")
         if access is not None:
             return access
         future = self._inflight.get(user_id)
@@ -128,7 +131,7 @@ class TokenService:
         # shield: one caller giving up (a cancelled run) must not cancel the refresh the others wait on.
         return await asyncio.shield(future)
 
-    def _usable_access_token(self, user: UserTokens, *, stale: str | None, log_check: bool) -> str | None:
+    def _usable_access_token(self, user: UserTokens, *, stale: str | None, log_level: str | None) -> str | None:
         """The stored access token if it is good for longer than the margin; raise if the user is unusable."""
         if user.needs_reauth:
             raise _reauth_error(user)
@@ -158,8 +161,10 @@ class TokenService:
             status = "expiring"
         else:
             status = "valid"
-        if log_check:
-            log.info(
+        if log_level is not None:
+            # A token that needs a refresh is always worth an info line; a routine check, only when asked.
+            quiet = log_level == "debug" and status == "valid"
+            (log.debug if quiet else log.info)(
                 "token_checked",
                 user_email=user.email,
                 token_status=status,
@@ -173,7 +178,7 @@ class TokenService:
             await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _advisory_key(user_id))
             # Read again under the lock: another replica may have refreshed while we waited.
             user = await fetch_user_tokens(connection, user_id)
-            access = self._usable_access_token(user, stale=stale, log_check=False)
+            access = self._usable_access_token(user, stale=stale, log_level=None)
             if access is not None:
                 log.info("token_refreshed_elsewhere", user_email=user.email)
                 return access

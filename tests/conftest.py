@@ -8,6 +8,7 @@ A migrated template database is built once per session; each test gets a fresh c
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 from cryptography.fernet import Fernet
 
 from recomamp.sandbox.embedded import start_postgres, with_database
@@ -22,6 +24,17 @@ from recomamp.store import migrations
 from recomamp.store.db import _init_connection
 
 TEMPLATE_DB = f"recomamp_template_{os.getpid()}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that configures logging binds a handler to its captured stream: undo that afterwards."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 async def _admin_execute(admin_dsn: str, *statements: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -427,11 +428,20 @@ class AmcClient:
         execution_id: str,
         *,
         on_status: Callable[[Execution], Awaitable[None]] | None = None,
+        deadline_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Execution:
         """Poll with growing waits until the execution is SUCCEEDED, FAILED, CANCELLED or REJECTED."""
         wait = self._policy.poll_initial_seconds
         last_status: str | None = None
+        started = clock()
         while True:
+            if deadline_seconds is not None and clock() - started > deadline_seconds:
+                raise AmcError(
+                    f"execution {execution_id} was still {last_status} after {deadline_seconds:.0f} s of polling; "
+                    "AMC should have stopped it by now. Check it in AMC, and cancel it there if it is stuck",
+                    transient=False,
+                )
             execution = await self.get_execution(target, tokens, execution_id)
             if execution.status != last_status:
                 log.info("amc_execution_status", amc_execution_id=execution_id, amc_status=execution.status)

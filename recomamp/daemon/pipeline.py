@@ -56,12 +56,16 @@ class Services:
 
 
 class UserTokenSource:
+    """The run's tokens. The first check is logged at info (seconds left); later ones, per call, at debug."""
+
     def __init__(self, service: TokenService, user_id: int) -> None:
         self._service = service
         self._user_id = user_id
+        self._checked = False
 
     async def __call__(self, stale: str | None = None) -> str:
-        return await self._service.access_token(self._user_id, stale=stale)
+        announce, self._checked = not self._checked, True
+        return await self._service.access_token(self._user_id, stale=stale, announce=announce)
 
 
 def _local(instant: datetime, timezone: str) -> datetime:
@@ -120,6 +124,17 @@ class RunPipeline:
             user_email=run.user_email, schedule_id=run.schedule_id, run_id=run_id, attempt=run.attempt
         )
         log.info("run_started", step=run.step, scheduled_for=run.scheduled_for.isoformat(), trigger=run.trigger)
+        if run.attempt > config.daemon.max_run_attempts:
+            # Claimed more often than allowed without an outcome: each claim before this one died (a
+            # replica crashed or was killed mid-run). Stop here rather than loop forever.
+            return await self._fail(
+                run,
+                "too_many_attempts",
+                f"The run was claimed {run.attempt} times without finishing (each earlier replica stopped "
+                f"mid-run, at step {run.step}); giving up after [daemon] max_run_attempts = "
+                f"{config.daemon.max_run_attempts}. Check the daemon's log for crashes, then "
+                f"`recomamp schedules run-now {run.schedule_id}`.",
+            )
         try:
             return await self._steps(run, config)
         except LostLease:
@@ -174,7 +189,14 @@ class RunPipeline:
                 run_store.SET_AMC_STATUS, run.id, execution.status, execution.status_reason, execution.terminal
             )
 
-        final = await services.amc.wait_until_terminal(target, tokens, execution_id, on_status=record_status)
+        final = await services.amc.wait_until_terminal(
+            target,
+            tokens,
+            execution_id,
+            on_status=record_status,
+            # AMC is told to stop at this timeout; an hour's grace covers its own bookkeeping.
+            deadline_seconds=config.amazon.amc_execution_timeout_seconds + 3600,
+        )
         if final.status == "CANCELLED":
             return await self._finish(run, "cancelled", "amc_cancelled", "The AMC execution was cancelled.")
         if final.status != "SUCCEEDED":

@@ -248,3 +248,16 @@ async def test_cancel_and_cancel_again(
     with pytest.raises(AmcError) as excinfo:
         await amc.cancel_execution(target, tokens, execution.execution_id)
     assert excinfo.value.status == 400
+
+
+async def test_polling_stops_at_its_deadline(
+    amc: AmcClient, tokens: UserTokens, target: AmcTarget, simulator: AmcSimulator
+) -> None:
+    simulator.profile("amcinst1").running_seconds = 3600
+    execution = await amc.create_execution(target, tokens, REQUEST, marker="r")
+    ticks = iter(range(0, 10_000, 100))
+    with pytest.raises(AmcError, match="still RUNNING after 250 s of polling") as excinfo:
+        await amc.wait_until_terminal(
+            target, tokens, execution.execution_id, deadline_seconds=250, clock=lambda: float(next(ticks))
+        )
+    assert not excinfo.value.transient

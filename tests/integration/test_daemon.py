@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
@@ -245,3 +246,45 @@ async def test_a_run_whose_lease_another_replica_took_is_stopped_here(
     row = await pool.fetchrow("SELECT status, lease_owner FROM schedule_runs")
     assert row is not None
     assert (row["status"], row["lease_owner"]) == ("running", "replica-b")  # untouched by the drain
+
+
+async def test_a_run_claimed_too_often_without_an_outcome_gives_up(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    tenant = await add_tenant(pool, box, simulator, "fay@example.com", "amcF")
+    schedule_id = await add_due_schedule(pool, tenant, "fay daily")
+    config = load_config(write_world_config(write_config, db_dsn, simulator, max_run_attempts=3))
+    async with pool.acquire() as connection:
+        await catalog.run_now(connection, schedule_id, datetime.now(UTC))
+    await pool.execute("UPDATE workflow_schedules SET next_run_at = now() + interval '1 day'")
+    # Three replicas already died holding it (a poison run): the fourth claim must not loop again.
+    await pool.execute("UPDATE schedule_runs SET status = 'running', step = 'token', attempt = 3")
+    assert await Daemon(config, once=True).run() == 1
+    run = await pool.fetchrow("SELECT status, error_kind, error_message, attempt FROM schedule_runs")
+    assert run is not None
+    assert (run["status"], run["error_kind"], run["attempt"]) == ("failed", "too_many_attempts", 4)
+    assert "max_run_attempts = 3" in run["error_message"]
+    assert simulator.calls["lwa_token"] == 0
+
+
+async def test_token_checks_are_logged_once_per_run_at_info(
+    pool: asyncpg.Pool,
+    db_dsn: str,
+    box: SecretBox,
+    simulator: AmcSimulator,
+    write_config: ConfigWriter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from recomamp.logs import configure_logging
+
+    tenant = await add_tenant(pool, box, simulator, "gus@example.com", "amcG")
+    await add_due_schedule(pool, tenant, "gus daily")
+    config = load_config(write_world_config(write_config, db_dsn, simulator))
+    configure_logging("info")
+    assert await Daemon(config, once=True).run() == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    checks = [line for line in lines if line["event"] == "token_checked"]
+    assert [c["token_status"] for c in checks] == ["missing"]  # then refreshed; later checks are debug
+    assert checks[0]["run_id"] == 1 and checks[0]["user_email"] == "gus@example.com"
