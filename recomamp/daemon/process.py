@@ -326,11 +326,12 @@ class Daemon:
         self._notifier.stopping()
         in_flight = list(self._runs.values())
         timeout = self._config.daemon.drain_timeout_seconds
-        if in_flight and not self._once:
+        if in_flight and self._stopping.is_set():
+            # A stop request (SIGTERM, or the daemon itself failing): runs get the drain timeout, no more.
             log.info("draining", runs_in_flight=len(in_flight), drain_timeout_seconds=timeout)
             await asyncio.wait(in_flight, timeout=timeout)
         elif in_flight:
-            await asyncio.wait(in_flight)
+            await asyncio.wait(in_flight)  # --once, finishing what it started
         unfinished = {run_id: task for run_id, task in self._runs.items() if not task.done()}
         for task in unfinished.values():
             task.cancel()

@@ -59,12 +59,5 @@ class SnowflakeSink:
             self._executor, functools.partial(context.run, loader.load, target, metadata, list(files))
         )
 
-    async def run_blocking(self, function: functools.partial[str]) -> str:
-        """Run another blocking connector call (a connection test) on the same pool."""
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(context.run, function)
-        )
-
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -288,3 +288,23 @@ async def test_token_checks_are_logged_once_per_run_at_info(
     checks = [line for line in lines if line["event"] == "token_checked"]
     assert [c["token_status"] for c in checks] == ["missing"]  # then refreshed; later checks are debug
     assert checks[0]["run_id"] == 1 and checks[0]["user_email"] == "gus@example.com"
+
+
+async def test_once_mode_asked_to_stop_drains_within_the_timeout(
+    pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
+) -> None:
+    simulator.default_profile.running_seconds = 120
+    tenant = await add_tenant(pool, box, simulator, "hal@example.com", "amcH")
+    await add_due_schedule(pool, tenant, "hal daily")
+    config = load_config(write_world_config(write_config, db_dsn, simulator, drain_timeout_seconds=0.3))
+    daemon = Daemon(config, once=True)
+    running = asyncio.create_task(daemon.run())
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if await pool.fetchval("SELECT amc_execution_id FROM schedule_runs") is not None:
+            break
+    daemon.request_stop()
+    await asyncio.wait_for(running, 5)  # not the two minutes AMC would take
+    row = await pool.fetchrow("SELECT status, step, lease_owner FROM schedule_runs")
+    assert row is not None
+    assert (row["status"], row["step"], row["lease_owner"]) == ("running", "submitted", None)
