@@ -259,7 +259,7 @@ async def refresh_with_retries(
                     _log_attempt(email, attempt_number, exc.failure, policy)
                     raise
     except LwaAttemptFailed as exc:
-        permanent, message = token_failure_message(exc.failure, attempt_number)
+        permanent, message = token_failure_message(exc.failure, attempt_number, email)
         log.error(
             "token_refresh_gave_up",
             user_email=email,

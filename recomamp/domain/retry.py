@@ -127,7 +127,7 @@ class BackoffPolicy:
         return 0.0
 
 
-def token_failure_message(failure: AttemptFailure, attempts: int) -> tuple[bool, str]:
+def token_failure_message(failure: AttemptFailure, attempts: int, email: str = "USER_EMAIL") -> tuple[bool, str]:
     """(permanent, message) for the run's history: what happened, whether it heals, who must act."""
     cause = failure.reason
     if failure.error_description:
@@ -136,7 +136,7 @@ def token_failure_message(failure: AttemptFailure, attempts: int) -> tuple[bool,
         return True, (
             f"User needs to re-authenticate via Amazon OAuth. Login with Amazon rejected the refresh token "
             f"({cause}). Permanent: the user must sign in with Amazon again; until an operator stores the new "
-            "token with `recomamp users set-token`, this user's runs fail without calling Amazon."
+            f"token with `recomamp users set-token {email}`, this user's runs fail without calling Amazon."
         )
     if failure.kind is FailureKind.CLIENT_CREDENTIALS:
         return True, (

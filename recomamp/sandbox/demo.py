@@ -257,6 +257,11 @@ async def _demo(workdir: Path) -> int:
         _print_table(
             table_rows, ["run", "user", "schedule", "status", "attempt", "LWA calls", "rows in Snowflake", "message"]
         )
+        failed = [run for run in runs if run["error_message"]]
+        if failed:
+            print("\nwhat the failed runs say (recomamp runs show ID prints the rest):")
+            for run in failed:
+                print(f"  run {run['id']}: {run['error_message']}")
         tables = sorted({r["snowflake_table"] for r in runs if r["snowflake_table"] and r["snowflake_rows"]})
         print("\nrows in Snowflake:")
         for table, count in await asyncio.to_thread(_snowflake_counts, snow, tables):
