@@ -42,6 +42,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 SEQ_COLUMN = "_RECOMAMP_SEQ"
+WIDENING_SUFFIX = "__RECOMAMP_TEXT"
 METADATA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("UPLOADED_AT", "TIMESTAMP_NTZ"),
     ("RECOMAMP_SCHEDULE_ID", "NUMBER(38,0)"),
@@ -302,6 +303,9 @@ class Loader:
         database, schema, table = parts
         name = qualified(*parts)
         existing = self._existing_columns(cursor, database, schema, table)
+        if any(column.endswith(WIDENING_SUFFIX) for column in existing):
+            self._finish_interrupted_widening(cursor, name, existing)
+            existing = self._existing_columns(cursor, database, schema, table)
         if not existing:
             definitions = [f"{quote(c)} {t.sql()}" for c, t in types.items()]
             definitions += [f"{quote(c)} {sql_type}" for c, sql_type in METADATA_COLUMNS]
@@ -327,9 +331,23 @@ class Loader:
                 final[column] = VARCHAR
         return final
 
+    def _finish_interrupted_widening(self, cursor: Cursor, table: str, existing: dict[str, ColumnType]) -> None:
+        """A load that died while widening a column left its text copy behind: complete that widening."""
+        for temporary in [c for c in existing if c.endswith(WIDENING_SUFFIX)]:
+            column = temporary.removesuffix(WIDENING_SUFFIX)
+            log.warning("snowflake_widening_resumed", column=column)
+            if column in existing:  # died before DROP: copy again (the copy may be partial), then swap
+                self._run(cursor, "dml", f"UPDATE {table} SET {quote(temporary)} = CAST({quote(column)} AS VARCHAR)")
+                self._run(cursor, "ddl", f"ALTER TABLE {table} DROP COLUMN {quote(column)}")
+            self._run(cursor, "ddl", f"ALTER TABLE {table} RENAME COLUMN {quote(temporary)} TO {quote(column)}")
+
     def _widen_to_text(self, cursor: Cursor, table: str, column: str) -> None:
-        """Snowflake cannot ALTER a NUMBER or DATE column to VARCHAR: copy it into a new text column."""
-        temporary = f"{column}__RECOMAMP_TEXT"
+        """Snowflake cannot ALTER a NUMBER or DATE column to VARCHAR: copy it into a new text column.
+
+        Four statements, as DDL cannot share a transaction; a load that dies between them is finished
+        by the next load (_finish_interrupted_widening), so no value is lost either way.
+        """
+        temporary = f"{column}{WIDENING_SUFFIX}"
         log.warning("snowflake_column_widened", column=column, to="VARCHAR")
         self._run(cursor, "ddl", f"ALTER TABLE {table} ADD COLUMN {quote(temporary)} VARCHAR")
         self._run(cursor, "dml", f"UPDATE {table} SET {quote(temporary)} = CAST({quote(column)} AS VARCHAR)")

@@ -270,3 +270,30 @@ async def test_the_log_context_travels_into_the_thread(
     assert done[0]["user_email"] == "ada@example.com"
     assert done[0]["run_id"] == 41
     assert "loader-password" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("died_after", ["update", "drop"])
+async def test_a_widening_interrupted_midway_is_finished_by_the_next_load(
+    spec: SnowflakeConnectionSpec, tmp_path: Path, died_after: str
+) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "half_widened")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(spec, target, metadata(1), [write_csv(tmp_path / "a", "p.csv", ["id,code", "1,10", "2,20"])])
+    table = f'"{spec.database}"."AMC"."HALF_WIDENED"'
+    # A load died while widening CODE: after its UPDATE, or after its DROP.
+    query(spec, f'ALTER TABLE {table} ADD COLUMN "CODE__RECOMAMP_TEXT" VARCHAR')
+    query(spec, f'UPDATE {table} SET "CODE__RECOMAMP_TEXT" = CAST("CODE" AS VARCHAR)')
+    if died_after == "drop":
+        query(spec, f'ALTER TABLE {table} DROP COLUMN "CODE"')
+    window = (datetime(2026, 11, 8, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC))
+    await sink.load(spec, target, metadata(2, window), [write_csv(tmp_path / "b", "p.csv", ["id,code", "3,X-30"])])
+    sink.close()
+    rows = query(spec, f"SELECT id, code FROM {table} ORDER BY id")
+    assert rows == [(1, "10"), (2, "20"), (3, "X-30")]
+    columns = query(
+        spec,
+        f'SELECT column_name FROM "{spec.database}".information_schema.columns '
+        "WHERE table_name = 'HALF_WIDENED' AND column_name LIKE 'CODE%'",
+    )
+    assert columns == [("CODE",)]
