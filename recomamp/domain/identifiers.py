@@ -32,11 +32,6 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def quote_user_identifier(name: str, field: str) -> str:
-    """A validated user-supplied name, upper-cased (as Snowflake stores unquoted names) and quoted."""
-    return quote(validate_identifier(name, field).upper())
-
-
 def qualified(*parts: str) -> str:
     return ".".join(quote(part) for part in parts)
 

@@ -17,7 +17,7 @@ import secrets
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -715,6 +715,3 @@ def generate_csv(
 def expected_rows(execution: SimExecution) -> list[tuple[str, ...]]:
     """Every row of a result, for tests to compare against what was loaded."""
     return [result_row(execution, i) for i in range(execution.profile.rows)]
-
-
-Clock = Callable[[], float]

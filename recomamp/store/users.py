@@ -13,10 +13,6 @@ SELECT id, email, refresh_token_encrypted, access_token_encrypted, access_token_
 FROM users WHERE id = $1
 """
 
-SELECT_USER_BY_EMAIL = "SELECT id FROM users WHERE lower(email) = lower($1)"
-
-INSERT_USER = "INSERT INTO users (email) VALUES ($1) RETURNING id"
-
 STORE_REFRESHED_TOKENS = """
 UPDATE users
 SET access_token_encrypted = $2,
@@ -73,8 +69,3 @@ async def fetch_user_tokens(connection: Queryable, user_id: int) -> UserTokens:
     if row is None:
         raise UnknownUser(f"no user with id {user_id}")
     return UserTokens(**dict(row))
-
-
-async def find_user_id(connection: Queryable, email: str) -> int | None:
-    value = await connection.fetchval(SELECT_USER_BY_EMAIL, email)
-    return int(value) if value is not None else None

@@ -265,11 +265,12 @@ async def test_the_log_context_travels_into_the_thread(
     await sink.load(spec, LoadTarget(spec.database, "AMC", "ctx"), metadata(41), [write_csv(tmp_path, "p.csv", FIRST)])
     sink.close()
     structlog.contextvars.clear_contextvars()
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     done = [line for line in lines if line["event"] == "snowflake_load_completed"]
     assert done[0]["user_email"] == "ada@example.com"
     assert done[0]["run_id"] == 41
-    assert "loader-password" not in capsys.readouterr().out
+    assert "loader-password" not in out
 
 
 @pytest.mark.parametrize("died_after", ["update", "drop"])

@@ -7,7 +7,6 @@ from recomamp.domain.identifiers import (
     InvalidIdentifier,
     column_name,
     quote,
-    quote_user_identifier,
     validate_identifier,
 )
 from recomamp.snowflake.errors import classify
@@ -31,9 +30,8 @@ def test_bad_identifiers_say_what_is_allowed(name: str) -> None:
     assert "letters, digits, _ and $" in message
 
 
-def test_quoting_doubles_quotes_and_upper_cases_user_names() -> None:
+def test_quoting_doubles_quotes() -> None:
     assert quote('we"ird') == '"we""ird"'
-    assert quote_user_identifier("daily_results", "t") == '"DAILY_RESULTS"'
 
 
 def test_result_column_names_are_cleaned_and_unique() -> None:
