@@ -17,7 +17,14 @@ from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.simulator import AmcSimulator, Fault
 from recomamp.store import catalog
 from tests.conftest import ConfigWriter
-from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, write_world_config
+from tests.integration.world import (
+    add_due_schedule,
+    add_snowflake,
+    add_tenant,
+    execution_submitted,
+    wait_until,
+    write_world_config,
+)
 
 
 async def runs(pool: asyncpg.Pool) -> list[dict[str, object]]:
@@ -181,11 +188,12 @@ async def test_a_transient_amc_outage_defers_the_run_in_the_long_running_daemon(
     )
     daemon = Daemon(config)
     serving = asyncio.create_task(daemon.run())
-    for _ in range(100):
-        await asyncio.sleep(0.1)
+
+    async def succeeded() -> bool:
         rows = await runs(pool)
-        if rows and rows[0]["status"] == "succeeded":
-            break
+        return bool(rows) and rows[0]["status"] == "succeeded"
+
+    await wait_until(succeeded, what="the deferred run to succeed")
     daemon.request_stop()
     assert await serving == 0
     (run,) = await runs(pool)
@@ -228,19 +236,12 @@ async def test_a_run_whose_lease_another_replica_took_is_stopped_here(
     )
     daemon = Daemon(config)
     serving = asyncio.create_task(daemon.run())
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if await pool.fetchval("SELECT amc_execution_id FROM schedule_runs") is not None:
-            break
+    await wait_until(lambda: execution_submitted(pool), what="the run to be submitted")
     # Another replica adopted the run (say this one stalled past its lease): the heartbeat must notice.
     await pool.execute(
         "UPDATE schedule_runs SET lease_owner = 'replica-b', lease_expires_at = now() + interval '1 hour'"
     )
-    for _ in range(40):
-        await asyncio.sleep(0.05)
-        if not daemon._runs:
-            break
-    assert not daemon._runs  # our copy of the run was stopped
+    await wait_until(lambda: not daemon._runs, seconds=2, what="our copy of the run to be stopped")
     daemon.request_stop()
     assert await serving == 0
     row = await pool.fetchrow("SELECT status, lease_owner FROM schedule_runs")
@@ -299,10 +300,7 @@ async def test_once_mode_asked_to_stop_drains_within_the_timeout(
     config = load_config(write_world_config(write_config, db_dsn, simulator, drain_timeout_seconds=0.3))
     daemon = Daemon(config, once=True)
     running = asyncio.create_task(daemon.run())
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if await pool.fetchval("SELECT amc_execution_id FROM schedule_runs") is not None:
-            break
+    await wait_until(lambda: execution_submitted(pool), what="the run to be submitted")
     daemon.request_stop()
     await asyncio.wait_for(running, 5)  # not the two minutes AMC would take
     row = await pool.fetchrow("SELECT status, step, lease_owner FROM schedule_runs")

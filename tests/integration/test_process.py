@@ -18,7 +18,7 @@ from recomamp.crypto import SecretBox
 from recomamp.daemon.process import Daemon
 from recomamp.sandbox.simulator import AmcSimulator
 from tests.conftest import ConfigWriter
-from tests.integration.world import add_due_schedule, add_tenant, write_world_config
+from tests.integration.world import add_due_schedule, add_tenant, execution_submitted, wait_until, write_world_config
 
 
 async def _start(config: Path, log: Path, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
@@ -36,22 +36,6 @@ async def _start(config: Path, log: Path, env: dict[str, str] | None = None) -> 
         )
 
 
-async def _until(condition: object, seconds: float = 20.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if await condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("timed out")
-
-
-async def _submitted(pool: asyncpg.Pool, count: int) -> bool:
-    return bool(await pool.fetchval("SELECT count(*) FROM schedule_runs WHERE amc_execution_id IS NOT NULL") == count)
-
-
-async def _log_has(path: Path, event: str) -> bool:
-    return event in path.read_text()
-
-
 @pytest.fixture
 async def four_long_runs(pool: asyncpg.Pool, box: SecretBox, simulator: AmcSimulator) -> None:
     simulator.default_profile.running_seconds = 120  # polling goes on until the test lets them finish
@@ -66,7 +50,7 @@ async def test_sigkill_while_polling_then_a_fresh_daemon_finishes_without_a_seco
 ) -> None:
     path = write_world_config(write_config, db_dsn, simulator, lease_seconds=1.5, heartbeat_interval_seconds=0.5)
     process = await _start(path, tmp_path / "killed.log")
-    await _until(lambda: _submitted(pool, 4))
+    await wait_until(lambda: execution_submitted(pool, 4), what="4 runs to be submitted")
     process.send_signal(signal.SIGKILL)
     assert await process.wait() == -signal.SIGKILL
     assert simulator.calls["create_execution"] == 4
@@ -102,16 +86,16 @@ async def test_sigterm_drains_releases_leases_and_notifies_systemd(
         path, tmp_path / "daemon.log", env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}
     )
     try:
-        await _until(lambda: received("READY=1"))
-        await _until(lambda: _submitted(pool, 4))
+        await wait_until(lambda: received("READY=1"), what="READY=1")
+        await wait_until(lambda: execution_submitted(pool, 4), what="4 runs to be submitted")
         process.send_signal(signal.SIGHUP)
-        await _until(lambda: received("RELOADING=1"))
+        await wait_until(lambda: received("RELOADING=1"), what="RELOADING=1")
         reloading = next(m for m in messages if "RELOADING=1" in m)
         assert "MONOTONIC_USEC=" in reloading
-        await _until(lambda: _log_has(tmp_path / "daemon.log", "config_reloaded"))
+        await wait_until(lambda: "config_reloaded" in (tmp_path / "daemon.log").read_text(), what="config_reloaded")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
-        await _until(lambda: received("STOPPING=1"))
+        await wait_until(lambda: received("STOPPING=1"), what="STOPPING=1")
     finally:
         if process.returncode is None:
             process.kill()

@@ -18,7 +18,7 @@ from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.store import catalog
 from tests.conftest import ConfigWriter
-from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, write_world_config
+from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, wait_until, write_world_config
 
 
 async def test_a_failed_upload_is_loaded_again_from_fresh_links(
@@ -71,10 +71,11 @@ async def test_run_now_wakes_a_sleeping_daemon(
     started = time.monotonic()
     async with pool.acquire() as connection:
         run_id = await catalog.run_now(connection, schedule_id, datetime.now(UTC))
-    while time.monotonic() - started < 10:
-        if await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run_id) == "succeeded":
-            break
-        await asyncio.sleep(0.05)
+
+    async def succeeded() -> bool:
+        return bool(await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run_id) == "succeeded")
+
+    await wait_until(succeeded, seconds=10, what="the run-now run to succeed")
     woke_after = time.monotonic() - started
     daemon.request_stop()
     assert await serving == 0

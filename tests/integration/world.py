@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,6 +124,26 @@ async def add_due_schedule(
             now - timedelta(days=overdue_days, minutes=5),
         )
     return schedule_id
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20.0, what: str = "the condition"
+) -> None:
+    """Poll `condition` every 50 ms; fail the test, saying what never happened, after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+async def execution_submitted(pool: asyncpg.Pool, count: int = 1) -> bool:
+    submitted = await pool.fetchval("SELECT count(*) FROM schedule_runs WHERE amc_execution_id IS NOT NULL")
+    return bool(submitted == count)
 
 
 def config_from(path: Path) -> Config:
