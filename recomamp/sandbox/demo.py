@@ -21,11 +21,11 @@ import asyncpg
 from recomamp.crypto import SecretBox, generate_key
 from recomamp.domain.models import ScheduleCreatePreset
 from recomamp.sandbox.embedded import FakeSnowflake, recreate_database, start_fakesnow, start_postgres
+from recomamp.sandbox.seed import add_sandbox_user
 from recomamp.sandbox.simulator import AmcSimulator, Fault, InstanceProfile
 from recomamp.store import catalog, migrations
 from recomamp.store.db import _init_connection
 from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
-from recomamp.tokens import set_refresh_token
 
 DEMO_DATABASE = "recomamp_demo"
 DEMO_SQL = "SELECT event_date, campaign_id, SUM(impressions) FROM sponsored_ads_traffic GROUP BY 1, 2"
@@ -99,16 +99,14 @@ async def _prepare(admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake,
         await migrations.migrate_up(connection)
         now = datetime.now(UTC)
         for index, (email, _, instance) in enumerate(USERS):
-            user_id = await catalog.add_user(connection, email)
-            await set_refresh_token(connection, box, user_id, simulator.add_user(email))
-            await catalog.add_instance(
+            user_id = await add_sandbox_user(
                 connection,
-                user_id,
-                instance_id=instance,
+                box,
+                simulator,
+                email,
+                instance,
                 advertiser_id=f"ENTITY{index + 1}",
-                marketplace_id="ATVPDKIKX0DER",
-                region="na",
-                name=f"{email.split('@')[0]} US",
+                instance_name=f"{email.split('@')[0]} US",
             )
             await save_config(
                 connection,

@@ -15,10 +15,10 @@ import asyncpg
 from recomamp.config import Config, load_config
 from recomamp.crypto import SecretBox
 from recomamp.domain.models import ScheduleCreatePreset
+from recomamp.sandbox.seed import add_sandbox_user
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.store import catalog
 from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
-from recomamp.tokens import set_refresh_token
 from tests.conftest import ConfigWriter
 
 FAST_RETRY = {
@@ -64,17 +64,8 @@ class Tenant:
 
 
 async def add_tenant(pool: asyncpg.Pool, box: SecretBox, simulator: AmcSimulator, email: str, instance: str) -> Tenant:
-    async with pool.acquire() as connection:
-        user_id = await catalog.add_user(connection, email)
-        await set_refresh_token(connection, box, user_id, simulator.add_user(email))
-        await catalog.add_instance(
-            connection,
-            user_id,
-            instance_id=instance,
-            advertiser_id=f"ENT{user_id}",
-            marketplace_id="ATVPDKIKX0DER",
-            region="na",
-        )
+    # The advertiser id only has to differ between tenants; the instance id does that.
+    user_id = await add_sandbox_user(pool, box, simulator, email, instance, advertiser_id=f"ENT-{instance}")
     return Tenant(email, user_id, instance)
 
 
