@@ -20,12 +20,13 @@ import asyncpg
 from cryptography.fernet import Fernet
 
 from recomamp.config import Config, parse_config
-from recomamp.daemon.pipeline import RunOutcome, Services
+from recomamp.daemon.pipeline import RunOutcome
 from recomamp.daemon.process import Daemon
+from recomamp.daemon.services import Services
 from recomamp.logs import configure_logging
 from recomamp.sandbox.embedded import recreate_database, start_postgres
 from recomamp.store import migrations
-from recomamp.store.runs import finish_run
+from recomamp.store.runs import RunLease, begin_attempt, finish_run
 from recomamp.store.schedules import SELECT_DUE
 
 DUE = 10_000
@@ -33,16 +34,18 @@ IDLE = 100_000
 
 
 class NothingPipeline:
-    """Takes the lease, does nothing, records success: what is left is the scheduler's own cost."""
+    """Begins its attempt (recording when its coroutine started), does nothing, records success: what is
+    left is the scheduler's own cost. The lag is measured to the moment each run's coroutine began."""
 
     def __init__(self, services: Services, owner: str, config: Callable[[], Config], *, once: bool) -> None:
         self._services = services
-        self._owner = owner
 
-    async def execute(self, run_id: int) -> RunOutcome:
+    async def execute(self, lease: RunLease) -> RunOutcome:
+        started_at = datetime.now(UTC)
+        await begin_attempt(self._services.pool, lease, started_at)
         async with self._services.pool.acquire() as connection:
-            await finish_run(connection, run_id, self._owner, status="succeeded", error_kind=None, error_message=None)
-        return RunOutcome(run_id, "succeeded")
+            await finish_run(connection, lease, status="succeeded", error_kind=None, error_message=None)
+        return RunOutcome(lease.run_id, "succeeded")
 
 
 async def _fresh_database(admin_dsn: str, name: str) -> str:

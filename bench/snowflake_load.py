@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import resource
 import tempfile
@@ -22,7 +23,9 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from recomamp.amazon.amc import AmcClient, AmcRetryPolicy, AmcTarget, ExecutionRequest
+from recomamp.amazon.client import AmcClient
+from recomamp.amazon.matching import ExecutionRequest
+from recomamp.amazon.transport import AmcRetryPolicy, AmcTarget
 from recomamp.config import RetrySettings, SnowflakeSettings
 from recomamp.logs import configure_logging
 from recomamp.snowflake.connection import SnowflakeConnectionSpec
@@ -60,13 +63,15 @@ async def _download(sandbox: str, rows: int, directory: Path) -> list[Path]:
         )
         target = AmcTarget(sandbox, "bench", "E", "M")
         request = ExecutionRequest(datetime(2026, 1, 1), datetime(2026, 2, 1), "UTC", sql_query="SELECT 1")
-        execution = await client.create_execution(target, tokens, request, marker="bench")
-        await client.wait_until_terminal(target, tokens, execution.execution_id)
-        return await client.download_results(target, tokens, execution.execution_id, directory)
+        execution = await client.executions.create(target, tokens, request, marker="bench")
+        await client.executions.wait_until_terminal(target, tokens, execution.execution_id)
+        files = await client.results.download(target, tokens, execution.execution_id, directory / "result")
+        return list(files.paths)
 
 
 def _baseline(spec: SnowflakeConnectionSpec, files: list[Path], database: str) -> float:
-    header = files[0].open().readline().strip().split(",")
+    with gzip.open(files[0], "rt") as handle:
+        header = handle.readline().strip().split(",")
     started = time.perf_counter()
     connection = spec.connect(SETTINGS)
     try:
@@ -77,10 +82,10 @@ def _baseline(spec: SnowflakeConnectionSpec, files: list[Path], database: str) -
         columns = ", ".join(f'"{c.upper()}" VARCHAR' for c in header)
         cursor.execute(f"CREATE TABLE BASE_TABLE ({columns})")
         for path in files:
-            cursor.execute(f"PUT file://{path} @BASE_STAGE/all/ AUTO_COMPRESS=TRUE")
+            cursor.execute(f"PUT file://{path} @BASE_STAGE/all/ AUTO_COMPRESS=FALSE")
         cursor.execute(
             "COPY INTO BASE_TABLE FROM @BASE_STAGE/all/ FILE_FORMAT=(TYPE=CSV SKIP_HEADER=1 "
-            "FIELD_OPTIONALLY_ENCLOSED_BY='\"' EMPTY_FIELD_AS_NULL=TRUE) PURGE=TRUE"
+            "FIELD_OPTIONALLY_ENCLOSED_BY='\"' EMPTY_FIELD_AS_NULL=TRUE COMPRESSION=GZIP) PURGE=TRUE"
         )
     finally:
         connection.close()
@@ -115,7 +120,7 @@ async def run(rows: int, sandbox: str, snow_port: int) -> dict[str, Any]:
             files,
         )
         load_seconds = time.perf_counter() - started
-        sink.close()
+        await sink.close(5)
         # Read before the baseline runs in this process: the peak so far is the download's and the load's.
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         baseline_seconds = await asyncio.to_thread(_baseline, spec, files, database)

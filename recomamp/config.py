@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from recomamp.domain.runs import Region
+
 DEFAULT_CONFIG_PATH = Path("/etc/recomamp/recomamp.toml")
 ENV_PREFIX = "RECOMAMP_"
 
@@ -34,7 +36,6 @@ CREDENTIAL_DSN = "database-dsn"
 CREDENTIAL_CLIENT_SECRET = "amazon-client-secret"  # noqa: S105 - a credential's name, not its value
 CREDENTIAL_TOKEN_KEY = "token-key"  # noqa: S105 - a credential's name, not its value
 
-Region = Literal["na", "eu", "fe"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -84,12 +85,28 @@ def _resolve_secret(data: dict[str, Any], key: str, credential: str) -> None:
         data[key] = _read_secret_file(credential_path, f"$CREDENTIALS_DIRECTORY/{credential}")
 
 
+# Connections the daemon's own tasks take from the pool (poller, dispatcher, notification sender, metrics).
+# The heartbeat and the NOTIFY listener have dedicated connections of their own.
+OWN_POOL_CONNECTIONS = 4
+# Runs hold a pooled connection for one statement at a time, never across a network call: beyond this
+# many runs in flight, runs queue for a connection for a statement's time rather than open more.
+RUN_POOL_CONNECTION_CAP = 60
+
+
+def pool_size_needed(max_concurrent_runs: int) -> int:
+    return min(max_concurrent_runs, RUN_POOL_CONNECTION_CAP) + OWN_POOL_CONNECTIONS
+
+
 class DatabaseSettings(_Section):
     dsn: SecretStr = Field(description="postgresql://user:password@host:port/dbname")
     dsn_file: Path | None = None
     pool_min_size: int = Field(default=1, ge=0)
-    pool_max_size: int = Field(default=10, ge=1)
-    command_timeout_seconds: float = Field(default=30.0, gt=0)
+    # None: sized from [daemon] max_concurrent_runs (pool_size_needed).
+    pool_max_size: int | None = Field(default=None, ge=1)
+    command_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # While Postgres is unreachable, the daemon retries with waits growing to this, and logs once per change.
+    outage_max_wait_seconds: float = Field(default=30.0, gt=0, le=600)
 
     @model_validator(mode="before")
     @classmethod
@@ -113,9 +130,12 @@ class DatabaseSettings(_Section):
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> DatabaseSettings:
-        if self.pool_min_size > self.pool_max_size:
+        if self.pool_max_size is not None and self.pool_min_size > self.pool_max_size:
             raise ValueError("pool_min_size must not exceed pool_max_size")
         return self
+
+    def pool_size(self, max_concurrent_runs: int) -> int:
+        return self.pool_max_size if self.pool_max_size is not None else pool_size_needed(max_concurrent_runs)
 
 
 def _check_http_url(value: str) -> str:
@@ -140,20 +160,48 @@ class AmcBaseUrls(_Section):
         return url
 
 
+class ConsentUrls(_Section):
+    """Login with Amazon's consent page per region (../shared/AMC_API.md, "Authorization-code grant")."""
+
+    na: str = "https://www.amazon.com/ap/oa"
+    eu: str = "https://eu.account.amazon.com/ap/oa"
+    fe: str = "https://apac.account.amazon.com/ap/oa"
+
+    @field_validator("na", "eu", "fe")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        return _check_http_url(value)
+
+    def for_region(self, region: Region) -> str:
+        url: str = getattr(self, region)
+        return url
+
+
 class AmazonSettings(_Section):
     client_id: str = Field(min_length=1)
     client_secret: SecretStr
     client_secret_file: Path | None = None
     token_url: str = "https://api.amazon.com/auth/o2/token"  # noqa: S105 - a URL, not a secret
     amc_base_url: AmcBaseUrls = AmcBaseUrls()
-    request_timeout_seconds: float = Field(default=30.0, gt=0)
-    token_refresh_margin_seconds: int = Field(default=300, ge=0)
-    amc_execution_timeout_seconds: int = Field(default=86_400, gt=0)
+    consent_url: ConsentUrls = ConsentUrls()
+    # Must be one of the security profile's "Allowed Return URLs", exactly (Amazon matches it whole).
+    redirect_uri: str = "http://localhost:8765/callback"
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    token_refresh_margin_seconds: int = Field(default=300, ge=0, le=3000)
+    amc_execution_timeout_seconds: int = Field(default=86_400, gt=0, le=7 * 86_400)
 
     @field_validator("token_url")
     @classmethod
     def _token_url(cls, value: str) -> str:
         return _check_http_url(value)
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL, exactly as registered with Amazon; got {value!r}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -217,27 +265,73 @@ def _default_replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def default_spool_dir() -> Path:
+    """Under the service's state directory (StateDirectory= sets $STATE_DIRECTORY), else the user's state home."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]) / "spool"
+    home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(home) / "recomamp" / "spool"
+
+
 class DaemonSettings(_Section):
-    poll_interval_seconds: float = Field(default=15.0, gt=0)
-    claim_batch_size: int = Field(default=200, ge=1)
-    max_concurrent_runs: int = Field(default=20, ge=1)
-    max_runs_per_instance: int = Field(default=10, ge=1)
-    drain_timeout_seconds: float = Field(default=60.0, ge=0)
-    lease_seconds: float = Field(default=120.0, gt=0)
-    heartbeat_interval_seconds: float = Field(default=30.0, gt=0)
+    poll_interval_seconds: float = Field(default=15.0, gt=0, le=3600)
+    claim_batch_size: int = Field(default=200, ge=1, le=10_000)
+    max_concurrent_runs: int = Field(default=20, ge=1, le=100_000)
+    max_runs_per_instance: int = Field(default=10, ge=1, le=100_000)
+    drain_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)
+    lease_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # None: lease_seconds / 3, so two renewals can fail before a lease runs out.
+    heartbeat_interval_seconds: float | None = Field(default=None, gt=0)
     replica_name: str = Field(default_factory=_default_replica_name, min_length=1)
     # A run that failed for a transient reason (AMC or Snowflake down) is tried again after this delay,
-    # up to max_run_attempts claims in all. `recomamp run --once` does not wait: it fails such runs.
-    max_run_attempts: int = Field(default=5, ge=1)
-    run_retry_delay_seconds: float = Field(default=300.0, ge=0)
-    # Where result files are spooled while a run loads them (a temporary folder per run).
-    work_dir: Path | None = None
+    # up to max_run_attempts attempts in all. `recomamp run --once` does not wait: it fails such runs.
+    max_run_attempts: int = Field(default=5, ge=1, le=100)
+    run_retry_delay_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    # Result files are kept here, compressed, until they are loaded (default: the state directory).
+    spool_dir: Path = Field(default_factory=default_spool_dir)
+    # Kept this many days after a successful load too (0: deleted once loaded).
+    keep_results_days: int = Field(default=0, ge=0, le=3650)
+    # Above this, loaded results are pruned first and an error is logged; unloaded ones are never dropped.
+    kept_results_max_mb: int = Field(default=10_240, ge=1)
+    # Where `recomamp reload` reaches the running daemon (systemd's RuntimeDirectory=). Empty: off.
+    control_socket: str = Field(default_factory=lambda: _runtime_path("control.sock"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "work_dir" in data:
+            raise ValueError("work_dir was renamed spool_dir (results are kept there until they are loaded)")
+        return data
 
     @model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> DaemonSettings:
-        if self.heartbeat_interval_seconds >= self.lease_seconds:
-            raise ValueError("heartbeat_interval_seconds must be shorter than lease_seconds")
+        if self.heartbeat_interval_seconds is not None and self.heartbeat_interval_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                "heartbeat_interval_seconds must be at most half of lease_seconds (a third is the default), so "
+                "that one failed renewal does not lose the lease"
+            )
         return self
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.heartbeat_interval_seconds or self.lease_seconds / 3
+
+
+def _runtime_path(name: str) -> str:
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    return str(Path(runtime.split(":")[0]) / name) if runtime else ""
+
+
+class AmcSettings(_Section):
+    # AMC runs ad-hoc executions at most this many times per rolling window per instance, across all
+    # workflow ids ("30 per day at this time", Amazon's Postman collection). Every POST counts.
+    adhoc_executions_per_day: int = Field(default=30, ge=1, le=100_000)
+    quota_window_seconds: float = Field(default=86_400.0, gt=0, le=7 * 86_400)
+    # When AMC refuses a POST for its quota although our count had room, submit nothing to it for this long.
+    quota_refusal_backoff_seconds: float = Field(default=3600.0, ge=0, le=86_400)
+    # AMC's list of executions may lag a POST: an uncertain POST is searched again after this.
+    listing_lag_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
 Waits = tuple[float, ...]
@@ -272,10 +366,104 @@ class RetrySettings(_Section):
 
 
 class SnowflakeSettings(_Section):
-    batch_rows: int = Field(default=50_000, ge=1)
-    thread_pool_size: int = Field(default=4, ge=1)
-    login_timeout_seconds: int = Field(default=30, ge=1)
-    network_timeout_seconds: int = Field(default=300, ge=1)
+    batch_rows: int = Field(default=100_000, ge=1, le=10_000_000)
+    thread_pool_size: int = Field(default=4, ge=1, le=64)
+    login_timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    network_timeout_seconds: int = Field(default=300, ge=1, le=3600)
+    # Session parameters: Snowflake cancels a statement past this, and a wait for a lock past that.
+    statement_timeout_seconds: int = Field(default=3600, ge=1, le=172_800)
+    lock_timeout_seconds: int = Field(default=600, ge=1, le=172_800)
+    # A whole load (every batch, every retry) past this is cut off: the Snowflake step fails with a message
+    # that names `recomamp runs retry-upload`, and nothing is committed after it.
+    load_timeout_seconds: float = Field(default=7200.0, gt=0, le=172_800)
+
+
+class MetricsSettings(_Section):
+    # host:port for /metrics, /healthz and /readyz. Empty: off. A change needs a restart.
+    listen: str = "127.0.0.1:9464"
+    # How often the gauges that come from the database (quota, users needing re-authentication…) are read.
+    refresh_seconds: float = Field(default=15.0, gt=0, le=3600)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if not value:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be HOST:PORT (for example 127.0.0.1:9464), or empty to turn it off; got {value!r}")
+        return value
+
+
+WEBHOOK_EVENTS = ("user_needs_reauth", "schedule_auto_paused", "run_failed", "run_recovered", "quota_exhausted")
+
+
+class WebhookTarget(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # The URL is a secret (a Slack webhook's path is its password): inline, from url_file, or from the
+    # systemd credential named by url_credential. Logs show its scheme and host only.
+    url: SecretStr
+    url_file: Path | None = None
+    url_credential: str | None = None
+    format: Literal["json", "slack"] = "json"
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+    # run_failed: only these error kinds (empty: all), and at most one per schedule per interval.
+    run_failed_kinds: tuple[str, ...] = ()
+    run_failed_min_interval_seconds: float = Field(default=3600.0, ge=0, le=7 * 86_400)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_sources(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url") is None:
+            data = dict(data)
+            if data.get("url_file") is not None:
+                data["url"] = _read_secret_file(Path(str(data["url_file"])), "url_file")
+            elif data.get("url_credential"):
+                path = _credential_path(str(data["url_credential"]))
+                if path is None:
+                    raise ValueError(
+                        f"url_credential: no systemd credential {data['url_credential']!r} in $CREDENTIALS_DIRECTORY"
+                    )
+                data["url"] = _read_secret_file(path, f"$CREDENTIALS_DIRECTORY/{data['url_credential']}")
+            else:
+                raise ValueError("url is missing: set url, url_file or url_credential")
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL (it is a secret: not shown)")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [event for event in value if event not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event(s) {', '.join(unknown)}; events are {', '.join(WEBHOOK_EVENTS)}")
+        return value
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its path hidden: what logs and `notify test` show."""
+        parts = urlsplit(self.url.get_secret_value())
+        return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/…"
+
+
+class NotifySettings(_Section):
+    webhook: tuple[WebhookTarget, ...] = ()
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_waits: Waits = (5.0, 30.0, 120.0, 600.0, 1800.0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> NotifySettings:
+        names = [target.name for target in self.webhook]
+        if len(set(names)) != len(names):
+            raise ValueError("webhook names must be unique")
+        return self
 
 
 class LoggingSettings(_Section):
@@ -295,9 +483,28 @@ class Config(BaseSettings):
     amazon: AmazonSettings
     security: SecuritySettings
     daemon: DaemonSettings = DaemonSettings()
+    amc: AmcSettings = AmcSettings()
     retry: RetrySettings = RetrySettings()
     snowflake: SnowflakeSettings = SnowflakeSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    notify: NotifySettings = NotifySettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _pool_fits_the_runs(self) -> Config:
+        needed = pool_size_needed(self.daemon.max_concurrent_runs)
+        if self.database.pool_max_size is not None and self.database.pool_max_size < needed:
+            raise ValueError(
+                f"database.pool_max_size: {self.database.pool_max_size} is too small for [daemon] "
+                f"max_concurrent_runs = {self.daemon.max_concurrent_runs}: it needs {needed} "
+                f"({needed - OWN_POOL_CONNECTIONS} for runs plus {OWN_POOL_CONNECTIONS} for the daemon's own tasks). "
+                "Raise it, or leave it out to size the pool from max_concurrent_runs"
+            )
+        return self
+
+    @property
+    def pool_size(self) -> int:
+        return self.database.pool_size(self.daemon.max_concurrent_runs)
 
     @classmethod
     def settings_customise_sources(
@@ -313,8 +520,11 @@ class Config(BaseSettings):
 
 
 def _format_error(error: Mapping[str, Any]) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    location = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not location:
+        # A check across sections names its own key at the start of the message.
+        return message
     if error["type"] == "extra_forbidden":
         message = "unknown key (a typo?); see systemd/recomamp.toml for the keys there are"
     elif error["type"] == "missing":
@@ -368,8 +578,16 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
-# Keys that only take effect on a restart; a reload reports them and leaves them alone.
-RESTART_ONLY_PREFIXES = ("database.", "security.", "daemon.replica_name", "snowflake.thread_pool_size")
+# Keys that only take effect on a restart; a reload reports them and leaves them alone. [security] is not
+# among them: a reload puts a new token key first while the old ones still decrypt (key rotation).
+RESTART_ONLY_PREFIXES = (
+    "database.",
+    "daemon.replica_name",
+    "daemon.spool_dir",
+    "daemon.control_socket",
+    "snowflake.thread_pool_size",
+    "metrics.listen",
+)
 
 
 def restart_only(keys: list[str]) -> list[str]:

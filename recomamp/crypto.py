@@ -11,18 +11,24 @@ from collections.abc import Sequence
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import SecretStr
 
-from recomamp.logs import register_secret
-
 
 class SecretUnreadable(Exception):
     """A stored secret does not decrypt with any configured key."""
 
 
 class SecretBox:
+    """Decrypting registers nothing for redaction: callers register what no log shape catches."""
+
     def __init__(self, keys: Sequence[SecretStr]) -> None:
         if not keys:
             raise ValueError("at least one token key is needed")
         self._fernet = MultiFernet([Fernet(key.get_secret_value()) for key in keys])
+        self._first = keys[0].get_secret_value().encode("ascii")
+
+    @property
+    def first_key(self) -> bytes:
+        """The key that encrypts (the newest)."""
+        return self._first
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
@@ -35,14 +41,13 @@ class SecretBox:
                 "a stored secret does not decrypt with any configured token key: "
                 "was the key in [security] token_key_file replaced instead of rotated?"
             ) from exc
-        register_secret(plaintext)
         return plaintext
 
     def rotate(self, ciphertext: str) -> str:
         """Re-encrypt with the first (newest) key."""
         try:
             return self._fernet.rotate(ciphertext.encode("ascii")).decode("ascii")
-        except InvalidToken as exc:
+        except (InvalidToken, UnicodeError) as exc:
             raise SecretUnreadable("a stored secret does not decrypt with any configured token key") from exc
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -58,30 +59,54 @@ _SECRET_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
 )
 
-_known_secrets: set[str] = set()
+# Exact values, for secrets no shape catches (a Snowflake password, the LWA client secret, a DSN's
+# password). Bounded: the least recently registered fall out first, so months of uptime cannot grow it.
+MAX_KNOWN_SECRETS = 256
+_known_secrets: OrderedDict[str, None] = OrderedDict()
+_known_pattern: re.Pattern[str] | None = None
 _known_secrets_lock = threading.Lock()
 
 
 def register_secret(value: str | None) -> None:
     """Make `value` redacted wherever it appears in a log line from now on.
 
-    This is process-wide on purpose: a secret read anywhere (a decrypted token, a Snowflake
-    password) must be masked in every later line, including those of third-party libraries.
+    This is process-wide on purpose: a secret read anywhere (a decrypted Snowflake password, the client
+    secret) must be masked in every later line, including those of third-party libraries. Values that a
+    shape already catches (LWA tokens, PEM keys) are not kept.
     """
-    if value and len(value) >= 6:
-        with _known_secrets_lock:
-            _known_secrets.add(value)
+    global _known_pattern
+    if not value or len(value) < 6 or any(pattern.fullmatch(value) for pattern, _ in _SECRET_SHAPES[:2]):
+        return
+    with _known_secrets_lock:
+        if value in _known_secrets:
+            _known_secrets.move_to_end(value)
+            return
+        _known_secrets[value] = None
+        while len(_known_secrets) > MAX_KNOWN_SECRETS:
+            _known_secrets.popitem(last=False)
+        _known_pattern = None  # rebuilt on the next line that is logged
+
+
+def known_secret_count() -> int:
+    return len(_known_secrets)
+
+
+def _known_secrets_pattern() -> re.Pattern[str] | None:
+    global _known_pattern
+    with _known_secrets_lock:
+        if _known_pattern is None and _known_secrets:
+            # Longest first, so a secret that contains another is replaced whole.
+            alternatives = sorted(_known_secrets, key=len, reverse=True)
+            _known_pattern = re.compile("|".join(re.escape(secret) for secret in alternatives))
+        return _known_pattern
 
 
 def redact_text(text: str) -> str:
     for pattern, replacement in _SECRET_SHAPES:
         text = pattern.sub(replacement, text)
-    if _known_secrets:
-        with _known_secrets_lock:
-            secrets = sorted(_known_secrets, key=len, reverse=True)
-        for secret in secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+    known = _known_secrets_pattern()
+    if known is not None:
+        text = known.sub(REDACTED, text)
     return text
 
 

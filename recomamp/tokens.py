@@ -2,14 +2,18 @@
 
 - Before use, the stored token is checked: a refresh token present and decryptable, a known expiry,
   and the seconds left (logged). It is refreshed within a margin of expiry, or after a 401 from AMC.
-- Single-flight: concurrent callers in one process share one refresh per user, and a Postgres
-  advisory lock keeps two replicas from refreshing one user at once (the loser reads the winner's token).
+- Single-flight over all replicas, with nothing held across the HTTP call: in-process, concurrent
+  callers share one refresh per user; across replicas, a short lease on the user row (one UPDATE)
+  says who refreshes. The holder calls LWA (with its 5/10/20 s waits) outside any transaction and
+  without a pooled connection; the others poll the row, with a deadline, and take the stored token.
+  One LWA call per expiry per user, however many replicas and runs ask.
 - A user who needs re-authentication fails fast, with no call to LWA, until a new refresh token is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,14 +26,9 @@ from recomamp.config import RetrySettings
 from recomamp.crypto import SecretBox, SecretUnreadable
 from recomamp.domain.retry import AttemptFailure, BackoffPolicy, FailureKind, token_failure_message
 from recomamp.logs import get_logger
+from recomamp.store import users as user_store
 from recomamp.store.db import Queryable
-from recomamp.store.users import (
-    MARK_NEEDS_REAUTH,
-    SET_REFRESH_TOKEN,
-    STORE_REFRESHED_TOKENS,
-    UserTokens,
-    fetch_user_tokens,
-)
+from recomamp.store.users import UserTokens
 
 log = get_logger(__name__)
 
@@ -61,9 +60,12 @@ class TokenPolicy:
     max_attempts: int
     backoff: BackoffPolicy
     refresh_margin: timedelta
+    request_timeout_seconds: float = 30.0
 
     @classmethod
-    def from_settings(cls, retry: RetrySettings, refresh_margin_seconds: int) -> TokenPolicy:
+    def from_settings(
+        cls, retry: RetrySettings, refresh_margin_seconds: int, request_timeout_seconds: float = 30.0
+    ) -> TokenPolicy:
         return cls(
             max_attempts=retry.lwa_max_attempts,
             backoff=BackoffPolicy(
@@ -73,11 +75,19 @@ class TokenPolicy:
                 retry_after_cap_seconds=retry.retry_after_cap_seconds,
             ),
             refresh_margin=timedelta(seconds=refresh_margin_seconds),
+            request_timeout_seconds=request_timeout_seconds,
         )
 
-
-def _advisory_key(user_id: int) -> str:
-    return f"recomamp.token_refresh.{user_id}"
+    @property
+    def refresh_lease_seconds(self) -> float:
+        """Long enough for the longest retry sequence: every attempt timing out, every wait at its longest."""
+        longest_wait = max(
+            max(self.backoff.server_error_waits, default=0.0),
+            max(self.backoff.throttle_waits, default=0.0),
+            max(self.backoff.network_waits, default=0.0),
+            self.backoff.retry_after_cap_seconds,
+        )
+        return self.max_attempts * self.request_timeout_seconds + (self.max_attempts - 1) * longest_wait + 15.0
 
 
 def _reauth_error(user: UserTokens) -> TokenError:
@@ -85,8 +95,9 @@ def _reauth_error(user: UserTokens) -> TokenError:
     reason = f": {user.needs_reauth_reason}" if user.needs_reauth_reason else ""
     return TokenError(
         FailureKind.REAUTH_REQUIRED.value,
-        f"{REAUTH_MESSAGE}{since}{reason}. Amazon was not called. After the user signs in again, store the new "
-        f"refresh token with `recomamp users set-token {user.email}`.",
+        f"{REAUTH_MESSAGE}{since}{reason}. Amazon was not called. Once the user can sign in, run "
+        f"`recomamp users authorize {user.email} --rerun-failed` (or store a refresh token with "
+        f"`recomamp users set-token {user.email}`).",
         permanent=True,
     )
 
@@ -101,6 +112,8 @@ class TokenService:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wait_poll_seconds: float = 0.25,
+        observe: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._pool = pool
         self._lwa = lwa
@@ -108,24 +121,32 @@ class TokenService:
         self._policy = policy
         self._sleep = sleep
         self._now = now
+        self._wait_poll_seconds = wait_poll_seconds
         self._inflight: dict[int, asyncio.Future[str]] = {}
+        self._observe = observe
 
-    def reconfigure(self, policy: TokenPolicy) -> None:
-        """A reload swaps the policy; a refresh already in flight keeps the one it started with."""
+    def reconfigure(self, policy: TokenPolicy, box: SecretBox | None = None) -> None:
+        """A reload swaps the policy and the keys; a refresh already in flight keeps what it started with."""
         self._policy = policy
+        if box is not None:
+            self._box = box
+
+    @property
+    def lwa(self) -> LwaClient:
+        return self._lwa
 
     async def access_token(self, user_id: int, *, stale: str | None = None, announce: bool = True) -> str:
         """A usable access token. Pass `stale`, the token AMC just answered 401 to, to force a refresh.
 
         `announce` logs the check (status and seconds left) at info; otherwise at debug.
         """
-        user = await fetch_user_tokens(self._pool, user_id)
+        user = await user_store.fetch_user_tokens(self._pool, user_id)
         access = self._usable_access_token(user, stale=stale, log_level="info" if announce else "debug")
         if access is not None:
             return access
         future = self._inflight.get(user_id)
         if future is None:
-            future = asyncio.ensure_future(self._refresh_under_lock(user_id, stale))
+            future = asyncio.ensure_future(self._refresh_single_flight(user_id, stale))
             self._inflight[user_id] = future
             future.add_done_callback(lambda _: self._inflight.pop(user_id, None))
         # shield: one caller giving up (a cancelled run) must not cancel the refresh the others wait on.
@@ -138,8 +159,8 @@ class TokenService:
         if not user.refresh_token_encrypted:
             raise TokenError(
                 FailureKind.REAUTH_REQUIRED.value,
-                f"{REAUTH_MESSAGE}: no refresh token is stored for {user.email}. Store one with "
-                f"`recomamp users set-token {user.email}`.",
+                f"{REAUTH_MESSAGE}: no refresh token is stored for {user.email}. Run "
+                f"`recomamp users authorize {user.email}` (or `recomamp users set-token {user.email}`).",
                 permanent=True,
             )
         access: str | None = None
@@ -172,53 +193,82 @@ class TokenService:
             )
         return access if status == "valid" else None
 
-    async def _refresh_under_lock(self, user_id: int, stale: str | None) -> str:
-        failure: TokenError | None = None
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _advisory_key(user_id))
-            # Read again under the lock: another replica may have refreshed while we waited.
-            user = await fetch_user_tokens(connection, user_id)
+    async def _refresh_single_flight(self, user_id: int, stale: str | None) -> str:
+        policy = self._policy
+        deadline = time.monotonic() + policy.refresh_lease_seconds + 30.0
+        waited = False
+        poll = self._wait_poll_seconds
+        while True:
+            lease = await user_store.take_refresh_lease(self._pool, user_id, policy.refresh_lease_seconds)
+            if lease is not None:
+                try:
+                    return await self._refresh_holding_lease(user_id, stale, policy)
+                finally:
+                    try:
+                        await user_store.release_refresh_lease(self._pool, user_id, lease)
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                        # It expires on its own; the others then take the stored token or refresh.
+                        log.warning("token_refresh_lease_not_released", error=str(exc))
+            if not waited:
+                log.info("token_refresh_waiting_for_another_replica", user_id=user_id)
+                waited = True
+            # Another replica (or process) refreshes this user: wait for its result, then use it.
+            await self._sleep(poll)
+            poll = min(poll * 1.5, 2.0)
+            user = await user_store.fetch_user_tokens(self._pool, user_id)
             access = self._usable_access_token(user, stale=stale, log_level=None)
             if access is not None:
                 log.info("token_refreshed_elsewhere", user_email=user.email)
                 return access
-            try:
-                refresh_token = self._box.decrypt(user.refresh_token_encrypted or "")
-            except SecretUnreadable as exc:
+            if time.monotonic() > deadline:
                 raise TokenError(
-                    "token_unreadable",
-                    f"The stored refresh token of {user.email} does not decrypt with the configured token keys. "
-                    "Permanent: an operator must restore the key that encrypted it to [security] token_key_file "
-                    "(keep old keys below the new one when rotating). The user was not marked.",
-                    permanent=True,
-                ) from exc
-            try:
-                grant = await self._refresh_with_retries(refresh_token, user.email)
-            except TokenError as exc:
-                if exc.kind == FailureKind.REAUTH_REQUIRED.value:
-                    detail = exc.failure.reason if exc.failure else "refresh token rejected"
-                    if exc.failure and exc.failure.error_description:
-                        detail += f": {exc.failure.error_description}"
-                    await connection.execute(MARK_NEEDS_REAUTH, user_id, f"{detail}")
-                    log.error("user_marked_needs_reauth", user_email=user.email, reason=detail)
-                failure = exc
-            else:
-                await self._store(connection, user_id, grant)
-                log.info("token_refreshed", user_email=user.email, token_expires_in_seconds=grant.expires_in_seconds)
-                return grant.access_token
-        # Raised after the transaction has committed the re-authentication mark.
-        raise failure
+                    "token_refresh_timeout",
+                    f"Another replica held the token refresh of {user.email} for longer than "
+                    f"{policy.refresh_lease_seconds:.0f} s without storing a token. Temporary: the run is tried again.",
+                    permanent=False,
+                )
 
-    async def _store(self, connection: Queryable, user_id: int, grant: TokenGrant) -> None:
-        expires_at = self._now() + timedelta(seconds=grant.expires_in_seconds)
-        # No refresh token back: keep the stored one. A different one replaces it.
-        new_refresh = self._box.encrypt(grant.refresh_token) if grant.refresh_token else None
-        await connection.execute(
-            STORE_REFRESHED_TOKENS, user_id, self._box.encrypt(grant.access_token), expires_at, new_refresh
+    async def _refresh_holding_lease(self, user_id: int, stale: str | None, policy: TokenPolicy) -> str:
+        # Read again under the lease: another replica may have refreshed just before we took it.
+        user = await user_store.fetch_user_tokens(self._pool, user_id)
+        access = self._usable_access_token(user, stale=stale, log_level=None)
+        if access is not None:
+            log.info("token_refreshed_elsewhere", user_email=user.email)
+            return access
+        try:
+            refresh_token = self._box.decrypt(user.refresh_token_encrypted or "")
+        except SecretUnreadable as exc:
+            raise TokenError(
+                "token_unreadable",
+                f"The stored refresh token of {user.email} does not decrypt with the configured token keys. "
+                "Permanent: an operator must restore the key that encrypted it to [security] token_key_file "
+                "(keep old keys below the new one when rotating). The user was not marked.",
+                permanent=True,
+            ) from exc
+        try:
+            grant = await refresh_with_retries(
+                self._lwa, refresh_token, email=user.email, policy=policy, sleep=self._sleep, observe=self._observe
+            )
+        except TokenError as exc:
+            if exc.kind == FailureKind.REAUTH_REQUIRED.value:
+                detail = exc.failure.reason if exc.failure else "refresh token rejected"
+                if exc.failure and exc.failure.error_description:
+                    detail += f": {exc.failure.error_description}"
+                async with self._pool.acquire() as connection:
+                    if await user_store.mark_needs_reauth(connection, user_id, detail):
+                        log.error("user_marked_needs_reauth", user_email=user.email, reason=detail)
+            raise
+        box = self._box  # the keys of now: a reload may have put a new key first
+        await user_store.store_refreshed_tokens(
+            self._pool,
+            user_id,
+            access_encrypted=box.encrypt(grant.access_token),
+            expires_at=self._now() + timedelta(seconds=grant.expires_in_seconds),
+            # No refresh token back: keep the stored one. A different one replaces it.
+            refresh_encrypted=box.encrypt(grant.refresh_token) if grant.refresh_token else None,
         )
-
-    async def _refresh_with_retries(self, refresh_token: str, email: str) -> TokenGrant:
-        return await refresh_with_retries(self._lwa, refresh_token, email=email, policy=self._policy, sleep=self._sleep)
+        log.info("token_refreshed", user_email=user.email, token_expires_in_seconds=grant.expires_in_seconds)
+        return grant.access_token
 
 
 async def refresh_with_retries(
@@ -228,6 +278,7 @@ async def refresh_with_retries(
     email: str,
     policy: TokenPolicy,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    observe: Callable[[str], None] = lambda _: None,
 ) -> TokenGrant:
     """One refresh with classified retries: 5xx, 429 and network errors are retried, 4xx never.
 
@@ -254,10 +305,13 @@ async def refresh_with_retries(
             attempt_number = attempt.retry_state.attempt_number
             with attempt:
                 try:
-                    return await lwa.refresh(refresh_token)
+                    grant = await lwa.refresh(refresh_token)
                 except LwaAttemptFailed as exc:
+                    observe(exc.failure.kind.value)
                     _log_attempt(email, attempt_number, exc.failure, policy)
                     raise
+                observe("ok")
+                return grant
     except LwaAttemptFailed as exc:
         permanent, message = token_failure_message(exc.failure, attempt_number, email)
         log.error(
@@ -292,6 +346,6 @@ def _log_attempt(email: str, attempt: int, failure: AttemptFailure, policy: Toke
     )
 
 
-async def set_refresh_token(connection: Queryable, box: SecretBox, user_id: int, refresh_token: str) -> None:
+async def set_refresh_token(connection: Queryable, box: SecretBox, user_id: int, refresh_token: str) -> datetime | None:
     """Store a new refresh token (from the user's fresh sign-in) and clear the re-authentication mark."""
-    await connection.execute(SET_REFRESH_TOKEN, user_id, box.encrypt(refresh_token))
+    return await user_store.set_refresh_token(connection, user_id, box.encrypt(refresh_token))

@@ -21,7 +21,7 @@ from cryptography.fernet import Fernet
 
 from recomamp.sandbox.embedded import start_postgres, with_database
 from recomamp.store import migrations
-from recomamp.store.db import _init_connection
+from recomamp.store.db import init_connection
 
 TEMPLATE_DB = f"recomamp_template_{os.getpid()}"
 
@@ -97,7 +97,7 @@ async def empty_db_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def db(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(db_dsn)
-    await _init_connection(connection)
+    await init_connection(connection)
     yield connection
     await connection.close()
 

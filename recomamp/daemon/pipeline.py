@@ -1,106 +1,105 @@
-"""One run, from token to finished. Each step's state is persisted before the next begins, so a run
-adopted from a crashed replica continues where it stopped: with an execution id it is polled, never
-submitted again; with only a submit marker, AMC is searched for the execution before any new POST.
+"""One run, from token to finished: a step machine over fenced writes.
+
+Each step's state is persisted before the next begins, so a run adopted from a crashed replica
+continues where it stopped: with an execution id it is polled, never submitted again; with only a
+submit marker, AMC is searched for the execution before any new POST.
+
+Every write carries the claim's lease token. A write that matches no row means this claim is over:
+the coroutine stops before its next side effect and records nothing. The two side effects that cannot
+be undone (the AMC POST and the Snowflake COMMIT) are preceded by a check of the lease in the database.
+Every exception is classified (daemon.classify) into one decision: fail, defer, wait, lost, cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import secrets
-import tempfile
-from collections.abc import Callable
+import shutil
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
+from zoneinfo import ZoneInfo
 
-import asyncpg
 import structlog
 
-from recomamp.amazon.amc import AmcClient, AmcError, AmcTarget, Execution, ExecutionRequest
+from recomamp.amazon.matching import Execution, ExecutionRequest
+from recomamp.amazon.results import ResultFiles
+from recomamp.amazon.transport import AmcTarget
 from recomamp.config import Config
-from recomamp.crypto import SecretBox, SecretUnreadable
-from recomamp.domain.identifiers import InvalidIdentifier
+from recomamp.daemon.classify import QuotaWait, classify
+from recomamp.daemon.services import Services
+from recomamp.domain.alerts import RunNotice
+from recomamp.domain.runs import Cancelled, Decision, Defer, Fail, Lost, Step, Wait, give_up_message
 from recomamp.logs import get_logger
-from recomamp.snowflake.connection import BadPrivateKey
+from recomamp.snowflake.connection import BadPrivateKey, spec_from_row
 from recomamp.snowflake.errors import SnowflakeLoadError
-from recomamp.snowflake.loader import LoadTarget, RunMetadata
-from recomamp.snowflake.sink import SnowflakeSink
+from recomamp.snowflake.loader import LoadCancelled, LoadTarget, RunMetadata
+from recomamp.snowflake.sink import LoadTimedOut
+from recomamp.store import quota as quota_store
 from recomamp.store import runs as run_store
-from recomamp.store.runs import RunContext
-from recomamp.store.snowflake_configs import fetch_row, spec_from_row
-from recomamp.tokens import TokenError, TokenService
+from recomamp.store import snowflake_configs
+from recomamp.store.db import is_connection_error
+from recomamp.store.runs import LeaseLost, RunLease, RunRecord
 
 log = get_logger(__name__)
 
-
-class LostLease(Exception):
-    """Another replica holds this run now: stop touching it."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     run_id: int
-    status: str  # succeeded | failed | cancelled | deferred | lost
+    status: str  # succeeded | failed | cancelled | deferred | waiting | lost
     error_kind: str | None = None
     message: str | None = None
 
 
-@dataclass
-class Services:
-    pool: asyncpg.Pool
-    tokens: TokenService
-    amc: AmcClient
-    sink: SnowflakeSink
-    box: SecretBox
+@dataclass(frozen=True)
+class _Succeeded:
+    pass
 
 
 class UserTokenSource:
     """The run's tokens. The first check is logged at info (seconds left); later ones, per call, at debug."""
 
-    def __init__(self, service: TokenService, user_id: int) -> None:
-        self._service = service
+    def __init__(self, services: Services, user_id: int) -> None:
+        self._services = services
         self._user_id = user_id
         self._checked = False
 
     async def __call__(self, stale: str | None = None) -> str:
         announce, self._checked = not self._checked, True
-        return await self._service.access_token(self._user_id, stale=stale, announce=announce)
+        return await self._services.tokens.access_token(self._user_id, stale=stale, announce=announce)
 
 
-def _local(instant: datetime, timezone: str) -> datetime:
-    from zoneinfo import ZoneInfo
-
-    return instant.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
-
-
-def execution_request(run: RunContext, config: Config) -> ExecutionRequest:
+def execution_request(run: RunRecord, config: Config) -> ExecutionRequest:
+    zone = ZoneInfo(run.window_timezone)
     return ExecutionRequest(
-        window_start=_local(run.window_start, run.window_timezone),
-        window_end=_local(run.window_end, run.window_timezone),
+        window_start=run.window_start.astimezone(zone).replace(tzinfo=None),
+        window_end=run.window_end.astimezone(zone).replace(tzinfo=None),
         timezone=run.window_timezone,
-        sql_query=run.sql_query,
-        workflow_id=run.workflow_id,
-        parameter_values=dict(run.parameter_values or {}),
+        sql_query=run.query_sql,
+        workflow_id=run.query_workflow_id,
+        parameter_values=dict(run.query_parameters),
         timeout_seconds=config.amazon.amc_execution_timeout_seconds,
     )
 
 
-def amc_target(run: RunContext, config: Config) -> AmcTarget:
-    return AmcTarget(
-        base_url=config.amazon.amc_base_url.for_region(run.region),
-        instance_id=run.amc_instance_id,
-        advertiser_id=run.advertiser_id,
-        marketplace_id=run.marketplace_id,
-    )
+def amc_target(run: RunRecord, config: Config) -> AmcTarget:
+    """The instance's own apiEndpoint when discovery stored one; else the region's host."""
+    base = run.api_endpoint or config.amazon.amc_base_url.for_region(run.region)  # type: ignore[arg-type]
+    return AmcTarget(base.rstrip("/"), run.amc_instance_id, run.advertiser_id, run.marketplace_id)
 
 
-def count_rows(files: list[Path]) -> int:
-    total = 0
-    for path in files:
-        with path.open(newline="", encoding="utf-8") as handle:
-            total += max(0, sum(1 for _ in csv.reader(handle)) - 1)
-    return total
+def run_spool(config: Config, run_id: int) -> Path:
+    return config.daemon.spool_dir / f"run-{run_id}"
+
+
+def notice_for(run: RunRecord) -> RunNotice:
+    return RunNotice(run.id, run.schedule_id, run.schedule_name, run.user_email, run.window_start, run.window_end)
 
 
 class RunPipeline:
@@ -110,167 +109,393 @@ class RunPipeline:
         self._config = config
         self._once = once
 
-    async def _write(self, sql: str, run_id: int, *args: object) -> None:
-        status = await self._services.pool.execute(sql, run_id, self._owner, *args)
-        if status.endswith(" 0"):
-            raise LostLease
+    # --- database access, fenced and outage-tolerant ----------------------------------------------------
 
-    async def execute(self, run_id: int) -> RunOutcome:
-        config = self._config()  # the config this run started with, even if a reload swaps it
-        run = await run_store.load_run(self._services.pool, run_id)
-        if run is None:
-            return RunOutcome(run_id, "lost", "missing", "the run was deleted")
-        structlog.contextvars.bind_contextvars(
-            user_email=run.user_email, schedule_id=run.schedule_id, run_id=run_id, attempt=run.attempt
+    async def _db(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
+        """A database call that waits out an outage (the run holds its results meanwhile)."""
+        return await self._services.gate.call(what, action)
+
+    async def _ensure_lease(self, lease: RunLease) -> None:
+        """Immediately before a side effect that cannot be undone: this claim still holds the run."""
+        sent_at = time.monotonic()
+        pool = self._services.pool
+        await self._db(
+            "lease check",
+            lambda: run_store.check_fresh(pool, lease, lease_seconds=self._services.leases.lease_seconds),
         )
-        log.info("run_started", step=run.step, scheduled_for=run.scheduled_for.isoformat(), trigger=run.trigger)
-        if run.attempt > config.daemon.max_run_attempts:
-            # Claimed more often than allowed without an outcome: each claim before this one died (a
-            # replica crashed or was killed mid-run). Stop here rather than loop forever.
-            return await self._fail(
-                run,
-                "too_many_attempts",
-                f"The run was claimed {run.attempt} times without finishing (each earlier replica stopped "
-                f"mid-run, at step {run.step}); giving up after [daemon] max_run_attempts = "
-                f"{config.daemon.max_run_attempts}. Check the daemon's log for crashes, then "
-                f"`recomamp schedules run-now {run.schedule_id}`.",
-            )
-        try:
-            return await self._steps(run, config)
-        except LostLease:
-            log.warning("run_lease_lost", detail="another replica adopted this run; leaving it to them")
-            return RunOutcome(run_id, "lost")
-        except TokenError as exc:
-            if exc.permanent or self._once or run.attempt >= config.daemon.max_run_attempts:
-                return await self._fail(run, exc.kind, exc.message)
-            return await self._defer(run, config, exc.kind, exc.message)
-        except AmcError as exc:
-            message = f"AMC: {exc}"
-            if not exc.transient:
-                return await self._fail(run, "amc_rejected", f"{message}. Fix the schedule's query or window.")
-            if self._once or run.attempt >= config.daemon.max_run_attempts:
-                return await self._fail(run, "amc_unavailable", f"{message}. Temporary: run it again later.")
-            return await self._defer(run, config, "amc_unavailable", message)
-        except SecretUnreadable as exc:
-            return await self._fail(run, "secret_unreadable", str(exc))
+        self._services.leases.confirm(lease.run_id, sent_at)
 
-    async def _steps(self, run: RunContext, config: Config) -> RunOutcome:
+    async def _step_boundary(self, lease: RunLease) -> None:
+        """Between steps: a claim whose lease was not renewed in time (a stall) verifies it before going on."""
+        if not self._services.leases.confirmed(lease.run_id):
+            log.warning("run_lease_unconfirmed", detail="checking the lease before the next step")
+            await self._ensure_lease(lease)
+
+    # --- the run ------------------------------------------------------------------------------------------
+
+    async def execute(self, lease: RunLease) -> RunOutcome:
+        started_at = datetime.now(UTC)  # the run's coroutine begins its first step: lag is measured to here
+        config = self._config()  # the config this run started with, even if a reload swaps it
         services = self._services
-        tokens = UserTokenSource(services.tokens, run.owner_id)
+        run = await self._db("load run", lambda: run_store.load_run(services.pool, lease.run_id))
+        if run is None:
+            return RunOutcome(lease.run_id, "lost", "missing", "the run was deleted")
+        structlog.contextvars.bind_contextvars(
+            user_email=run.user_email, schedule_id=run.schedule_id, run_id=run.id, attempt=run.attempt + 1
+        )
+        services.metrics.run_started(run, started_at)
+        attempt_number = run.attempt + 1
+        try:
+            attempt = await self._db("begin attempt", lambda: run_store.begin_attempt(services.pool, lease, started_at))
+            attempt_number = attempt.number
+            log.info(
+                "run_started",
+                step=run.step,
+                scheduled_for=run.scheduled_for.isoformat(),
+                trigger=run.trigger,
+                claims=attempt.claims,
+            )
+            if attempt.number > config.daemon.max_run_attempts:
+                decision: Decision | _Succeeded = Fail(
+                    "too_many_attempts",
+                    give_up_message(
+                        schedule_id=run.schedule_id,
+                        attempts=attempt.number,
+                        max_attempts=config.daemon.max_run_attempts,
+                        interruptions=attempt.interruptions,
+                        step=run.step,
+                        last_error=run.error_message,
+                    ),
+                )
+            else:
+                decision = await self._steps(run, lease, config)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            decision = classify(exc, quota_backoff_seconds=config.amc.quota_refusal_backoff_seconds)
+            if isinstance(decision, Defer | Fail) and decision.kind == "unexpected":
+                log.error("run_unexpected_error", exc_info=exc)
+        return await self._record(run, lease, config, decision, attempt_number)
+
+    async def _record(
+        self, run: RunRecord, lease: RunLease, config: Config, decision: Decision | _Succeeded, attempt: int
+    ) -> RunOutcome:
+        services = self._services
+        try:
+            if isinstance(decision, Defer) and (self._once or attempt >= config.daemon.max_run_attempts):
+                if not self._once:
+                    decision = Fail(
+                        decision.kind,
+                        f"{decision.message} Giving up after [daemon] max_run_attempts = "
+                        f"{config.daemon.max_run_attempts} attempts.",
+                    )
+                else:
+                    decision = Fail(decision.kind, f"{decision.message} (`run --once` does not wait to retry.)")
+            if isinstance(decision, _Succeeded | Fail):
+                status = "succeeded" if isinstance(decision, _Succeeded) else "failed"
+                kind = None if isinstance(decision, _Succeeded) else decision.kind
+                message = None if isinstance(decision, _Succeeded) else decision.message
+                async with services.pool.acquire() as connection:
+                    outcome = await self._db(
+                        "finish run",
+                        lambda: run_store.finish_run(
+                            connection,
+                            lease,
+                            status=status,
+                            error_kind=kind,
+                            error_message=message,
+                            notice=notice_for(run),
+                        ),
+                    )
+                (log.info if status == "succeeded" else log.error)(
+                    "run_finished",
+                    status=status,
+                    error_kind=kind,
+                    message=message,
+                    consecutive_failures=outcome.consecutive_failures,
+                )
+                if outcome.paused_now:
+                    log.error(
+                        "schedule_auto_paused",
+                        consecutive_failures=outcome.consecutive_failures,
+                        failure_threshold=outcome.threshold,
+                        detail=f"resume it with `recomamp schedules resume {run.schedule_id}` once the cause is fixed",
+                    )
+                services.metrics.run_finished(run, status, kind)
+                return RunOutcome(run.id, status, kind, message)
+            if isinstance(decision, Defer):
+                delay = (
+                    decision.delay_seconds
+                    if decision.delay_seconds is not None
+                    else config.daemon.run_retry_delay_seconds
+                )
+                full = (
+                    f"{decision.message} Attempt {attempt} of {config.daemon.max_run_attempts}; "
+                    f"it will be tried again in {delay:.0f} s."
+                )
+                await self._db(
+                    "defer run",
+                    lambda: run_store.defer_run(
+                        services.pool, lease, delay_seconds=delay, kind=decision.kind, message=full
+                    ),
+                )
+                log.warning("run_deferred", error_kind=decision.kind, message=full, retry_in_seconds=delay)
+                services.metrics.run_finished(run, "deferred", decision.kind)
+                return RunOutcome(run.id, "deferred", decision.kind, full)
+            if isinstance(decision, Wait):
+                delay = max(0.0, (decision.until - datetime.now(UTC)).total_seconds())
+                await self._db(
+                    "defer run",
+                    lambda: run_store.defer_run(
+                        services.pool,
+                        lease,
+                        delay_seconds=delay,
+                        kind=decision.kind,
+                        message=decision.message,
+                        wait_reason=decision.kind,
+                        counts_as_attempt=False,
+                    ),
+                )
+                log.info(
+                    "run_waiting", wait_reason=decision.kind, message=decision.message, until=decision.until.isoformat()
+                )
+                return RunOutcome(run.id, "waiting", decision.kind, decision.message)
+            if isinstance(decision, Lost | Cancelled):
+                return await self._lost(run)
+        except LeaseLost:
+            return await self._lost(run)
+        raise AssertionError(f"unhandled decision {decision!r}")  # pragma: no cover
+
+    async def _lost(self, run: RunRecord) -> RunOutcome:
+        state = None
+        try:
+            state = await run_store.run_state(self._services.pool, run.id)
+        except Exception as exc:  # the outcome is "lost" either way; the state only words the log line
+            if not is_connection_error(exc):
+                raise
+        if state is not None and state[0] == "cancelled":
+            log.info("run_cancelled", cancelled_by=state[1], detail="stopped at its next write; nothing recorded")
+            return RunOutcome(run.id, "cancelled", "cancelled", f"cancelled by {state[1]}")
+        log.warning("run_lease_lost", detail="another replica holds this run now (or it was deleted); leaving it")
+        return RunOutcome(run.id, "lost")
+
+    async def _steps(self, run: RunRecord, lease: RunLease, config: Config) -> Decision | _Succeeded:
+        services = self._services
+        pool = services.pool
+        tokens = UserTokenSource(services, run.owner_id)
         target = amc_target(run, config)
         request = execution_request(run, config)
-        execution_id: str | None = run.amc_execution_id
+        execution_id = run.amc_execution_id
         if execution_id is None:
-            await self._write(run_store.SET_STEP, run.id, "token")
-            await tokens()
-            # The marker is persisted before the POST: if we die mid-POST, whoever adopts the run
-            # searches AMC for it instead of submitting a second, billed execution.
-            marked = await services.pool.fetchrow(
-                run_store.MARK_SUBMITTING, run.id, self._owner, run_store.marker_for(run.id, secrets.token_hex(4))
+            await self._db("set step", lambda: run_store.set_step(pool, lease, Step.TOKEN.value))
+            with services.metrics.step("token"):
+                await tokens()
+            await self._step_boundary(lease)
+            marker, since = await self._db(
+                "mark submitting",
+                lambda: run_store.mark_submitting(pool, lease, run_store.marker_for(run.id, secrets.token_hex(4))),
             )
-            if marked is None:
-                raise LostLease
-            execution = await services.amc.submit_once(
+
+            async def before_post() -> None:
+                await self._ensure_lease(lease)
+                await self._take_quota_slot(run, lease, target, config)
+
+            execution = await services.amc.executions.submit_once(
                 target,
                 tokens,
                 request,
-                marker=marked["submit_marker"],
-                since=marked["submit_started_at"],
+                marker=marker,
+                since=since,
                 check_first=run.submit_marker is not None,
+                before_post=before_post,
             )
+            services.metrics.amc_submitted(run)
+            try:
+                await self._db(
+                    "mark submitted",
+                    lambda: run_store.mark_submitted(pool, lease, execution.execution_id, execution.status),
+                )
+            except LeaseLost:
+                await self._orphaned(run, target, tokens, execution.execution_id)
+                raise
             execution_id = execution.execution_id
-            await self._write(run_store.MARK_SUBMITTED, run.id, execution_id, execution.status)
             log.info("run_submitted", amc_execution_id=execution_id)
         else:
             log.info("run_resumed", amc_execution_id=execution_id, step=run.step)
 
         async def record_status(execution: Execution) -> None:
-            await self._write(
-                run_store.SET_AMC_STATUS, run.id, execution.status, execution.status_reason, execution.terminal
-            )
+            # Informational while the execution runs: a database outage must not stop the polling.
+            if execution.terminal:
+                return
+            try:
+                await run_store.set_amc_status(
+                    pool,
+                    lease,
+                    execution.status,
+                    execution.status_reason,
+                    terminal=False,
+                    expire_time=execution.expire_time,
+                )
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                services.gate.health.failed(exc, "recording an AMC status")
 
-        final = await services.amc.wait_until_terminal(
-            target,
-            tokens,
-            execution_id,
-            on_status=record_status,
-            # AMC is told to stop at this timeout; an hour's grace covers its own bookkeeping.
-            deadline_seconds=config.amazon.amc_execution_timeout_seconds + 3600,
+        with services.metrics.step("amc_wait"):
+            final = await services.amc.executions.wait_until_terminal(
+                target,
+                tokens,
+                execution_id,
+                on_status=record_status,
+                # AMC is told to stop at this timeout; an hour's grace covers its own bookkeeping.
+                deadline_seconds=config.amazon.amc_execution_timeout_seconds + 3600,
+            )
+        await self._db(
+            "record AMC status",
+            lambda: run_store.set_amc_status(
+                pool, lease, final.status, final.status_reason, terminal=True, expire_time=final.expire_time
+            ),
         )
         if final.status == "CANCELLED":
-            return await self._finish(run, "cancelled", "amc_cancelled", "The AMC execution was cancelled.")
+            return Fail("amc_cancelled", f"AMC execution {execution_id} was cancelled outside recomamp.")
         if final.status != "SUCCEEDED":
             reason = final.status_reason or "no reason given"
-            return await self._fail(
-                run,
+            return Fail(
                 "amc_execution_failed",
-                f"AMC execution {execution_id} ended {final.status}: {reason}. Fix the schedule's query "
-                "(or its parameters), then run it again with `recomamp schedules run-now`.",
+                f"AMC execution {execution_id} ended {final.status}: {reason}. Fix the schedule's query (or its "
+                f"parameters), then run the window again with `recomamp schedules run-now {run.schedule_id} "
+                f"--window-start {run.window_start.astimezone(ZoneInfo(run.window_timezone)).date().isoformat()}`.",
             )
-        with tempfile.TemporaryDirectory(prefix=f"recomamp-run{run.id}-", dir=config.daemon.work_dir) as spool:
-            files = await services.amc.download_results(target, tokens, execution_id, Path(spool))
-            rows = await asyncio.to_thread(count_rows, files)
-            await self._write(run_store.MARK_DOWNLOADED, run.id, len(files), rows)
-            log.info("run_downloaded", result_files=len(files), result_rows=rows)
-            if run.snowflake_enabled:
-                problem = await self.upload(run, files, config, owner=self._owner)
-                if problem is not None:
-                    return await self._fail(run, "snowflake", problem)
-        return await self._finish(run, "succeeded", None, None)
+        unavailable = final.unavailable_download()
+        if unavailable:
+            return Fail(
+                "amc_output_unavailable", f"AMC cannot offer the result of {execution_id} for download: {unavailable}."
+            )
+        await self._step_boundary(lease)
+        directory = run_spool(config, run.id)
+        with services.metrics.step("download"):
+            files = await services.amc.results.download(
+                target, tokens, execution_id, directory, columns=[c.name for c in final.output_columns]
+            )
+        rows = None if run.target_enabled else await asyncio.to_thread(count_rows, files)
+        await self._db(
+            "mark downloaded",
+            lambda: run_store.mark_downloaded(
+                pool, lease, files=len(files.paths), rows=rows, path=str(directory), size=files.size_bytes
+            ),
+        )
+        log.info("run_downloaded", result_files=len(files.paths), result_bytes=files.size_bytes)
+        if run.target_enabled:
+            await self._step_boundary(lease)
+            problem = await self.upload(run, lease, files, config, final)
+            if problem is not None:
+                return problem
+        await self._results_loaded(run, directory, config)
+        return _Succeeded()
 
-    async def upload(self, run: RunContext, files: list[Path], config: Config, *, owner: str | None) -> str | None:
-        """Load the run's files into its table. Returns a message for a person when it failed."""
+    async def _take_quota_slot(self, run: RunRecord, lease: RunLease, target: AmcTarget, config: Config) -> None:
+        from recomamp.domain.runs import PRIORITY, Trigger
+
+        async with self._services.pool.acquire() as connection:
+            decision = await self._db(
+                "quota slot",
+                lambda: quota_store.take_slot(
+                    connection,
+                    lease,
+                    instance_key=target.instance_key,
+                    amc_instance_id=run.amc_instance_id,
+                    priority=PRIORITY.get(Trigger(run.trigger), 0),
+                    limit=config.amc.adhoc_executions_per_day,
+                    window_seconds=config.amc.quota_window_seconds,
+                ),
+            )
+        self._services.metrics.quota_used(target.instance_key, decision.used)
+        if not decision.granted:
+            assert decision.next_slot is not None
+            raise QuotaWait(
+                f"Waiting for AMC's ad-hoc quota on instance {run.amc_instance_id}: {decision.used} of "
+                f"{decision.limit} executions used in the last {config.amc.quota_window_seconds / 3600:.0f} h "
+                f"({decision.reason}). Next slot at {decision.next_slot.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC. "
+                "Nothing failed.",
+                decision.next_slot,
+            )
+
+    async def _orphaned(self, run: RunRecord, target: AmcTarget, tokens: UserTokenSource, execution_id: str) -> None:
+        """The POST created an execution but this claim can no longer record it. If the run was cancelled,
+        cancel the execution; otherwise the holder's search finds and adopts it."""
+        state = await run_store.run_state(self._services.pool, run.id)
+        if state is not None and state[0] == "cancelled":
+            try:
+                await self._services.amc.executions.cancel(target, tokens, execution_id)
+                log.info("amc_execution_cancelled", amc_execution_id=execution_id, detail="the run was cancelled")
+            except Exception as exc:  # best effort: it is logged for a person to cancel by hand
+                log.error("amc_cancel_failed", amc_execution_id=execution_id, error=str(exc))
+
+    async def upload(
+        self, run: RunRecord, lease: RunLease, files: ResultFiles, config: Config, execution: Execution | None = None
+    ) -> Fail | None:
+        """Load the run's files into its recorded table. Returns a failure for a person when it failed."""
         services = self._services
-        config_row = await fetch_row(services.pool, run.owner_id)
+        pool = services.pool
 
         async def record(status: str, table: str | None, rows: int | None, error: str | None) -> None:
-            done = await services.pool.execute(run_store.SET_SNOWFLAKE, run.id, owner, status, table, rows, error)
-            if done.endswith(" 0"):
-                raise LostLease
+            await self._db("record Snowflake", lambda: run_store.set_snowflake(pool, lease, status, table, rows, error))
 
-        if not run.snowflake_table_name:
+        if not run.target_table_name:
             message = (
                 "Snowflake is enabled for this schedule but it names no table: set one with "
                 f"`recomamp schedules update {run.schedule_id} --snowflake-table NAME`."
             )
             await record("failed", None, None, message)
-            return message
+            return Fail("snowflake", message)
+        config_row = await self._db("read Snowflake settings", lambda: snowflake_configs.fetch_row(pool, run.owner_id))
         if config_row is None or not config_row["is_active"]:
             message = (
                 f"Snowflake is enabled for this schedule but {run.user_email} has no active Snowflake "
                 f"configuration: add one with `recomamp snowflake set {run.user_email} …`, then "
-                f"`recomamp runs retry-upload {run.id}`. The AMC result is kept at AMC."
+                f"`recomamp runs retry-upload {run.id}`. The AMC result is kept."
             )
             await record("failed", None, None, message)
-            return message
+            return Fail("snowflake", message)
         try:
             target = LoadTarget(
                 database=config_row["database_name"],
-                schema=run.snowflake_schema_name or config_row["default_schema"],
-                table=run.snowflake_table_name,
-                key_columns=tuple(run.snowflake_key_columns) if run.snowflake_key_columns else None,
+                schema=run.target_schema_name or config_row["default_schema"],
+                table=run.target_table_name,
+                key_columns=tuple(run.target_key_columns) if run.target_key_columns else None,
             )
-            spec = spec_from_row(config_row, services.box)
-        except (InvalidIdentifier, BadPrivateKey, ValueError) as exc:
+            spec = spec_from_row(config_row, services.box())
+        except (ValueError, BadPrivateKey) as exc:
             message = f"Snowflake settings cannot be used: {exc}"
             await record("failed", None, None, message)
-            return message
+            return Fail("snowflake", message)
         await record("uploading", target.display, None, None)
+
+        async def fence() -> None:
+            await self._ensure_lease(lease)
+
         try:
-            result = await services.sink.load(
-                spec,
-                target,
-                RunMetadata(
-                    schedule_id=run.schedule_id,
-                    run_id=run.id,
-                    window_start=run.window_start,
-                    window_end=run.window_end,
-                    uploaded_at=datetime.now(UTC),
-                ),
-                files,
-            )
-        except (SnowflakeLoadError, BadPrivateKey) as exc:
-            transient = getattr(exc, "transient", False)
+            with services.metrics.step("snowflake_load"):
+                result = await services.sink.load(
+                    spec,
+                    target,
+                    RunMetadata(
+                        schedule_id=run.schedule_id,
+                        run_id=run.id,
+                        window_start=run.window_start,
+                        window_end=run.window_end,
+                        uploaded_at=datetime.now(UTC),
+                    ),
+                    files.paths,
+                    fence=fence,
+                    deadline_seconds=config.snowflake.load_timeout_seconds,
+                )
+        except LeaseLost:
+            raise
+        except (SnowflakeLoadError, BadPrivateKey, LoadTimedOut, LoadCancelled) as exc:
+            transient = getattr(exc, "transient", isinstance(exc, LoadTimedOut | LoadCancelled))
             message = (
                 f"Snowflake load into {target.display} failed: {exc}. "
                 + ("Temporary. " if transient else "")
@@ -278,83 +503,42 @@ class RunPipeline:
             )
             log.error("snowflake_load_failed", table=target.display, transient=transient, error=str(exc))
             await record("failed", target.display, None, message)
-            return message
+            return Fail("snowflake", message)
         await record("completed", result.table, result.rows, None)
+        services.metrics.rows_loaded(result.rows)
         return None
 
-    async def _finish(self, run: RunContext, status: str, kind: str | None, message: str | None) -> RunOutcome:
-        async with self._services.pool.acquire() as connection:
-            counted = await run_store.finish_run(
-                connection, run.id, self._owner, status=status, error_kind=kind, error_message=message
+    async def _results_loaded(self, run: RunRecord, directory: Path, config: Config) -> None:
+        """The result is safely loaded: delete it, or keep it for [daemon] keep_results_days."""
+        days = config.daemon.keep_results_days
+        if days <= 0:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            await self._db(
+                "forget results",
+                lambda: run_store.set_results_kept(self._services.pool, run.id, path=None, size=None, kept_until=None),
             )
-        if counted is None:
-            raise LostLease
-        (log.info if status == "succeeded" else log.error)(
-            "run_finished",
-            status=status,
-            error_kind=kind,
-            message=message,
-            consecutive_failures=counted.consecutive_failures,
-        )
-        if counted.paused:
-            log.error(
-                "schedule_auto_paused",
-                consecutive_failures=counted.consecutive_failures,
-                failure_threshold=counted.threshold,
-                detail="resume it with `recomamp schedules resume` once the cause is fixed",
+        else:
+            until = datetime.now(UTC) + timedelta(days=days)
+            await self._db(
+                "keep results",
+                lambda: run_store.set_results_kept(
+                    self._services.pool, run.id, path=str(directory), size=None, kept_until=until
+                ),
             )
-        return RunOutcome(run.id, status, kind, message)
 
-    async def _fail(self, run: RunContext, kind: str, message: str) -> RunOutcome:
-        return await self._finish(run, "failed", kind, message)
 
-    async def _defer(self, run: RunContext, config: Config, kind: str, message: str) -> RunOutcome:
-        delay = config.daemon.run_retry_delay_seconds
-        full = (
-            f"{message} Attempt {run.attempt} of {config.daemon.max_run_attempts}; "
-            f"it will be tried again in {delay:.0f} s."
+def count_rows(files: ResultFiles) -> int:
+    """Rows in a result (header rows excluded): pyarrow's CSV reader counts in C, quoted newlines included."""
+    import pyarrow.csv as pacsv
+
+    total = 0
+    for path in files.paths:
+        reader = pacsv.open_csv(
+            str(path),
+            read_options=pacsv.ReadOptions(block_size=1 << 22),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False),
         )
-        await self._write(run_store.DEFER_RUN, run.id, delay, kind, full)
-        log.warning("run_deferred", error_kind=kind, message=full, retry_in_seconds=delay)
-        return RunOutcome(run.id, "deferred", kind, full)
-
-
-class RetryUploadRefused(ValueError):
-    pass
-
-
-async def retry_upload(services: Services, config: Config, run_id: int) -> str:
-    """Fetch fresh result links for a run's AMC execution and load them into Snowflake again.
-
-    Safe to repeat: the load replaces the run's window (or merges on the schedule's keys).
-    Returns a summary line; raises RetryUploadRefused with what is wrong, or a load error.
-    """
-    run = await run_store.load_run(services.pool, run_id)
-    if run is None:
-        raise RetryUploadRefused(f"run: no run {run_id}; see `recomamp runs list`")
-    if not run.snowflake_enabled or not run.snowflake_table_name:
-        raise RetryUploadRefused(f"run {run_id}: its schedule does not load into Snowflake")
-    if not run.amc_execution_id or run.amc_status != "SUCCEEDED":
-        raise RetryUploadRefused(
-            f"run {run_id}: there is no succeeded AMC execution to load (AMC status: {run.amc_status or 'none'})"
-        )
-    if run.status == "running" and run.lease_owner:
-        raise RetryUploadRefused(f"run {run_id} is in flight on {run.lease_owner}; wait for it to finish")
-    structlog.contextvars.bind_contextvars(user_email=run.user_email, schedule_id=run.schedule_id, run_id=run_id)
-    pipeline = RunPipeline(services, owner="retry-upload", config=lambda: config, once=True)
-    tokens = UserTokenSource(services.tokens, run.owner_id)
-    with tempfile.TemporaryDirectory(prefix=f"recomamp-retry{run_id}-", dir=config.daemon.work_dir) as spool:
-        files = await services.amc.download_results(amc_target(run, config), tokens, run.amc_execution_id, Path(spool))
-        problem = await pipeline.upload(run, files, config, owner=None)
-    if problem is not None:
-        raise SnowflakeLoadError(problem, transient=False, step="retry-upload")
-    await services.pool.execute(
-        "UPDATE schedule_runs SET status = 'succeeded', error_kind = NULL, error_message = NULL, updated_at = now() "
-        "WHERE id = $1 AND status = 'failed' AND error_kind = 'snowflake'",
-        run_id,
-    )
-    row = await services.pool.fetchrow(
-        "SELECT snowflake_table, snowflake_rows FROM schedule_runs WHERE id = $1", run_id
-    )
-    assert row is not None
-    return f"run {run_id}: loaded {row['snowflake_rows']} rows into {row['snowflake_table']}"
+        for batch in reader:
+            total += batch.num_rows
+    return total

@@ -2,15 +2,21 @@
 
 Named tasks, each watched by the supervisor; if one dies, the daemon logs why and exits non-zero so
 that systemd restarts it:
-- poller: claims due schedules into runs, every poll interval or when NOTIFY wakes it;
-- dispatcher: leases runnable runs within the shared limits and starts one coroutine per run;
-- heartbeat: renews the leases of runs in flight, and stops runs whose lease another replica took;
-- listener: LISTENs for `recomamp schedules run-now`.
+- poller: turns due schedules into runs. It sleeps until the earliest next_run_at (or the poll
+  interval, whichever comes first), and NOTIFY (schedule created, edited, resumed or run now) wakes it;
+- dispatcher: leases runnable runs within the shared limits and starts one coroutine per run, never
+  one for a run this process already runs;
+- lease keeper: renews the leases of runs in flight on a connection of its own (daemon.leases);
+- listener: LISTENs for the wake-ups;
+- watchdog: feeds systemd's watchdog while the event loop turns and every task is alive. A database
+  outage is not a hang: the tasks wait for the database and the watchdog goes on;
+- notifier, metrics, control, housekeeping: alerts, /metrics and health, `recomamp reload`, pruning.
 
-SIGTERM/SIGINT: stop claiming, let runs finish for up to the drain timeout, release the leases of the
-rest (the next start continues them), log one summary line. A second signal exits at once.
-SIGHUP: read and validate the config; keep the old one on error; otherwise apply what can be applied
-live and name the keys that need a restart.
+Start: the database is awaited with capped backoff (STATUS says since when and what is tried); READY
+is sent once it answers and the schema is current. The daemon never exits because the database is away.
+SIGTERM/SIGINT: stop claiming; let runs finish for up to the drain timeout while the heartbeat keeps
+their leases; release the leases of the rest; stop the heartbeat; log one summary line. A second
+signal exits at once. SIGHUP (or `recomamp reload`): validate and swap the config.
 """
 
 from __future__ import annotations
@@ -19,29 +25,32 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
 from recomamp.config import Config, ConfigError, changed_keys, load_config, restart_only
-from recomamp.daemon.pipeline import RunOutcome, RunPipeline, Services
-from recomamp.daemon.services import amc_policy, open_services, token_policy
+from recomamp.daemon.database import DatabaseHealth
+from recomamp.daemon.pipeline import RunOutcome, RunPipeline
+from recomamp.daemon.services import Services, open_services
 from recomamp.logs import get_logger, set_level
+from recomamp.observe.metrics import Metrics
 from recomamp.store import migrations
-from recomamp.store.db import create_pool
-from recomamp.store.runs import claim_runs, release_leases, renew_leases
-from recomamp.store.schedules import WAKEUP_CHANNEL, claim_all_due
+from recomamp.store.db import connect, describe_dsn, is_connection_error
+from recomamp.store.runs import RunLease, claim_runs
+from recomamp.store.schedules import WAKEUP_CHANNEL, apply_plans, fetch_due, next_due_at, plan_schedules
 from recomamp.systemd import Notifier, watchdog_interval_seconds
 
 log = get_logger(__name__)
 
 
 class Pipeline(Protocol):
-    async def execute(self, run_id: int) -> RunOutcome: ...
+    async def execute(self, lease: RunLease) -> RunOutcome: ...
 
 
 class PipelineFactory(Protocol):
@@ -56,22 +65,34 @@ class DaemonError(Exception):
 
 @dataclass
 class Tally:
+    """Counts only: a daemon that runs for months keeps no per-run record in memory."""
+
     succeeded: int = 0
     failed: int = 0
     deferred: int = 0
+    waiting: int = 0
+    cancelled: int = 0
     other: int = 0
-    outcomes: list[RunOutcome] = field(default_factory=list)
 
     def add(self, outcome: RunOutcome) -> None:
-        self.outcomes.append(outcome)
         if outcome.status == "succeeded":
             self.succeeded += 1
-        elif outcome.status in ("failed", "cancelled"):
+        elif outcome.status == "failed":
             self.failed += 1
         elif outcome.status == "deferred":
             self.deferred += 1
+        elif outcome.status == "waiting":
+            self.waiting += 1
+        elif outcome.status == "cancelled":
+            self.cancelled += 1
         else:
             self.other += 1
+
+
+@dataclass
+class _InFlight:
+    task: asyncio.Task[RunOutcome]
+    lease: RunLease
 
 
 class Daemon:
@@ -92,39 +113,98 @@ class Daemon:
         self._clock = clock
         self._pipeline_factory: PipelineFactory = pipeline_factory or RunPipeline
         self._owner = config.daemon.replica_name
-        self._runs: dict[int, asyncio.Task[RunOutcome]] = {}
+        self._runs: dict[int, _InFlight] = {}
         self._tally = Tally()
         self._stopping = asyncio.Event()
+        self._heartbeat_stop = asyncio.Event()
         self._wake_poller = asyncio.Event()
         self._wake_dispatcher = asyncio.Event()
         self._signals = 0
+        self.health = DatabaseHealth()
+        self.metrics = Metrics()
+        self.ready = False
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reload_lock = asyncio.Lock()
 
     @property
     def config(self) -> Config:
         return self._config
 
+    @property
+    def tally(self) -> Tally:
+        return self._tally
+
+    @property
+    def runs_in_flight(self) -> list[int]:
+        return list(self._runs)
+
+    @property
+    def tasks_alive(self) -> bool:
+        return all(not task.done() for task in self._tasks.values())
+
     # --- start-up ------------------------------------------------------------------------------------
 
     async def run(self) -> int:
+        self._install_signals()
+        if not await self._await_database():
+            return 0  # asked to stop while waiting
+        async with open_services(
+            self._config, replica=self._owner, health=self.health, on_lease_lost=self._lease_lost, metrics=self.metrics
+        ) as services:
+            self._services = services
+            self._pipeline = self._pipeline_factory(services, self._owner, lambda: self._config, once=self._once)
+            return await (self._run_once() if self._once else self._serve())
+
+    async def _await_database(self) -> bool:
+        """Wait, with capped backoff, until the database answers and its schema is current."""
         config = self._config
-        try:
-            pool = await create_pool(config.database)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise DaemonError(f"cannot reach the database in [database] dsn: {type(exc).__name__}: {exc}") from exc
-        try:
-            async with pool.acquire() as connection:
-                pending = await migrations.pending_versions(connection)
-            if pending:
-                raise DaemonError(
-                    f"the database schema is behind: migrations {pending} are pending. Run `recomamp migrate up`."
+        where = describe_dsn(config.database.dsn.get_secret_value())
+        since = datetime.now(UTC)
+        wait = 0.5
+        attempt = 0
+        reported_pending: list[int] | None = None
+        watchdog = watchdog_interval_seconds()
+        last_feed = 0.0
+        while not self._stopping.is_set():
+            attempt += 1
+            try:
+                async with connect(
+                    config.database.dsn.get_secret_value(),
+                    command_timeout=config.database.command_timeout_seconds,
+                    connect_timeout=config.database.connect_timeout_seconds,
+                ) as connection:
+                    pending = await migrations.pending_versions(connection)
+                if not pending:
+                    self.health.ok()
+                    return True
+                if pending != reported_pending:
+                    log.error(
+                        "schema_behind",
+                        pending_migrations=pending,
+                        detail="waiting: run `recomamp migrate up`; the daemon starts once the schema is current",
+                    )
+                    reported_pending = pending
+                self._notifier.status(f"waiting for migrations {pending}: run `recomamp migrate up`")
+                wait = min(max(wait, 5.0), config.database.outage_max_wait_seconds)
+            except migrations.MigrationError as exc:
+                raise DaemonError(str(exc)) from exc
+            except Exception as exc:
+                if not is_connection_error(exc) and not isinstance(exc, asyncpg.InvalidCatalogNameError):
+                    raise DaemonError(
+                        f"the database in [database] dsn ({where}) refused the connection: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self.health.failed(exc, "start-up")
+                self._notifier.status(
+                    f"waiting for the database at {where} since {since:%H:%M:%S} UTC (attempt {attempt}): "
+                    f"{type(exc).__name__}"
                 )
-            async with open_services(config, pool) as services:
-                self._services = services
-                self._pipeline = self._pipeline_factory(services, self._owner, lambda: self._config, once=self._once)
-                self._install_signals()
-                return await (self._run_once() if self._once else self._serve())
-        finally:
-            await pool.close()
+            # The watchdog is fed while we wait: an outage at start is not a hang.
+            if watchdog and time.monotonic() - last_feed >= watchdog:
+                self._notifier.watchdog()
+                last_feed = time.monotonic()
+            await self._wait(self._stopping, min(wait, watchdog or wait))
+            wait = min(wait * 2, config.database.outage_max_wait_seconds)
+        return False
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -149,20 +229,25 @@ class Daemon:
 
     # --- runs ----------------------------------------------------------------------------------------
 
-    def _start_run(self, run_id: int) -> None:
-        task = asyncio.create_task(self._pipeline.execute(run_id), name=f"run-{run_id}")
-        self._runs[run_id] = task
+    def _start_run(self, lease: RunLease, claimed_at: float) -> None:
+        if lease.run_id in self._runs:
+            # The claim query excludes our own runs, so this is a bug if it happens; never run a run twice.
+            log.error("run_already_in_flight", run_id=lease.run_id)
+            return
+        self._services.leases.hold(lease, claimed_at)
+        task = asyncio.create_task(self._pipeline.execute(lease), name=f"run-{lease.run_id}")
+        self._runs[lease.run_id] = _InFlight(task, lease)
 
         def done(finished: asyncio.Task[RunOutcome]) -> None:
-            self._runs.pop(run_id, None)
+            current = self._runs.get(lease.run_id)
+            if current is not None and current.task is finished:
+                del self._runs[lease.run_id]
+                self._services.leases.drop(lease.run_id)
             if not finished.cancelled():
-                if finished.exception() is not None:
-                    log.error(
-                        "run_crashed",
-                        run_id=run_id,
-                        exc_info=finished.exception(),
-                        detail="its lease expires and another claim continues it",
-                    )
+                error = finished.exception()
+                if error is not None:
+                    # The pipeline classifies every exception; one escaping it is a bug.
+                    log.error("run_crashed", run_id=lease.run_id, exc_info=error)
                     self._tally.other += 1
                 else:
                     self._tally.add(finished.result())
@@ -171,43 +256,64 @@ class Daemon:
 
         task.add_done_callback(done)
 
-    async def _claim_runs(self) -> list[int]:
+    def _lease_lost(self, run_id: int) -> None:
+        current = self._runs.get(run_id)
+        if current is not None and not current.task.done():
+            current.task.cancel()
+
+    async def _claim_runs(self) -> int:
         config = self._config
         room = config.daemon.max_concurrent_runs - len(self._runs)
+        if room <= 0:
+            return 0
+        claimed_at = time.monotonic()
         async with self._services.pool.acquire() as connection:
-            run_ids = await claim_runs(
+            leases = await claim_runs(
                 connection,
                 owner=self._owner,
                 lease_seconds=config.daemon.lease_seconds,
                 max_global=config.daemon.max_concurrent_runs,
                 max_per_instance=config.daemon.max_runs_per_instance,
                 limit=room,
+                exclude=list(self._runs),
             )
-        for run_id in run_ids:
-            self._start_run(run_id)
-        if run_ids:
+        for lease in leases:
+            self._start_run(lease, claimed_at)
+        if leases:
             self._notifier.status(f"{len(self._runs)} runs in flight")
-        return run_ids
+        return len(leases)
 
     async def _claim_due(self) -> int:
-        async with self._services.pool.acquire() as connection:
-            outcome = await claim_all_due(connection, self._clock(), self._config.daemon.claim_batch_size)
-        if outcome.runs_created:
-            log.info(
-                "due_schedules_claimed",
-                schedules=outcome.schedules,
-                runs_created=outcome.runs_created,
-                fires_skipped=outcome.fires_skipped,
-            )
-        return outcome.runs_created
+        """Turn every due schedule into runs: fetch, plan in a thread (never on the loop), apply."""
+        now = self._clock()
+        batch = self._config.daemon.claim_batch_size
+        created = skipped = schedules = 0
+        while True:
+            due = await fetch_due(self._services.pool, now, batch)
+            if not due:
+                break
+            plans = await asyncio.to_thread(plan_schedules, due, now)
+            async with self._services.pool.acquire() as connection:
+                outcome = await apply_plans(connection, plans)
+            created += outcome.runs_created
+            skipped += outcome.fires_skipped
+            schedules += outcome.schedules
+            if len(due) < batch or outcome.schedules == 0:
+                break
+        if created or skipped:
+            log.info("due_schedules_claimed", schedules=schedules, runs_created=created, fires_skipped=skipped)
+        return created
 
     # --- --once --------------------------------------------------------------------------------------
 
     async def _run_once(self) -> int:
-        await self._claim_due()
+        heartbeat = asyncio.create_task(self._services.leases.run(self._heartbeat_stop), name="heartbeat")
+        self._tasks = {"heartbeat": heartbeat}
+        await self._services.gate.call("claim due schedules", self._claim_due)
         self._notifier.ready("running due schedules once")
+        self.ready = True
         while not self._stopping.is_set():
-            claimed = await self._claim_runs()
+            claimed = await self._services.gate.call("claim runs", self._claim_runs)
             if not claimed and not self._runs:
                 break
             self._wake_dispatcher.clear()
@@ -218,19 +324,29 @@ class Daemon:
 
     # --- the long-running daemon ---------------------------------------------------------------------
 
+    def _extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        """Side tasks wired by other modules (alerts, metrics, control socket, housekeeping)."""
+        from recomamp.daemon.sidecars import sidecar_tasks
+
+        return sidecar_tasks(self)
+
     async def _serve(self) -> int:
-        tasks = {
-            asyncio.create_task(self._loop("poll_failed", self._poll_once, self._wake_poller), name="poller"),
-            asyncio.create_task(
-                self._loop("dispatch_failed", self._dispatch_once, self._wake_dispatcher), name="dispatcher"
+        self._tasks = {
+            "poller": asyncio.create_task(self._loop("poll", self._poll_once, self._wake_poller), name="poller"),
+            "dispatcher": asyncio.create_task(
+                self._loop("dispatch", self._dispatch_once, self._wake_dispatcher), name="dispatcher"
             ),
-            asyncio.create_task(self._heartbeat(), name="heartbeat"),
-            asyncio.create_task(self._listen(), name="listener"),
+            "heartbeat": asyncio.create_task(self._services.leases.run(self._heartbeat_stop), name="heartbeat"),
+            "listener": asyncio.create_task(self._listen(), name="listener"),
+            "watchdog": asyncio.create_task(self._watchdog(), name="watchdog"),
         }
+        for name, factory in self._extra_tasks().items():
+            self._tasks[name] = asyncio.create_task(factory(), name=name)
         stop = asyncio.create_task(self._stopping.wait(), name="stop-signal")
+        self.ready = True
         self._notifier.ready(f"replica {self._owner}")
         log.info("daemon_ready", replica=self._owner, max_concurrent_runs=self._config.daemon.max_concurrent_runs)
-        done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({*self._tasks.values(), stop}, return_when=asyncio.FIRST_COMPLETED)
         exit_code = 0
         for task in done:
             if task is stop:
@@ -238,83 +354,99 @@ class Daemon:
             error = task.exception() if not task.cancelled() else None
             if error is None and self._stopping.is_set():
                 continue  # it saw the stop request first and returned: a clean exit
-            # A background task ended on its own: that is a bug or a lost dependency. Exit non-zero.
+            # A background task ended on its own: that is a bug. Exit non-zero so systemd restarts us.
             log.error(
                 "background_task_died", task=task.get_name(), exc_info=error, detail="exiting so systemd restarts"
             )
             exit_code = 1
         self._stopping.set()
-        for task in (*tasks, stop):
-            task.cancel()
-        await asyncio.gather(*tasks, stop, return_exceptions=True)
+        self._wake_poller.set()
+        self._wake_dispatcher.set()
+        stop.cancel()
+        # Stop claiming first; the heartbeat keeps the leases of runs still in flight while they drain.
+        for name in ("poller", "dispatcher"):
+            self._tasks[name].cancel()
+        await asyncio.gather(self._tasks["poller"], self._tasks["dispatcher"], stop, return_exceptions=True)
         await self._drain()
+        others = [t for name, t in self._tasks.items() if name not in ("poller", "dispatcher", "heartbeat")]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         return exit_code
 
     async def _wait(self, event: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+            await asyncio.wait_for(event.wait(), max(0.0, seconds))
 
-    async def _loop(self, failure_event: str, step: Callable[[], Awaitable[None]], wake: asyncio.Event) -> None:
-        failures = 0
+    async def _loop(self, name: str, step: Callable[[], Awaitable[float | None]], wake: asyncio.Event) -> None:
+        """Run `step` until stopped; sleep what it asks (or the poll interval), or until woken."""
         while not self._stopping.is_set():
             wake.clear()
+            sleep: float | None = None
             try:
-                await step()
-                failures = 0
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                # The database blinked: keep trying. The watchdog is fed only on progress, so a
-                # database that stays away gets the daemon restarted by systemd.
-                failures += 1
-                log.error(failure_event, error=str(exc), exception_class=type(exc).__name__, failures=failures)
+                sleep = await self._services.gate.call(name, step)
+            except Exception as exc:
+                # Not a connection error (those are waited out by the gate): log it and go on.
+                log.error(f"{name}_failed", error=str(exc), exception_class=type(exc).__name__, exc_info=exc)
             interval = self._config.daemon.poll_interval_seconds
-            watchdog = watchdog_interval_seconds()
-            await self._wait(wake, min(interval, watchdog) if watchdog else interval)
+            await self._wait(wake, interval if sleep is None else min(sleep, interval))
 
-    async def _poll_once(self) -> None:
+    async def _poll_once(self) -> float | None:
         if await self._claim_due():
             self._wake_dispatcher.set()
-        self._notifier.watchdog()
+        upcoming = await next_due_at(self._services.pool)
+        if upcoming is None:
+            return None
+        # Sleep until the earliest schedule falls due, to the instant, and claim it then.
+        return max(0.0, (upcoming - self._clock()).total_seconds())
 
-    async def _dispatch_once(self) -> None:
+    async def _dispatch_once(self) -> float | None:
         await self._claim_runs()
+        return None
 
-    async def _heartbeat(self) -> None:
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 while the loop turns and every supervised task is alive (a database outage included)."""
+        interval = watchdog_interval_seconds()
+        every = min(interval, 5.0) if interval else 5.0
         while True:
-            await asyncio.sleep(self._config.daemon.heartbeat_interval_seconds)
-            run_ids = list(self._runs)
-            if not run_ids:
-                continue
-            try:
-                renewed = await renew_leases(
-                    self._services.pool, self._owner, run_ids, self._config.daemon.lease_seconds
-                )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.error("heartbeat_failed", error=str(exc), exception_class=type(exc).__name__)
-                continue
-            for run_id in set(run_ids) - renewed:
-                task = self._runs.get(run_id)
-                if task is not None and not task.done():
-                    log.warning("run_lease_lost", run_id=run_id, detail="another replica adopted it; stopping ours")
-                    task.cancel()
+            if self.tasks_alive:
+                self._notifier.watchdog()
+                self.metrics.database_up.set(1 if self.health.healthy else 0)
+                if not self.health.healthy:
+                    self._notifier.status(
+                        f"database unreachable for {self.health.away_seconds:.0f} s; {len(self._runs)} runs held, "
+                        "waiting for it"
+                    )
+            await asyncio.sleep(every)
 
     async def _listen(self) -> None:
-        """LISTEN for run-now. Reconnects on its own when the connection drops."""
+        """LISTEN for wake-ups (schedule changes, run-now). Reconnects on its own when the connection drops."""
+        wait = 0.5
         while True:
+            config = self._config
             try:
-                connection = await asyncpg.connect(self._config.database.dsn.get_secret_value())
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.error("listener_connect_failed", error=str(exc))
-                await asyncio.sleep(self._config.daemon.poll_interval_seconds)
+                connection = await asyncpg.connect(
+                    config.database.dsn.get_secret_value(), timeout=config.database.connect_timeout_seconds
+                )
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                self.health.failed(exc, "listener")
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, config.database.outage_max_wait_seconds)
                 continue
+            wait = 0.5
             closed = asyncio.Event()
             connection.add_termination_listener(lambda _, event=closed: event.set())
             try:
                 await connection.add_listener(WAKEUP_CHANNEL, self._on_notify)
+                # A wake-up may have been missed while the listener was away.
+                self._on_notify()
                 await closed.wait()
                 log.warning("listener_connection_lost", detail="reconnecting")
             finally:
                 with contextlib.suppress(Exception):
-                    await connection.close()
+                    await asyncio.wait_for(connection.close(), 5)
 
     def _on_notify(self, *_: object) -> None:
         self._wake_poller.set()
@@ -323,76 +455,103 @@ class Daemon:
     # --- shutdown ------------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
+        """Runs finish for up to the drain timeout (the heartbeat keeps their leases meanwhile); the rest are
+        stopped and their leases released, then the heartbeat stops."""
         self._notifier.stopping()
-        in_flight = list(self._runs.values())
+        in_flight = [item.task for item in self._runs.values()]
         timeout = self._config.daemon.drain_timeout_seconds
         if in_flight and self._stopping.is_set():
-            # A stop request (SIGTERM, or the daemon itself failing): runs get the drain timeout, no more.
             log.info("draining", runs_in_flight=len(in_flight), drain_timeout_seconds=timeout)
             await asyncio.wait(in_flight, timeout=timeout)
         elif in_flight:
             await asyncio.wait(in_flight)  # --once, finishing what it started
-        unfinished = {run_id: task for run_id, task in self._runs.items() if not task.done()}
-        for task in unfinished.values():
-            task.cancel()
-        await asyncio.gather(*unfinished.values(), return_exceptions=True)
-        leftover = list(unfinished)
+        unfinished = {run_id: item for run_id, item in self._runs.items() if not item.task.done()}
+        for item in unfinished.values():
+            item.task.cancel()
+        await asyncio.gather(*(item.task for item in unfinished.values()), return_exceptions=True)
+        leftover = [item.lease for item in unfinished.values()]
         if leftover:
             # Their state is persisted step by step: the next claim, here or elsewhere, continues them.
-            await release_leases(self._services.pool, self._owner, leftover)
+            try:
+                await self._services.gate.call(
+                    "release leases",
+                    lambda: self._services.leases.release(leftover),
+                    deadline=time.monotonic() + 10,
+                )
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                log.warning("leases_not_released", runs=len(leftover), detail="they expire and are adopted then")
+        self._heartbeat_stop.set()
+        heartbeat = self._tasks.get("heartbeat")
+        if heartbeat is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(heartbeat, 10)
+        left = await self._services.sink.close(wait_seconds=max(0.0, timeout))
         tally = self._tally
         log.info(
             "shutdown_complete",
-            summary=f"{tally.succeeded} runs succeeded, {tally.failed} failed, {tally.deferred} deferred, "
-            f"{len(leftover)} released for the next start",
+            summary=", ".join(
+                [f"{tally.succeeded} runs succeeded", f"{tally.failed} failed", f"{tally.deferred} deferred"]
+                + ([f"{tally.waiting} waiting for AMC's quota"] if tally.waiting else [])
+                + ([f"{tally.cancelled} cancelled"] if tally.cancelled else [])
+                + [f"{len(leftover)} released for the next start"]
+            ),
             succeeded=tally.succeeded,
             failed=tally.failed,
             deferred=tally.deferred,
+            waiting=tally.waiting,
+            cancelled=tally.cancelled,
             released=len(leftover),
+            snowflake_loads_abandoned=left,
         )
-
-    @property
-    def tally(self) -> Tally:
-        return self._tally
 
     # --- reload --------------------------------------------------------------------------------------
 
-    async def reload(self) -> bool:
-        """SIGHUP. Returns whether a new config was applied."""
+    async def reload(self) -> tuple[bool, list[str]]:
+        """SIGHUP or `recomamp reload`: (applied, problems). A broken config is refused; the old one stays."""
         if self._config_path is None:
             log.warning("config_reload_skipped", reason="the daemon was started without a config file")
-            return False
-        self._notifier.reloading()
-        try:
+            return False, ["the daemon was started without a config file"]
+        async with self._reload_lock:
+            self._notifier.reloading()
             try:
-                new = await asyncio.to_thread(load_config, self._config_path)
-            except ConfigError as exc:
-                log.error("config_reload_failed", problems=exc.problems, detail="keeping the running config")
-                return False
-            old = self._config
-            keys = changed_keys(old, new)
-            needs_restart = restart_only(keys)
-            # Keys that need a restart keep their running values: nothing is half-applied.
-            effective = new.model_copy(
-                update={
-                    "database": old.database,
-                    "security": old.security,
-                    "daemon": new.daemon.model_copy(update={"replica_name": old.daemon.replica_name}),
-                    "snowflake": new.snowflake.model_copy(update={"thread_pool_size": old.snowflake.thread_pool_size}),
-                }
-            )
-            self._config = effective
-            self._services.tokens.reconfigure(token_policy(effective))
-            self._services.amc.reconfigure(amc_policy(effective))
-            self._services.sink.reconfigure(effective.snowflake, effective.retry)
-            set_level(effective.logging.level)
-            log.info(
-                "config_reloaded",
-                changed_keys=[key for key in keys if key not in needs_restart],
-                needs_restart=needs_restart,
-            )
-            self._wake_poller.set()
-            self._wake_dispatcher.set()
-            return True
-        finally:
-            self._notifier.ready()
+                try:
+                    new = await asyncio.to_thread(load_config, self._config_path)
+                except ConfigError as exc:
+                    log.error("config_reload_failed", problems=exc.problems, detail="keeping the running config")
+                    return False, exc.problems
+                old = self._config
+                keys = changed_keys(old, new)
+                needs_restart = restart_only(keys)
+                # Keys that need a restart keep their running values: nothing is half-applied.
+                effective = new.model_copy(
+                    update={
+                        "database": old.database,
+                        "daemon": new.daemon.model_copy(
+                            update={
+                                "replica_name": old.daemon.replica_name,
+                                "spool_dir": old.daemon.spool_dir,
+                                "control_socket": old.daemon.control_socket,
+                            }
+                        ),
+                        "snowflake": new.snowflake.model_copy(
+                            update={"thread_pool_size": old.snowflake.thread_pool_size}
+                        ),
+                        "metrics": new.metrics.model_copy(update={"listen": old.metrics.listen}),
+                    }
+                )
+                self._config = effective
+                if hasattr(self, "_services"):
+                    self._services.reconfigure(effective)
+                set_level(effective.logging.level)
+                log.info(
+                    "config_reloaded",
+                    changed_keys=[key for key in keys if key not in needs_restart],
+                    needs_restart=needs_restart,
+                )
+                self._wake_poller.set()
+                self._wake_dispatcher.set()
+                return True, []
+            finally:
+                self._notifier.ready()

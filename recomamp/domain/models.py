@@ -24,6 +24,39 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# AMC keeps about 13 months of event data: a window that starts further back than this has nothing in it.
+AMC_RETENTION_DAYS = 400
+MAX_FAILURE_THRESHOLD = 1000
+
+
+def check_lag_and_lookback(lag: int | None, lookback: int | None) -> None:
+    if lag is not None and not 0 <= lag <= AMC_RETENTION_DAYS:
+        raise ValueError(
+            f"data_lag_days: {lag} is out of range; use 0 to {AMC_RETENTION_DAYS} (AMC keeps about 13 months of data, "
+            "so a window further back is empty)"
+        )
+    if lookback is not None and not 1 <= lookback <= AMC_RETENTION_DAYS:
+        raise ValueError(
+            f"lookback_days: {lookback} is out of range; use 1 to {AMC_RETENTION_DAYS} (AMC keeps about 13 months of "
+            "data)"
+        )
+    if lag is not None and lookback is not None and lag + lookback > AMC_RETENTION_DAYS:
+        raise ValueError(
+            f"data_lag_days + lookback_days: {lag + lookback} days back is beyond AMC's retention of about "
+            f"{AMC_RETENTION_DAYS} days; shorten one of them"
+        )
+
+
+def check_failure_threshold(value: int | None) -> None:
+    if value is not None and not 1 <= value <= MAX_FAILURE_THRESHOLD:
+        raise ValueError(f"failure_threshold: {value} is out of range; use 1 to {MAX_FAILURE_THRESHOLD}")
+
+
+def check_catch_up_limit(value: int | None) -> None:
+    if value is not None and not 1 <= value <= 1000:
+        raise ValueError(f"catch_up_limit: {value} is out of range; use 1 to 1000 missed windows")
+
+
 class _SnowflakeFields(_Model):
     snowflake_enabled: bool | None = None  # None: enabled when a table is named
     snowflake_table_name: str | None = None
@@ -58,10 +91,20 @@ class _ScheduleCreate(_SnowflakeFields):
     workflow_id: str | None = None
     parameter_values: dict[str, str] = Field(default_factory=dict)
     timezone: str = "UTC"
-    lookback_days: int | None = Field(default=None, ge=1)
-    data_lag_days: int = Field(default=DEFAULT_DATA_LAG_DAYS, ge=0)
+    lookback_days: int | None = None
+    data_lag_days: int = DEFAULT_DATA_LAG_DAYS
     auto_pause_on_failure: bool = False
-    failure_threshold: int = Field(default=3, ge=1)
+    failure_threshold: int = 3
+    misfire_policy: Literal["coalesce", "catch_up"] = "coalesce"
+    catch_up_limit: int = 31
+    allow_overlap: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> _ScheduleCreate:
+        check_lag_and_lookback(self.data_lag_days, self.lookback_days)
+        check_failure_threshold(self.failure_threshold)
+        check_catch_up_limit(self.catch_up_limit)
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -150,10 +193,20 @@ class ScheduleUpdate(_SnowflakeFields):
     day_of_month: int | None = Field(default=None, ge=1, le=31)
     cron_expression: str | None = None
     timezone: str | None = None
-    lookback_days: int | None = Field(default=None, ge=1)
-    data_lag_days: int | None = Field(default=None, ge=0)
+    lookback_days: int | None = None
+    data_lag_days: int | None = None
     auto_pause_on_failure: bool | None = None
-    failure_threshold: int | None = Field(default=None, ge=1)
+    failure_threshold: int | None = None
+    misfire_policy: Literal["coalesce", "catch_up"] | None = None
+    catch_up_limit: int | None = None
+    allow_overlap: bool | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScheduleUpdate:
+        check_lag_and_lookback(self.data_lag_days, self.lookback_days)
+        check_failure_threshold(self.failure_threshold)
+        check_catch_up_limit(self.catch_up_limit)
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -211,6 +264,9 @@ class ScheduleResponse(_Model):
     snowflake_table_name: str | None
     snowflake_schema_name: str | None
     snowflake_key_columns: list[str] | None
+    misfire_policy: str
+    catch_up_limit: int
+    allow_overlap: bool
     created_at: datetime
     updated_at: datetime
 

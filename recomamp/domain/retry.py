@@ -24,8 +24,14 @@ class FailureKind(StrEnum):
 RETRYABLE = frozenset({FailureKind.SERVER_ERROR, FailureKind.THROTTLED, FailureKind.NETWORK})
 SERVER_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
-# LWA 400 codes that are about the security profile (the operator's), not about the user's grant.
-_CLIENT_LEVEL_CODES = frozenset({"unauthorized_client", "unsupported_grant_type"})
+# LWA error codes, classified before the HTTP status (OAuth lets a server answer most of them with 400
+# or 401). Only invalid_grant is about the user's consent; the others are the operator's (or our) problem
+# and must never mark a user for re-authentication.
+_USER_GRANT_CODES = frozenset({"invalid_grant"})
+_CLIENT_CREDENTIAL_CODES = frozenset({"invalid_client"})
+_CLIENT_CONFIGURATION_CODES = frozenset(
+    {"unauthorized_client", "unsupported_grant_type", "invalid_request", "invalid_scope", "unsupported_response_type"}
+)
 
 
 @dataclass(frozen=True)
@@ -76,17 +82,22 @@ def classify_lwa_response(status: int, body: Mapping[str, Any] | None, retry_aft
     body = body or {}
     code = body.get("error") if isinstance(body.get("error"), str) else None
     description = body.get("error_description") if isinstance(body.get("error_description"), str) else None
-    if status == 429:
+    if code in _USER_GRANT_CODES:
+        kind = FailureKind.REAUTH_REQUIRED
+    elif code in _CLIENT_CREDENTIAL_CODES:
+        kind = FailureKind.CLIENT_CREDENTIALS
+    elif code in _CLIENT_CONFIGURATION_CODES:
+        kind = FailureKind.CLIENT_CONFIGURATION
+    elif status == 429:
         kind = FailureKind.THROTTLED
     elif status in SERVER_ERROR_STATUSES or status >= 500:
         kind = FailureKind.SERVER_ERROR
-    elif status == 401 and code == "invalid_client":
+    elif status == 401:
         kind = FailureKind.CLIENT_CREDENTIALS
-    elif code in _CLIENT_LEVEL_CODES:
-        kind = FailureKind.CLIENT_CONFIGURATION
     else:
-        # 400 invalid_grant / invalid_request, and any other 4xx: the grant is unusable.
-        kind = FailureKind.REAUTH_REQUIRED
+        # A refusal without a code we know: ours to investigate. Marking the user here could mark every
+        # user at once over a misconfiguration of our own.
+        kind = FailureKind.CLIENT_CONFIGURATION
     return AttemptFailure(
         kind=kind,
         http_status=status,
@@ -146,8 +157,9 @@ def token_failure_message(failure: AttemptFailure, attempts: int, email: str = "
         )
     if failure.kind is FailureKind.CLIENT_CONFIGURATION:
         return True, (
-            f"Login with Amazon refused the grant for recomamp's security profile ({cause}). Permanent: an "
-            "operator must check the LWA security profile in [amazon] client_id. The user was not marked."
+            f"Login with Amazon refused recomamp's request ({cause}). Permanent, and not the user's fault: an "
+            "operator must check the LWA security profile ([amazon] client_id, its allowed grant types and return "
+            "URLs) and [amazon] token_url. The user was not marked."
         )
     if failure.kind is FailureKind.BAD_RESPONSE:
         return False, (

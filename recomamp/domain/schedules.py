@@ -7,13 +7,15 @@ instants with two DST rules:
 - a wall time that happens twice (fall back) fires once, at its first occurrence.
 
 The window of a firing on local date D is half-open, [start, end), in the schedule's timezone:
-end = the start of day (D - data_lag_days); start = end - lookback_days days (or one calendar month,
-for a monthly schedule with no lookback set).
+end = the start of day (D - data_lag_days); start = end - lookback_days days, or, with no lookback set,
+the end of the previous fire's window (the previous fire on an earlier day), so that windows tile.
 """
 
 from __future__ import annotations
 
 import calendar
+import functools
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -145,7 +147,8 @@ def _local_candidates(cadence: Cadence, start_local: datetime) -> Iterator[datet
 def _cron_candidates(cadence: Cadence, start_local: datetime) -> Iterator[datetime]:
     # croniter walks naive wall-clock times; DST is resolved by to_instant, the same way as for presets.
     assert cadence.cron_expression is not None
-    iterator = croniter(cadence.cron_expression, start_local - timedelta(days=1))
+    # Three hours of slack: more than any DST shift, so a fire that DST moves past `after` is not missed.
+    iterator = croniter(cadence.cron_expression, start_local - timedelta(hours=3))
     while True:
         try:
             yield iterator.get_next(datetime)
@@ -178,31 +181,6 @@ def next_fire(cadence: Cadence, after: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class Catchup:
-    """What a poll does with a due schedule: one run for `fire_at`, skipping `skipped` missed fires."""
-
-    fire_at: datetime
-    skipped: int
-    next_run_at: datetime
-
-
-MAX_COUNTED_MISSES = 100_000
-
-
-def catch_up(cadence: Cadence, due_at: datetime, now: datetime) -> Catchup:
-    """Missed fires after downtime are coalesced into one run, for the latest fire at or before `now`."""
-    latest = due_at
-    for skipped, instant in enumerate(fires_after(cadence, due_at)):
-        if instant > now:
-            return Catchup(fire_at=latest, skipped=skipped, next_run_at=instant)
-        latest = instant
-        if skipped + 1 >= MAX_COUNTED_MISSES:
-            # Years of a per-minute cron: stop counting and take the next fire from now.
-            return Catchup(fire_at=latest, skipped=skipped + 1, next_run_at=next_fire(cadence, now))
-    raise InvalidSchedule("cron_expression: it never fires again")
-
-
-@dataclass(frozen=True)
 class Window:
     """A run's time window: half-open [start, end), as wall-clock times in `timezone` and as instants."""
 
@@ -213,22 +191,43 @@ class Window:
     end: datetime
 
 
-def _months_before(day: date, months: int) -> date:
-    month_index = day.year * 12 + day.month - 1 - months
-    year, month = divmod(month_index, 12)
-    return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
+def _previous_fire_date(cadence: Cadence, fire_date: date) -> date:
+    """The local date of the last fire on a day before `fire_date`."""
+    if cadence.preset is Preset.DAILY:
+        return fire_date - timedelta(days=1)
+    if cadence.preset is Preset.WEEKLY:
+        return fire_date - timedelta(days=7)
+    if cadence.preset is Preset.MONTHLY:
+        assert cadence.day_of_month is not None
+        year, month = (fire_date.year - 1, 12) if fire_date.month == 1 else (fire_date.year, fire_date.month - 1)
+        return date(year, month, min(cadence.day_of_month, calendar.monthrange(year, month)[1]))
+    assert cadence.cron_expression is not None
+    return _previous_cron_date(cadence.cron_expression, fire_date)
+
+
+@functools.lru_cache(maxsize=4096)
+def _previous_cron_date(expression: str, fire_date: date) -> date:
+    # croniter walks back from the start of the fire's day: the previous fire on an earlier day.
+    try:
+        previous = croniter(expression, datetime.combine(fire_date, time())).get_prev(datetime)
+    except CroniterBadDateError:
+        return fire_date - timedelta(days=1)
+    previous_date: date = previous.date()
+    return previous_date
 
 
 def window_for(cadence: Cadence, fire_at: datetime) -> Window:
+    """The half-open window a fire covers. Without lookback_days, windows tile: each starts where the
+    previous fire's window ended (one day, one week, or the days since the last monthly or cron fire),
+    so no day is covered twice or never. With lookback_days, each window is that many days long."""
     tz = cadence.tz
     fire_date = fire_at.astimezone(tz).date()
-    end_date = fire_date - timedelta(days=cadence.data_lag_days)
+    lag = timedelta(days=cadence.data_lag_days)
+    end_date = fire_date - lag
     if cadence.lookback_days is not None:
         start_date = end_date - timedelta(days=cadence.lookback_days)
-    elif cadence.preset is Preset.MONTHLY:
-        start_date = _months_before(end_date, 1)
     else:
-        start_date = end_date - timedelta(days=7 if cadence.preset is Preset.WEEKLY else 1)
+        start_date = _previous_fire_date(cadence, fire_date) - lag
     start_local, end_local = datetime.combine(start_date, time()), datetime.combine(end_date, time())
     return Window(
         start_local=start_local,
@@ -257,3 +256,102 @@ def parse_weekday(text: str) -> int:
         if lowered in (name, name[:3]):
             return index
     raise InvalidSchedule(f"day_of_week: {text!r} is not a weekday; use monday..sunday, mon..sun, or 0 (Monday)..6")
+
+
+# --- the grid: every window a schedule's fires cover ---------------------------------------------------------
+
+MAX_FIRE_GAP = timedelta(days=32)  # no preset fires less often than monthly
+
+
+def latest_fire(cadence: Cadence, now: datetime) -> datetime | None:
+    """The last fire at or before `now`: cheap whatever the downtime (no walk over missed ticks)."""
+    if cadence.preset is Preset.CUSTOM:
+        assert cadence.cron_expression is not None
+        tz = cadence.tz
+        local = now.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0) + timedelta(minutes=1)
+        iterator = croniter(cadence.cron_expression, local)
+        for _ in range(8):  # a DST gap can push a candidate past now: step back again
+            try:
+                candidate = iterator.get_prev(datetime)
+            except CroniterBadDateError:
+                return None
+            instant = to_instant(candidate, tz)
+            if instant <= now:
+                return instant
+        return None
+    latest: datetime | None = None
+    for instant in fires_after(cadence, now - MAX_FIRE_GAP - timedelta(days=1)):
+        if instant > now:
+            return latest
+        latest = instant
+    return latest
+
+
+def fire_for_window_start(cadence: Cadence, start: date) -> datetime | None:
+    """The first fire whose window starts on local date `start`, or None when `start` is not on the grid."""
+    lookback = timedelta(days=cadence.lookback_days) if cadence.lookback_days else timedelta(days=31)
+    begin = datetime.combine(start + timedelta(days=cadence.data_lag_days) - timedelta(days=1), time())
+    limit = start + timedelta(days=cadence.data_lag_days) + lookback + timedelta(days=2)
+    for fire in fires_after(cadence, to_instant(begin, cadence.tz)):
+        fire_date = fire.astimezone(cadence.tz).date()
+        if fire_date > limit:
+            return None
+        window = window_for(cadence, fire)
+        if window.start_local.date() == start:
+            return fire
+        if window.start_local.date() > start:
+            return None
+    return None
+
+
+def windows_between(cadence: Cadence, first: date, last: date) -> list[tuple[datetime, Window]]:
+    """Every grid window that starts within [first, last] (local dates), oldest first, each once."""
+    begin = datetime.combine(first + timedelta(days=cadence.data_lag_days) - timedelta(days=1), time())
+    found: list[tuple[datetime, Window]] = []
+    seen: set[date] = set()
+    for fire in fires_after(cadence, to_instant(begin, cadence.tz)):
+        window = window_for(cadence, fire)
+        start = window.start_local.date()
+        if start > last:
+            break
+        if start >= first and start not in seen:
+            seen.add(start)
+            found.append((fire, window))
+    return found
+
+
+def nearest_window_starts(cadence: Cadence, near: date) -> list[date]:
+    """The grid's window starts just before and just after `near`: what to offer for an off-grid start."""
+    span = timedelta(days=(cadence.lookback_days or 31) + 40)
+    starts = [w.start_local.date() for _, w in windows_between(cadence, near - span, near + span)]
+    before = [d for d in starts if d < near]
+    after = [d for d in starts if d > near]
+    return [*before[-1:], *after[:1]]
+
+
+def cadence_seconds(cadence: Cadence, after: datetime) -> float:
+    """The usual time between two fires (for alerts on a schedule without success for twice its cadence)."""
+    fires = []
+    for fire in fires_after(cadence, after):
+        fires.append(fire)
+        if len(fires) == 3:
+            break
+    if len(fires) < 2:
+        return 0.0
+    return max((b - a).total_seconds() for a, b in itertools.pairwise(fires))
+
+
+def windows_overlap(cadence: Cadence, after: datetime, sample: int = 12) -> tuple[Window, Window] | None:
+    """Two consecutive windows that overlap without being the same window, if the grid has any."""
+    windows: list[Window] = []
+    for fire in fires_after(cadence, after):
+        window = window_for(cadence, fire)
+        if windows and window.start == windows[-1].start and window.end == windows[-1].end:
+            continue
+        windows.append(window)
+        if len(windows) > sample:
+            break
+    for earlier, later in itertools.pairwise(windows):
+        if later.start < earlier.end and (later.start, later.end) != (earlier.start, earlier.end):
+            return earlier, later
+    return None

@@ -23,8 +23,9 @@ from recomamp.domain.models import ScheduleCreatePreset
 from recomamp.sandbox.embedded import FakeSnowflake, recreate_database, start_fakesnow, start_postgres
 from recomamp.sandbox.seed import add_sandbox_user
 from recomamp.sandbox.simulator import AmcSimulator, Fault, InstanceProfile
-from recomamp.store import catalog, migrations
-from recomamp.store.db import _init_connection
+from recomamp.services import schedules
+from recomamp.store import migrations
+from recomamp.store.db import init_connection
 from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
 
 DEMO_DATABASE = "recomamp_demo"
@@ -94,7 +95,7 @@ async def _prepare(admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake,
 
     box = SecretBox([SecretStr(key)])
     connection = await asyncpg.connect(dsn)
-    await _init_connection(connection)
+    await init_connection(connection)
     try:
         await migrations.migrate_up(connection)
         now = datetime.now(UTC)
@@ -110,7 +111,6 @@ async def _prepare(admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake,
             )
             await save_config(
                 connection,
-                box,
                 user_id,
                 SnowflakeConfigInput(
                     account="demo-account",
@@ -122,12 +122,13 @@ async def _prepare(admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake,
                     port=snow.port,
                     protocol="http",
                 ),
+                encrypt=box.encrypt,
             )
             for name, preset, table, keys in (
                 ("daily campaign traffic", "daily", "daily_campaign_traffic", None),
                 ("weekly reach by campaign", "weekly", "weekly_reach", ["event_date", "campaign_id"]),
             ):
-                schedule_id = await catalog.create_schedule(
+                schedule_id = await schedules.create(
                     connection,
                     ScheduleCreatePreset(
                         name=name,

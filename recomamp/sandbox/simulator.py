@@ -1,33 +1,50 @@
-"""A faithful simulator of Login with Amazon and the AMC reporting API, over real HTTP (aiohttp).
+"""A simulator of Login with Amazon and the AMC reporting API, over real HTTP (aiohttp).
 
-It follows ../shared/AMC_API.md: the token endpoint and its errors, the four AMC headers, flat execution
-objects with the PENDING → RUNNING → SUCCEEDED | FAILED | CANCELLED lifecycle (durations configurable),
-results split into several CSV files behind download links that expire (403 AccessDenied XML), and 401
-for an expired access token. Tests script faults per route, per user and per instance, and read how many
-calls each route received. `recomamp sandbox` serves it; its `/_sandbox/*` routes script it from outside.
+It follows ../shared/AMC_API.md, not the client's convenience:
+- LWA: the refresh grant and its errors by code; the consent page (/ap/oa) and the authorization-code
+  grant (single-use codes that expire, an exact redirect_uri from the allowed list, PKCE S256).
+- AMC: flat execution objects with the published fields: windows converted to UTC with a Z plus the
+  `…Original` fields as sent, executionCategory, expireTime, dataGaps, outputColumns, and the SQL as a
+  top-level `sqlQuery` only with includeWorkflow=true. Lists need workflowId or minCreationTime, the
+  latter strictly `yyyy-MM-ddTHH:mm:ss` with a timeZone (a Z or a fraction is a 400), with nextToken
+  pages. PUT (cancel) answers with an empty object; 400 when already terminal. GET /amc/accounts and
+  GET /amc/instances (with apiEndpoint). The daily ad-hoc quota per instance, with a refusal whose
+  status is configurable. Results behind pre-signed links that expire (403 AccessDenied XML), results
+  that expire with the execution.
+- Facts marked [unconfirmed] can be played either way (`Unconfirmed`): whether SQL comments survive,
+  whether an ad-hoc workflowId is echoed, whether every result part repeats the header, whether lists
+  carry the SQL, and how long lists lag a POST.
+Tests script faults per route, per user and per instance, and read how many calls each route received.
+`recomamp sandbox` serves it; its `/_sandbox/*` routes script it from outside.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
+from recomamp.sandbox.results_data import RESULT_SCHEMA, generate_csv, part_bounds
+
 Route = Literal[
     "lwa_token",
+    "consent",
     "create_execution",
     "get_execution",
     "list_executions",
@@ -35,11 +52,19 @@ Route = Literal[
     "download_urls",
     "download_file",
     "workflows",
+    "accounts",
+    "instances",
 ]
 ROUTES: tuple[str, ...] = Route.__args__  # type: ignore[attr-defined]
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"})
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+_STRICT_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
+_LINE_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -70,8 +95,8 @@ class Fault:
         )
 
     @classmethod
-    def invalid_client(cls) -> Fault:
-        return cls.http(401, {"error": "invalid_client", "error_description": "Client authentication failed"})
+    def invalid_client(cls, status: int = 401) -> Fault:
+        return cls.http(status, {"error": "invalid_client", "error_description": "Client authentication failed"})
 
     @classmethod
     def throttled(cls, retry_after: float | None = None) -> Fault:
@@ -91,6 +116,10 @@ class Fault:
         return cls(status=504, body={"message": "Endpoint request timed out"}, create_anyway=True)
 
     @classmethod
+    def created_but_dropped(cls) -> Fault:
+        return cls(drop=True, create_anyway=True)
+
+    @classmethod
     def truncated(cls) -> Fault:
         return cls(truncate=True)
 
@@ -103,6 +132,17 @@ _DEFERRED_FAULT = web.RequestKey("deferred_fault", Fault)
 
 
 @dataclass
+class Unconfirmed:
+    """How the simulator answers where ../shared/AMC_API.md marks a fact [unconfirmed]."""
+
+    keeps_sql_comments: bool = True  # the SQL in sqlQuery still holds its -- comments
+    echoes_adhoc_workflow_id: bool = True  # an ad-hoc execution's workflowId is the one sent
+    header_in_every_part: bool = True  # every result part starts with the header row
+    list_includes_sql: bool = True  # lists with includeWorkflow=true carry sqlQuery (GET always does)
+    listing_lag_seconds: float = 0.0  # a new execution shows in lists only after this
+
+
+@dataclass
 class InstanceProfile:
     """How executions on one AMC instance behave."""
 
@@ -111,6 +151,7 @@ class InstanceProfile:
     pending_seconds: float = 0.0
     running_seconds: float = 0.0
     fail_reason: str | None = None  # executions end FAILED with this statusReason
+    download_unavailable: str | None = None  # the DOWNLOAD output channel is UNAVAILABLE with this reason
     retention_days: int = 400
     restatement: int = 0  # bump to change the values (not the keys) of a re-run: AMC restates data
 
@@ -120,15 +161,21 @@ class SimExecution:
     execution_id: str
     instance_id: str
     workflow_id: str
-    sql_query: str | None
+    sql_query: str | None  # as AMC keeps it
     parameter_values: dict[str, str]
-    window_start: str | None
+    window_start: str | None  # as sent
     window_end: str | None
     window_timezone: str | None
     created_monotonic: float
     create_time: datetime
+    expire_time: datetime
     profile: InstanceProfile
+    timeout_seconds: int = 21_600
     cancelled_at: datetime | None = None
+
+    @property
+    def restatement(self) -> int:
+        return self.profile.restatement
 
     def status(self, now: float) -> str:
         if self.cancelled_at is not None:
@@ -141,6 +188,24 @@ class SimExecution:
         return "FAILED" if self.profile.fail_reason else "SUCCEEDED"
 
 
+@dataclass
+class SimInstance:
+    instance_id: str
+    account_id: str
+    marketplace_id: str
+    name: str
+    api_endpoint: str | None  # None: the simulator's own URL
+
+
+@dataclass
+class _AuthCode:
+    email: str
+    redirect_uri: str
+    code_challenge: str | None
+    expires: float
+    used: bool = False
+
+
 class AmcSimulator:
     def __init__(
         self,
@@ -149,30 +214,53 @@ class AmcSimulator:
         client_secret: str = "sandbox-client-secret",
         access_token_ttl_seconds: int = 3600,
         link_ttl_seconds: float = 600.0,
+        result_ttl_seconds: float = 86_400.0,
         list_page_size: int = 25,
         url_page_size: int = 25,
         rotate_refresh_tokens: bool = False,
         return_refresh_token: bool = True,
+        expires_in_as_string: bool = False,
         default_profile: InstanceProfile | None = None,
+        adhoc_quota: int | None = 30,
+        quota_window_seconds: float = 86_400.0,
+        quota_refusal_status: int = 400,
+        code_ttl_seconds: float = 300.0,
+        allowed_return_urls: tuple[str, ...] = ("http://localhost:8765/callback",),
+        unconfirmed: Unconfirmed | None = None,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         self.access_token_ttl_seconds = access_token_ttl_seconds
         self.link_ttl_seconds = link_ttl_seconds
+        self.result_ttl_seconds = result_ttl_seconds
         self.list_page_size = list_page_size
         self.url_page_size = url_page_size
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.return_refresh_token = return_refresh_token  # LWA may leave it out of a refresh answer
+        self.expires_in_as_string = expires_in_as_string  # one Amazon doc shows "3600"
         self.default_profile = default_profile or InstanceProfile()
+        self.adhoc_quota = adhoc_quota
+        self.quota_window_seconds = quota_window_seconds
+        self.quota_refusal_status = quota_refusal_status
+        self.code_ttl_seconds = code_ttl_seconds
+        self.allowed_return_urls = list(allowed_return_urls)
+        self.unconfirmed = unconfirmed or Unconfirmed()
         self.profiles: dict[str, InstanceProfile] = {}
+        self.instances: dict[str, SimInstance] = {}
+        self.accounts_of: dict[str, list[str]] = {}  # email -> instance ids
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user email, while it is valid
         self._issued_to: dict[str, str] = {}  # every refresh token ever issued -> email, to count calls
         self.access_tokens: dict[str, tuple[str, float]] = {}  # access token -> (email, expires, monotonic)
+        self.codes: dict[str, _AuthCode] = {}
+        self.consent_user: str | None = None  # who is signed in at amazon.com in "the browser"
+        self.consent_decision: Literal["approve", "deny"] = "approve"
         self.executions: dict[str, SimExecution] = {}
+        self.submissions: dict[str, deque[float]] = {}  # instance -> POST times (wall clock), for the quota
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
         self.calls_by_user: Counter[tuple[str, str]] = Counter()
         self.calls_by_instance: Counter[tuple[str, str]] = Counter()
+        self.last_headers: dict[str, dict[str, str]] = {}
         self._faults: dict[tuple[str, str | None, str | None], deque[Fault]] = {}
         self._signing_key = secrets.token_bytes(32)
         self._runner: web.AppRunner | None = None
@@ -184,7 +272,26 @@ class AmcSimulator:
         token = refresh_token or f"Atzr|sim-{secrets.token_urlsafe(48)}"
         self.refresh_tokens[token] = email
         self._issued_to[token] = email
+        self.accounts_of.setdefault(email, [])
         return token
+
+    def add_instance(
+        self,
+        email: str,
+        instance_id: str,
+        *,
+        account_id: str | None = None,
+        marketplace_id: str = "ATVPDKIKX0DER",
+        name: str | None = None,
+        api_endpoint: str | None = None,
+    ) -> SimInstance:
+        """An AMC instance the user can see in discovery (reporting works on any instance id)."""
+        instance = SimInstance(
+            instance_id, account_id or f"ENTITY-{instance_id}", marketplace_id, name or instance_id, api_endpoint
+        )
+        self.instances[instance_id] = instance
+        self.accounts_of.setdefault(email, []).append(instance_id)
+        return instance
 
     def revoke(self, email: str) -> None:
         """The user revoked recomamp's access at Amazon: their refresh and access tokens stop working."""
@@ -213,11 +320,43 @@ class AmcSimulator:
     def executions_for(self, instance_id: str) -> list[SimExecution]:
         return [e for e in self.executions.values() if e.instance_id == instance_id]
 
+    def create_console_execution(
+        self,
+        instance_id: str,
+        *,
+        sql_query: str | None = None,
+        workflow_id: str | None = None,
+        window_start: str,
+        window_end: str,
+        timezone: str,
+        parameter_values: dict[str, str] | None = None,
+    ) -> SimExecution:
+        """An execution an analyst started from the AMC console: it shares the instance, not the run."""
+        body: dict[str, Any] = {
+            "timeWindowType": "EXPLICIT",
+            "timeWindowStart": window_start,
+            "timeWindowEnd": window_end,
+            "timeWindowTimeZone": timezone,
+            "parameterValues": parameter_values or {},
+        }
+        if sql_query is not None:
+            body["workflow"] = {"sqlQuery": sql_query}
+        else:
+            body["workflowId"] = workflow_id
+        problem, execution = self._validate_create(instance_id, body)
+        if problem is not None or execution is None:
+            raise ValueError(problem)
+        self.executions[execution.execution_id] = execution
+        return execution
+
     # --- serving -------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/auth/o2/token", self._token)
+        app.router.add_get("/ap/oa", self._consent)
+        app.router.add_get("/amc/accounts", self._accounts)
+        app.router.add_get("/amc/instances", self._instances)
         base = "/amc/reporting/{instance_id}"
         app.router.add_post(f"{base}/workflowExecutions", self._create_execution)
         app.router.add_get(f"{base}/workflowExecutions", self._list_executions)
@@ -228,8 +367,11 @@ class AmcSimulator:
         app.router.add_route("*", f"{base}/workflows/{{workflow_id}}", self._workflow)
         app.router.add_get("/results/{execution_id}/{part}", self._download_file)
         app.router.add_post("/_sandbox/users", self._admin_users)
+        app.router.add_post("/_sandbox/revoke", self._admin_revoke)
         app.router.add_post("/_sandbox/faults", self._admin_faults)
         app.router.add_post("/_sandbox/instances/{instance_id}", self._admin_instance)
+        app.router.add_post("/_sandbox/consent", self._admin_consent)
+        app.router.add_post("/_sandbox/settings", self._admin_settings)
         app.router.add_get("/_sandbox/calls", self._admin_calls)
         return app
 
@@ -261,14 +403,20 @@ class AmcSimulator:
     def token_url(self) -> str:
         return f"{self.base_url}/auth/o2/token"
 
+    @property
+    def consent_url(self) -> str:
+        return f"{self.base_url}/ap/oa"
+
     # --- fault machinery -----------------------------------------------------------------------------
 
-    def _count(self, route: str, user: str | None, instance: str | None) -> None:
+    def _count(self, route: str, user: str | None, instance: str | None, request: web.Request | None = None) -> None:
         self.calls[route] += 1
         if user:
             self.calls_by_user[(route, user)] += 1
         if instance:
             self.calls_by_instance[(route, instance)] += 1
+        if request is not None:
+            self.last_headers[route] = dict(request.headers)
 
     def _take_fault(self, route: str, user: str | None, instance: str | None) -> Fault | None:
         for key in ((route, user, instance), (route, user, None), (route, None, instance), (route, None, None)):
@@ -288,43 +436,120 @@ class AmcSimulator:
 
     # --- Login with Amazon ---------------------------------------------------------------------------
 
+    def _issue(self, email: str, body: dict[str, Any]) -> web.Response:
+        access = f"Atza|sim-{secrets.token_urlsafe(300)}"
+        self.access_tokens[access] = (email, time.monotonic() + self.access_token_ttl_seconds)
+        ttl: int | str = (
+            str(self.access_token_ttl_seconds) if self.expires_in_as_string else self.access_token_ttl_seconds
+        )
+        return _json_response({"access_token": access, "token_type": "bearer", "expires_in": ttl, **body}, 200)
+
     async def _token(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
+        grant_type = str(form.get("grant_type", ""))
         refresh_token = str(form.get("refresh_token", ""))
-        user = self.refresh_tokens.get(refresh_token)
-        caller = self._issued_to.get(refresh_token)  # a revoked token's calls still count as its user's
-        self._count("lwa_token", caller, None)
+        code = str(form.get("code", ""))
+        caller = self._issued_to.get(refresh_token) or (self.codes[code].email if code in self.codes else None)
+        self._count("lwa_token", caller, None, request)
         fault = self._take_fault("lwa_token", caller, None)
         if fault is not None and (fault.status is not None or fault.hang_seconds or fault.drop):
             return await self._apply(request, fault)
-        if form.get("grant_type") != "refresh_token":
-            return _json_response({"error": "unsupported_grant_type", "error_description": "Unsupported"}, 400)
         if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
             return _json_response({"error": "invalid_client", "error_description": "Client authentication failed"}, 401)
+        if grant_type == "authorization_code":
+            return self._exchange_code(form)
+        if grant_type != "refresh_token":
+            return _json_response(
+                {"error": "unsupported_grant_type", "error_description": f"Unsupported grant_type {grant_type!r}"}, 400
+            )
         if not refresh_token:
             return _json_response(
                 {"error": "invalid_request", "error_description": "The request is missing a required parameter"},
                 400,
             )
+        user = self.refresh_tokens.get(refresh_token)
         if user is None:
             return await self._apply(request, Fault.invalid_grant())
-        access = f"Atza|sim-{secrets.token_urlsafe(300)}"
-        self.access_tokens[access] = (user, time.monotonic() + self.access_token_ttl_seconds)
-        body: dict[str, Any] = {
-            "access_token": access,
-            "token_type": "bearer",
-            "expires_in": self.access_token_ttl_seconds,
-        }
+        body: dict[str, Any] = {}
         if self.rotate_refresh_tokens:
             del self.refresh_tokens[refresh_token]
             body["refresh_token"] = self.add_user(user)
         elif self.return_refresh_token:
             body["refresh_token"] = refresh_token
-        return _json_response(body, 200)
+        return self._issue(user, body)
+
+    def _exchange_code(self, form: Any) -> web.Response:
+        code = str(form.get("code", ""))
+        grant = self.codes.get(code)
+        if not code or "redirect_uri" not in form:
+            return _json_response(
+                {"error": "invalid_request", "error_description": "code and redirect_uri are required"}, 400
+            )
+        if grant is None or grant.used or time.monotonic() > grant.expires:
+            if grant is not None:
+                grant.used = True
+            return _json_response(
+                {"error": "invalid_grant", "error_description": "The authorization code is invalid or has expired"}, 400
+            )
+        grant.used = True  # single use, even when the exchange fails below
+        if str(form.get("redirect_uri")) != grant.redirect_uri:
+            return _json_response(
+                {
+                    "error": "invalid_grant",
+                    "error_description": "redirect_uri does not match the authorization request",
+                },
+                400,
+            )
+        if grant.code_challenge is not None:
+            verifier = str(form.get("code_verifier", ""))
+            computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            if not verifier or not hmac.compare_digest(computed, grant.code_challenge):
+                return _json_response(
+                    {"error": "invalid_grant", "error_description": "code_verifier does not match the code_challenge"},
+                    400,
+                )
+        return self._issue(grant.email, {"refresh_token": self.add_user(grant.email)})
+
+    async def _consent(self, request: web.Request) -> web.StreamResponse:
+        """amazon.com/ap/oa: the person signs in and approves (or not); Amazon redirects back."""
+        query = request.query
+        self._count("consent", self.consent_user, None, request)
+        fault = self._take_fault("consent", self.consent_user, None)
+        if fault is not None:
+            return await self._apply(request, fault)
+        redirect_uri = query.get("redirect_uri", "")
+        if query.get("client_id") != self.client_id:
+            return web.Response(status=400, text="An unknown client_id was given", content_type="text/plain")
+        if redirect_uri not in self.allowed_return_urls:
+            return web.Response(
+                status=400,
+                text=f"400 Bad Request: redirect URI {redirect_uri} has not been whitelisted",
+                content_type="text/plain",
+            )
+        if query.get("response_type") != "code" or "advertising::campaign_management" not in query.get("scope", ""):
+            return web.Response(status=400, text="response_type=code and the advertising scope are required")
+        challenge = query.get("code_challenge")
+        if challenge is not None and query.get("code_challenge_method") != "S256":
+            return web.Response(status=400, text="code_challenge_method must be S256")
+        state = query.get("state")
+        params: dict[str, str] = {}
+        if self.consent_decision == "deny" or self.consent_user is None:
+            params = {"error": "access_denied", "error_description": "The user denied the request"}
+        else:
+            code = secrets.token_urlsafe(24)
+            self.codes[code] = _AuthCode(
+                self.consent_user, redirect_uri, challenge, time.monotonic() + self.code_ttl_seconds
+            )
+            params = {"code": code, "scope": "advertising::campaign_management"}
+        if state is not None:
+            params["state"] = state
+        raise web.HTTPFound(f"{redirect_uri}{'&' if '?' in redirect_uri else '?'}{urlencode(params)}")
 
     # --- AMC -----------------------------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request) -> tuple[str | None, web.Response | None]:
+    def _authenticate(
+        self, request: web.Request, *, needs_account: bool = True
+    ) -> tuple[str | None, web.Response | None]:
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ").strip()
         entry = self.access_tokens.get(token)
@@ -332,16 +557,19 @@ class AmcSimulator:
             return None, _json_response({"code": "401", "details": "Authentication failed"}, 401)
         if request.headers.get("Amazon-Advertising-API-ClientId") != self.client_id:
             return entry[0], _json_response({"code": "401", "details": "Invalid client id header"}, 401)
-        for name in ("Amazon-Advertising-API-AdvertiserId", "Amazon-Advertising-API-MarketplaceId"):
-            if not request.headers.get(name):
-                return entry[0], _json_response({"code": "400", "details": f"Missing header {name}"}, 400)
+        if needs_account:
+            for name in ("Amazon-Advertising-API-AdvertiserId", "Amazon-Advertising-API-MarketplaceId"):
+                if not request.headers.get(name):
+                    return entry[0], _json_response({"code": "400", "details": f"Missing header {name}"}, 400)
         return entry[0], None
 
-    async def _enter(self, request: web.Request, route: str) -> tuple[str | None, web.StreamResponse | None]:
+    async def _enter(
+        self, request: web.Request, route: str, *, needs_account: bool = True
+    ) -> tuple[str | None, web.StreamResponse | None]:
         """Authenticate, count, and apply a scripted fault if one is due for this call."""
         instance = request.match_info.get("instance_id")
-        user, denied = self._authenticate(request)
-        self._count(route, user, instance)
+        user, denied = self._authenticate(request, needs_account=needs_account)
+        self._count(route, user, instance, request)
         fault = self._take_fault(route, user, instance)
         if fault is not None and fault.create_anyway:
             request[_DEFERRED_FAULT] = fault
@@ -351,27 +579,108 @@ class AmcSimulator:
             return user, denied
         return user, None
 
+    async def _accounts(self, request: web.Request) -> web.StreamResponse:
+        user, early = await self._enter(request, "accounts", needs_account=False)
+        if early is not None:
+            return early
+        seen: dict[str, dict[str, str]] = {}
+        for instance_id in self.accounts_of.get(user or "", []):
+            instance = self.instances[instance_id]
+            seen.setdefault(
+                instance.account_id,
+                {
+                    "accountId": instance.account_id,
+                    "accountName": f"{instance.name} account",
+                    "marketplaceId": instance.marketplace_id,
+                },
+            )
+        return _json_response({"amcAccounts": list(seen.values())}, 200)
+
+    async def _instances(self, request: web.Request) -> web.StreamResponse:
+        user, early = await self._enter(request, "instances")
+        if early is not None:
+            return early
+        account = request.headers.get("Amazon-Advertising-API-AdvertiserId")
+        found = []
+        for instance_id in self.accounts_of.get(user or "", []):
+            instance = self.instances[instance_id]
+            if instance.account_id != account:
+                continue
+            found.append(
+                {
+                    "instanceId": instance.instance_id,
+                    "instanceName": instance.name,
+                    "instanceType": "STANDARD",
+                    "creationStatus": "COMPLETED",
+                    "apiEndpoint": instance.api_endpoint or self.base_url,
+                    "entities": [{"entityId": instance.account_id, "marketplaceId": instance.marketplace_id}],
+                    "s3BucketName": f"amc-{instance.instance_id}",
+                }
+            )
+        return _json_response({"instances": found}, 200)
+
     def _view(self, execution: SimExecution, include_workflow: bool = False) -> dict[str, Any]:
-        status = execution.status(time.monotonic())
+        now = time.monotonic()
+        status = execution.status(now)
+        zone = ZoneInfo(execution.window_timezone or "UTC")
         view: dict[str, Any] = {
             "workflowExecutionId": execution.execution_id,
             "workflowId": execution.workflow_id,
+            "executionCategory": "AD_HOC",
             "status": status,
-            "createTime": execution.create_time.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-            "lastUpdatedTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
-            "timeWindowStart": execution.window_start,
-            "timeWindowEnd": execution.window_end,
-            "timeWindowTimeZone": execution.window_timezone,
+            "createTime": _utc_text(execution.create_time),
+            "lastUpdatedTime": _utc_text(datetime.now(UTC)),
+            "expireTime": _utc_text(execution.expire_time),
+            "timeWindowStart": _utc_text(datetime.strptime(execution.window_start, _TIME_FORMAT).replace(tzinfo=zone))
+            if execution.window_start
+            else None,
+            "timeWindowEnd": _utc_text(datetime.strptime(execution.window_end, _TIME_FORMAT).replace(tzinfo=zone))
+            if execution.window_end
+            else None,
+            "timeWindowStartOriginal": execution.window_start,
+            "timeWindowEndOriginal": execution.window_end,
+            "timeWindowTimeZoneOriginal": execution.window_timezone,
             "parameterValues": execution.parameter_values,
-            "outputS3URI": f"s3://amc-sim-results/{execution.instance_id}/{execution.execution_id}/",
+            "dataGaps": [],
+            "ignoreDataGaps": False,
+            "disableAggregationControls": False,
+            "workflowExecutionTimeoutSeconds": execution.timeout_seconds,
+            "outputS3URI": "N/A",
+            "outputColumns": [
+                {"name": name, "dataType": data_type, "columnType": column_type}
+                for name, data_type, column_type in RESULT_SCHEMA
+            ],
         }
+        if status in ("RUNNING", "SUCCEEDED", "FAILED"):
+            view["executionTime"] = int(now - execution.created_monotonic)
         if status == "FAILED":
             view["statusReason"] = execution.profile.fail_reason
-        if status == "SUCCEEDED":
-            view["expireTime"] = (execution.create_time + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        if include_workflow:
-            view["workflow"] = {"workflowId": execution.workflow_id, "sqlQuery": execution.sql_query}
+        if execution.profile.download_unavailable:
+            view["outputChannels"] = [
+                {"type": "DOWNLOAD", "status": "UNAVAILABLE", "statusReason": execution.profile.download_unavailable}
+            ]
+        if include_workflow and execution.sql_query is not None:
+            view["sqlQuery"] = execution.sql_query
         return view
+
+    def _quota_refusal(self, instance_id: str) -> web.Response | None:
+        if self.adhoc_quota is None:
+            return None
+        now = time.time()
+        recent = self.submissions.setdefault(instance_id, deque())
+        while recent and recent[0] <= now - self.quota_window_seconds:
+            recent.popleft()
+        if len(recent) < self.adhoc_quota:
+            recent.append(now)
+            return None
+        return _json_response(
+            {
+                "code": str(self.quota_refusal_status),
+                "details": f"Ad hoc workflow execution quota exceeded: {self.adhoc_quota} executions per 24 hours "
+                f"for instance {instance_id}",
+            },
+            self.quota_refusal_status,
+        )
 
     async def _create_execution(self, request: web.Request) -> web.StreamResponse:
         instance_id = request.match_info["instance_id"]
@@ -388,6 +697,9 @@ class AmcSimulator:
         if problem is not None:
             return _json_response({"code": "400", "details": problem}, 400)
         assert execution is not None
+        refusal = self._quota_refusal(instance_id)
+        if refusal is not None:
+            return refusal
         self.executions[execution.execution_id] = execution
         if fault is not None:
             return await self._apply(request, fault)
@@ -396,6 +708,8 @@ class AmcSimulator:
     def _validate_create(self, instance_id: str, body: Any) -> tuple[str | None, SimExecution | None]:
         if not isinstance(body, dict):
             return "The body must be a JSON object", None
+        if "outputFormat" in body:
+            return "Unrecognized field outputFormat", None
         workflow_id = body.get("workflowId")
         workflow = body.get("workflow")
         if (workflow_id is None) == (workflow is None):
@@ -405,7 +719,13 @@ class AmcSimulator:
             sql = workflow.get("sqlQuery") if isinstance(workflow, dict) else None
             if not isinstance(sql, str) or not sql.strip():
                 return "workflow.sqlQuery must be a non-empty string", None
-            workflow_id = f"adhoc-{uuid.uuid4().hex[:12]}"
+            sent_id = workflow.get("workflowId")
+            if self.unconfirmed.echoes_adhoc_workflow_id and isinstance(sent_id, str) and sent_id:
+                workflow_id = sent_id
+            else:
+                workflow_id = f"adhoc-{uuid.uuid4().hex[:12]}"
+            if not self.unconfirmed.keeps_sql_comments:
+                sql = _LINE_COMMENT.sub("", sql).strip()
         else:
             saved = self.workflows.get((instance_id, str(workflow_id)))
             if saved is None:
@@ -420,11 +740,10 @@ class AmcSimulator:
         start = end = zone = None
         if window_type == "EXPLICIT":
             start, end, zone = body.get("timeWindowStart"), body.get("timeWindowEnd"), body.get("timeWindowTimeZone")
-            try:
-                start_at = datetime.strptime(str(start), _TIME_FORMAT)
-                end_at = datetime.strptime(str(end), _TIME_FORMAT)
-            except ValueError:
+            if not (_STRICT_TIME.match(str(start)) and _STRICT_TIME.match(str(end))):
                 return "timeWindowStart and timeWindowEnd must be yyyy-MM-ddTHH:mm:ss", None
+            start_at = datetime.strptime(str(start), _TIME_FORMAT)
+            end_at = datetime.strptime(str(end), _TIME_FORMAT)
             try:
                 ZoneInfo(str(zone))
             except (ZoneInfoNotFoundError, ValueError):
@@ -440,6 +759,7 @@ class AmcSimulator:
                 )
         elif window_type not in ("MOST_RECENT_DAY", "MOST_RECENT_WEEK", "CURRENT_MONTH", "PREVIOUS_MONTH", "ALL"):
             return f"Unknown timeWindowType {window_type}", None
+        created = datetime.now(UTC)
         execution = SimExecution(
             execution_id=str(uuid.uuid4()),
             instance_id=instance_id,
@@ -450,8 +770,10 @@ class AmcSimulator:
             window_end=end,
             window_timezone=zone,
             created_monotonic=time.monotonic(),
-            create_time=datetime.now(UTC),
+            create_time=created,
+            expire_time=created + timedelta(seconds=self.result_ttl_seconds),
             profile=InstanceProfile(**self.profile(instance_id).__dict__),
+            timeout_seconds=int(body.get("workflowExecutionTimeoutSeconds") or 21_600),
         )
         return None, execution
 
@@ -462,7 +784,8 @@ class AmcSimulator:
         execution = self._find(request)
         if execution is None:
             return _json_response({"code": "404", "details": "Execution not found"}, 404)
-        return _json_response(self._view(execution), 200)
+        include = request.query.get("includeWorkflow", "false").lower() == "true"
+        return _json_response(self._view(execution, include), 200)
 
     def _find(self, request: web.Request) -> SimExecution | None:
         execution = self.executions.get(request.match_info["execution_id"])
@@ -476,24 +799,40 @@ class AmcSimulator:
             return early
         instance_id = request.match_info["instance_id"]
         query = request.query
-        matching = [e for e in self.executions.values() if e.instance_id == instance_id]
-        if "minCreationTime" in query:
-            try:
-                since = datetime.fromisoformat(query["minCreationTime"].replace("Z", "+00:00"))
-            except ValueError:
-                return _json_response({"code": "400", "details": "minCreationTime must be ISO 8601"}, 400)
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-            matching = [e for e in matching if e.create_time >= since]
+        if "workflowId" not in query and "minCreationTime" not in query:
+            return _json_response({"code": "400", "details": "Must provide either workflowId or minCreationTime"}, 400)
+        visible_after = time.monotonic() - self.unconfirmed.listing_lag_seconds
+        matching = [
+            e for e in self.executions.values() if e.instance_id == instance_id and e.created_monotonic <= visible_after
+        ]
+        try:
+            zone = ZoneInfo(query.get("timeZone", "UTC"))
+        except (ZoneInfoNotFoundError, ValueError):
+            return _json_response({"code": "400", "details": f"Unknown timeZone {query.get('timeZone')!r}"}, 400)
+        bounds: tuple[tuple[str, Callable[[SimExecution, datetime], bool]], ...] = (
+            ("minCreationTime", lambda e, t: e.create_time >= t),
+            ("maxCreationTime", lambda e, t: e.create_time <= t),
+        )
+        for key, keep in bounds:
+            if key in query:
+                if not _STRICT_TIME.match(query[key]):
+                    # What a public client got for a value with a Z and a fraction.
+                    return _json_response(
+                        {"code": "400", "details": "Must provide either workflowId or minCreationTime"}, 400
+                    )
+                bound = datetime.strptime(query[key], _TIME_FORMAT).replace(tzinfo=zone)
+                matching = [e for e in matching if keep(e, bound)]
         if "workflowId" in query:
             matching = [e for e in matching if e.workflow_id == query["workflowId"]]
         matching.sort(key=lambda e: e.create_time)
-        limit = min(int(query.get("limit", self.list_page_size)), self.list_page_size)
         offset = int(query.get("nextToken", "0") or 0)
-        page = matching[offset : offset + limit]
-        next_token = str(offset + limit) if offset + limit < len(matching) else None
-        include = query.get("includeWorkflow", "false").lower() == "true"
-        return _json_response({"executions": [self._view(e, include) for e in page], "nextToken": next_token}, 200)
+        page = matching[offset : offset + self.list_page_size]
+        next_token = str(offset + self.list_page_size) if offset + self.list_page_size < len(matching) else None
+        include = query.get("includeWorkflow", "false").lower() == "true" and self.unconfirmed.list_includes_sql
+        body: dict[str, Any] = {"executions": [self._view(e, include) for e in page]}
+        if next_token:
+            body["nextToken"] = next_token
+        return _json_response(body, 200)
 
     async def _cancel_execution(self, request: web.Request) -> web.StreamResponse:
         _, early = await self._enter(request, "cancel_execution")
@@ -508,7 +847,7 @@ class AmcSimulator:
         if execution.status(time.monotonic()) in TERMINAL:
             return _json_response({"code": "400", "details": "The execution is already in a terminal state"}, 400)
         execution.cancelled_at = datetime.now(UTC)
-        return _json_response(self._view(execution), 200)
+        return _json_response({}, 200)  # an empty object: GET afterwards
 
     def _sign(self, execution_id: str, part: int, expires: float) -> str:
         message = f"{execution_id}/{part}/{expires:.3f}".encode()
@@ -524,6 +863,8 @@ class AmcSimulator:
         status = execution.status(time.monotonic())
         if status != "SUCCEEDED":
             return _json_response({"code": "400", "details": f"Execution is {status}; no results"}, 400)
+        if datetime.now(UTC) >= execution.expire_time:
+            return _json_response({"code": "400", "details": "The results of this execution have expired"}, 400)
         expires = time.time() + self.link_ttl_seconds
         urls = [
             f"{self.base_url}/results/{execution.execution_id}/{part}"
@@ -533,7 +874,10 @@ class AmcSimulator:
         offset = int(request.query.get("nextToken", "0") or 0)
         page = urls[offset : offset + self.url_page_size]
         next_token = str(offset + self.url_page_size) if offset + self.url_page_size < len(urls) else None
-        return _json_response({"downloadUrls": page, "metadataDownloadUrls": [], "nextToken": next_token}, 200)
+        body: dict[str, Any] = {"downloadUrls": page, "metadataDownloadUrls": []}
+        if next_token:
+            body["nextToken"] = next_token
+        return _json_response(body, 200)
 
     async def _download_file(self, request: web.Request) -> web.StreamResponse:
         execution = self.executions.get(request.match_info["execution_id"])
@@ -555,8 +899,9 @@ class AmcSimulator:
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/csv"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        rows = list(_part_bounds(execution.profile.rows, execution.profile.files))[part]
-        for sent, chunk in enumerate(generate_csv(execution, rows[0], rows[1], header=True), start=1):
+        rows = list(part_bounds(execution.profile.rows, execution.profile.files))[part]
+        header = part == 0 or self.unconfirmed.header_in_every_part
+        for sent, chunk in enumerate(generate_csv(execution, rows[0], rows[1], header=header), start=1):
             await response.write(chunk)
             if fault is not None and fault.truncate and sent >= 2:
                 # Half a file, then the connection closes: the client must notice and fetch it again.
@@ -599,7 +944,13 @@ class AmcSimulator:
     async def _admin_users(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         token = self.add_user(body["email"], body.get("refresh_token"))
+        for instance_id in body.get("instances", []):
+            self.add_instance(body["email"], instance_id)
         return _json_response({"refresh_token": token}, 200)
+
+    async def _admin_revoke(self, request: web.Request) -> web.StreamResponse:
+        self.revoke((await request.json())["email"])
+        return _json_response({}, 200)
 
     async def _admin_faults(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -614,6 +965,23 @@ class AmcSimulator:
                 return _json_response({"error": f"unknown profile field {key}"}, 400)
             setattr(profile, key, value)
         return _json_response(profile.__dict__, 200)
+
+    async def _admin_consent(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.consent_user = body.get("email")
+        self.consent_decision = body.get("decision", "approve")
+        return _json_response({"email": self.consent_user, "decision": self.consent_decision}, 200)
+
+    async def _admin_settings(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        for key, value in body.items():
+            if hasattr(self.unconfirmed, key):
+                setattr(self.unconfirmed, key, value)
+            elif key in ("adhoc_quota", "quota_window_seconds", "quota_refusal_status", "result_ttl_seconds"):
+                setattr(self, key, value)
+            else:
+                return _json_response({"error": f"unknown setting {key}"}, 400)
+        return _json_response({**self.unconfirmed.__dict__, "adhoc_quota": self.adhoc_quota}, 200)
 
     async def _admin_calls(self, _: web.Request) -> web.StreamResponse:
         return _json_response(dict(self.calls), 200)
@@ -634,84 +1002,3 @@ def _access_denied(message: str) -> web.Response:
         f"<Message>{message}</Message><RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>"
     )
     return web.Response(status=403, text=body, content_type="application/xml")
-
-
-def _part_bounds(rows: int, files: int) -> Iterator[tuple[int, int]]:
-    files = max(1, files)
-    size, extra = divmod(rows, files)
-    start = 0
-    for index in range(files):
-        end = start + size + (1 if index < extra else 0)
-        yield start, end
-        start = end
-
-
-# Ten columns of the types a loader must infer: date, integers, text (with commas and quotes),
-# a decimal, a float, a boolean and a timestamp.
-RESULT_COLUMNS = (
-    "event_date",
-    "campaign_id",
-    "campaign_name",
-    "impressions",
-    "clicks",
-    "spend",
-    "ctr",
-    "is_branded",
-    "first_seen_at",
-    "audience",
-)
-_AUDIENCES = ("in-market", "lifestyle", 'say "hi", then buy', "")
-
-
-def _window_days(execution: SimExecution) -> tuple[date, int]:
-    if execution.window_start and execution.window_end:
-        start = datetime.strptime(execution.window_start, _TIME_FORMAT).date()
-        end = datetime.strptime(execution.window_end, _TIME_FORMAT).date()
-        return start, max(1, (end - start).days)
-    return date(2026, 1, 1), 1
-
-
-def result_row(execution: SimExecution, index: int) -> tuple[str, ...]:
-    """Row `index` of an execution's result. Keys (event_date, campaign_id) depend only on the window."""
-    first_day, days = _window_days(execution)
-    day = first_day + timedelta(days=index % days)
-    campaign = 1000 + index // days
-    seed = index * 7919 + execution.profile.restatement * 104729
-    impressions = 1000 + seed % 50_000
-    clicks = seed % 997
-    return (
-        day.isoformat(),
-        str(campaign),
-        f"Campaign {campaign}, {'brand' if campaign % 2 else 'generic'}",
-        str(impressions),
-        str(clicks),
-        f"{(seed % 100_000) / 100:.2f}",
-        repr(round(clicks / impressions, 6)),
-        "true" if campaign % 3 == 0 else "false",
-        f"{day.isoformat()} {index % 24:02d}:{index % 60:02d}:00",
-        _AUDIENCES[index % len(_AUDIENCES)],
-    )
-
-
-def _csv_line(values: tuple[str, ...]) -> str:
-    cells = []
-    for value in values:
-        if any(c in value for c in ',"\n\r'):
-            value = '"' + value.replace('"', '""') + '"'
-        cells.append(value)
-    return ",".join(cells) + "\n"
-
-
-def generate_csv(
-    execution: SimExecution, start: int, end: int, *, header: bool, chunk_rows: int = 2000
-) -> Iterator[bytes]:
-    if header:
-        yield _csv_line(RESULT_COLUMNS).encode()
-    for chunk_start in range(start, end, chunk_rows):
-        lines = [_csv_line(result_row(execution, i)) for i in range(chunk_start, min(end, chunk_start + chunk_rows))]
-        yield "".join(lines).encode()
-
-
-def expected_rows(execution: SimExecution) -> list[tuple[str, ...]]:
-    """Every row of a result, for tests to compare against what was loaded."""
-    return [result_row(execution, i) for i in range(execution.profile.rows)]

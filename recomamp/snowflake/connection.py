@@ -9,6 +9,8 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 
 from recomamp.config import SnowflakeSettings
+from recomamp.crypto import SecretBox
+from recomamp.logs import register_secret
 
 
 class BadPrivateKey(ValueError):
@@ -68,7 +70,13 @@ class SnowflakeConnectionSpec:
             # The connector's network timeout defaults to none: a hung socket would hang the run.
             "network_timeout": settings.network_timeout_seconds,
             "application": "recomamp",
-            "session_parameters": {"QUERY_TAG": "recomamp"},
+            # Snowflake cuts off a statement (and a wait for a lock) past these: a hung warehouse or a
+            # blocked table never holds a load, its thread and its run's slot for ever.
+            "session_parameters": {
+                "QUERY_TAG": "recomamp",
+                "STATEMENT_TIMEOUT_IN_SECONDS": settings.statement_timeout_seconds,
+                "LOCK_TIMEOUT": settings.lock_timeout_seconds,
+            },
             "client_session_keep_alive": False,
         }
         if self.warehouse:
@@ -106,3 +114,30 @@ def server_version(spec: SnowflakeConnectionSpec, settings: SnowflakeSettings) -
         return str(row[0]) if row else "unknown"
     finally:
         connection.close()
+
+
+def spec_from_row(row: dict[str, Any], box: SecretBox) -> SnowflakeConnectionSpec:
+    """A stored configuration (secrets encrypted) as the connection it describes."""
+
+    def secret(column: str) -> SecretStr | None:
+        value = row.get(column)
+        if not value:
+            return None
+        plain = box.decrypt(value)
+        register_secret(plain)  # no log shape catches a password: mask its value
+        return SecretStr(plain)
+
+    return SnowflakeConnectionSpec(
+        account=row["account"],
+        user=row["username"],
+        database=row["database_name"],
+        default_schema=row["default_schema"],
+        warehouse=row["warehouse"],
+        role=row["role"],
+        password=secret("password_encrypted"),
+        private_key_pem=secret("private_key_encrypted"),
+        private_key_passphrase=secret("private_key_passphrase_encrypted"),
+        host=row["host"],
+        port=row["port"],
+        protocol=row["protocol"],
+    )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import gzip
 import io
 import queue
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 from recomamp.domain.columns import VARCHAR, ColumnType, Kind, TypeTracker, fits, from_snowflake
 from recomamp.domain.identifiers import column_name, qualified, quote, validate_identifier
@@ -133,6 +132,14 @@ class LoadResult:
 
 
 StatementHook = Callable[[str, str], None]
+# Called in the loading thread immediately before the statement that commits rows (the COMMIT of the
+# window replace, or the MERGE): it raises when the run's claim is gone or the load was cut off, so a
+# late thread never writes after the lease moved.
+Fence = Callable[[], None]
+
+
+class LoadCancelled(Exception):
+    """The load was cut off (its deadline passed, or the run stopped): nothing was committed."""
 
 
 def _utc_text(value: datetime) -> str:
@@ -151,38 +158,19 @@ class Loader:
         policy: LoadPolicy,
         *,
         after_statement: StatementHook | None = None,
+        fence: Fence | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> None:
         self._connect = connect
         self._policy = policy
         # A seam for fault injection: called after each statement ran, with (kind, sql).
         self._after_statement = after_statement
-
-    # --- retries -------------------------------------------------------------------------------------
-
-    def _retrying(self, what: str, action: Callable[[], T]) -> T:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return action()
-            except SnowflakeLoadError:
-                raise
-            except RETRYABLE_ERRORS as exc:
-                failure = classify(exc)
-                if not failure.transient or attempt >= self._policy.max_attempts:
-                    raise SnowflakeLoadError(failure.message, transient=failure.transient, step=what) from exc
-                wait = self._policy.wait(attempt)
-                log.warning(
-                    "snowflake_retry",
-                    step=what,
-                    attempt=attempt,
-                    error_code=failure.code,
-                    exception_class=type(exc).__name__,
-                    wait_seconds=wait,
-                )
-                self._policy.sleep(wait)
+        self._fence = fence
+        self._cancelled = cancelled
 
     def _run(self, cursor: Cursor, kind: str, sql: str, params: Any = None, **kwargs: Any) -> Any:
+        if self._cancelled():
+            raise LoadCancelled("the load was cut off before it finished")
         result = cursor.execute(sql, params, **kwargs)
         if self._after_statement is not None:
             self._after_statement(kind, sql)
@@ -191,7 +179,7 @@ class Loader:
     # --- the load ------------------------------------------------------------------------------------
 
     def load(self, target: LoadTarget, metadata: RunMetadata, files: Sequence[Path]) -> LoadResult:
-        database, schema, table = target.parts
+        """The whole load; a transient failure starts it again on a fresh connection (the dead one is dropped)."""
         header = _read_header(files)
         columns = result_columns(header)
         if target.key_columns:
@@ -203,42 +191,62 @@ class Loader:
                     transient=False,
                     step="validate",
                 )
-        connection = self._retrying("connect", self._connect)
+        attempt = 0
+        while True:
+            attempt += 1
+            step = ["connect"]
+            try:
+                return self._load_once(target, metadata, files, columns, step)
+            except (SnowflakeLoadError, LoadCancelled):
+                raise
+            except RETRYABLE_ERRORS as exc:
+                failure = classify(exc)
+                if not failure.transient or attempt >= self._policy.max_attempts:
+                    raise SnowflakeLoadError(failure.message, transient=failure.transient, step=step[0]) from exc
+                wait = self._policy.wait(attempt)
+                log.warning(
+                    "snowflake_retry",
+                    step=step[0],
+                    attempt=attempt,
+                    error_code=failure.code,
+                    exception_class=type(exc).__name__,
+                    wait_seconds=wait,
+                    detail="starting the load again on a fresh connection",
+                )
+                self._policy.sleep(wait)
+
+    def _load_once(
+        self, target: LoadTarget, metadata: RunMetadata, files: Sequence[Path], columns: list[str], step: list[str]
+    ) -> LoadResult:
+        database, schema, table = target.parts
+        if self._cancelled():
+            raise LoadCancelled("the load was cut off before it started")
+        connection = self._connect()
         try:
             cursor = connection.cursor()
             suffix = f"{metadata.run_id}_{uuid.uuid4().hex[:8]}".upper()
             stage, staging = f"RECOMAMP_STAGE_{suffix}", f"RECOMAMP_STAGING_{suffix}"
-
-            def prepare() -> None:
-                self._run(cursor, "ddl", f"CREATE SCHEMA IF NOT EXISTS {qualified(database, schema)}")
-                self._run(cursor, "ddl", f"USE SCHEMA {qualified(database, schema)}")
-                self._run(cursor, "ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {quote(stage)}")
-                staging_columns = ", ".join(
-                    [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} VARCHAR" for c in columns)]
-                )
-                self._run(cursor, "ddl", f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(staging)} ({staging_columns})")
-
-            self._retrying("prepare", prepare)
+            step[0] = "prepare"
+            self._run(cursor, "ddl", f"CREATE SCHEMA IF NOT EXISTS {qualified(database, schema)}")
+            self._run(cursor, "ddl", f"USE SCHEMA {qualified(database, schema)}")
+            self._run(cursor, "ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {quote(stage)}")
+            staging_columns = ", ".join(
+                [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} VARCHAR" for c in columns)]
+            )
+            self._run(cursor, "ddl", f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(staging)} ({staging_columns})")
             tracker = TypeTracker(len(columns))
             result = LoadResult(table=target.display, rows=0, batches=0)
             with _BatchProducer(files, columns, self._policy.batch_rows, tracker) as batches:
                 for batch_number, (row_count, payload) in enumerate(batches):
-                    self._retrying(
-                        f"stage batch {batch_number + 1}",
-                        functools.partial(self._stage_batch, cursor, stage, staging, batch_number, payload, result),
-                    )
+                    step[0] = f"stage batch {batch_number + 1}"
+                    self._stage_batch(cursor, stage, staging, batch_number, payload, result)
                     result.rows += row_count
                     result.batches += 1
             types = {name: inferred or VARCHAR for name, inferred in zip(columns, tracker.types, strict=True)}
-            target_types = self._retrying(
-                "prepare table", lambda: self._ensure_table(cursor, (database, schema, table), types, result)
-            )
-            self._retrying(
-                "apply",
-                lambda: self._apply(
-                    cursor, (database, schema, table), staging, columns, target_types, target, metadata
-                ),
-            )
+            step[0] = "prepare table"
+            target_types = self._ensure_table(cursor, (database, schema, table), types, result)
+            step[0] = "apply"
+            self._apply(cursor, (database, schema, table), staging, columns, target_types, target, metadata)
             log.info(
                 "snowflake_load_completed",
                 table=target.display,
@@ -354,6 +362,12 @@ class Loader:
         self._run(cursor, "ddl", f"ALTER TABLE {table} DROP COLUMN {quote(column)}")
         self._run(cursor, "ddl", f"ALTER TABLE {table} RENAME COLUMN {quote(temporary)} TO {quote(column)}")
 
+    def _check_fence(self) -> None:
+        if self._cancelled():
+            raise LoadCancelled("the load was cut off before its commit")
+        if self._fence is not None:
+            self._fence()
+
     def _apply(
         self,
         cursor: Cursor,
@@ -392,6 +406,7 @@ class Loader:
             inserted = ", ".join(quote(c) for c in all_columns)
             values = ", ".join(f"s.{quote(c)}" for c in all_columns)
             # One statement is one transaction (autocommit): readers see all of the run or none of it.
+            self._check_fence()
             self._run(
                 cursor,
                 "dml",
@@ -414,6 +429,8 @@ class Loader:
             )
             inserted = ", ".join(quote(c) for c in all_columns)
             self._run(cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM ({source})", meta_values)
+            # Inside the transaction, before the COMMIT: a claim that was lost commits nothing.
+            self._check_fence()
             self._run(cursor, "txn", "COMMIT")
         except BaseException:
             try:
@@ -427,6 +444,13 @@ def _cast(column: str, column_type: ColumnType) -> str:
     if column_type.kind is Kind.VARCHAR:
         return quote(column)
     return f"CAST({quote(column)} AS {column_type.sql()}) AS {quote(column)}"
+
+
+def open_result(path: Path) -> TextIO:
+    """A result file as text: gzip (as the spool keeps them) or plain."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return path.open(newline="", encoding="utf-8")
 
 
 def result_columns(header: Sequence[str]) -> list[str]:
@@ -449,7 +473,7 @@ def _read_header(files: Sequence[Path]) -> list[str]:
         raise SnowflakeLoadError("the AMC result has no files", transient=False, step="read")
     header: list[str] | None = None
     for path in files:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with open_result(path) as handle:
             first = next(csv.reader(handle), None)
         if first is None:
             continue
@@ -471,7 +495,7 @@ def read_records(path: Path) -> Iterator[tuple[list[str], str]]:
     parsed by the csv module, joining the following lines while a quoted field is still open. The text
     is passed on unchanged (CRLF normalised to LF), so a batch is re-written without re-quoting.
     """
-    with path.open(newline="", encoding="utf-8") as handle:
+    with open_result(path) as handle:
         handle.readline()  # the header
         pending = ""
         for line in handle:

@@ -1,21 +1,47 @@
-"""The async face of the Snowflake write: loads run on a bounded thread pool, never on the event loop.
+"""The async face of the Snowflake write: loads run in worker threads, never on the event loop.
 
-The blocking connector runs in worker threads; each load carries the caller's contextvars (the
-structlog context: user, schedule, run, attempt) into its thread, so its log lines say whose load it is.
+- At most [snowflake] thread_pool_size loads run at once. Each runs on a daemon thread of its own, so a
+  load hung in the connector can never hold the process at exit.
+- Each load has a deadline ([snowflake] load_timeout_seconds). Past it, the caller gets
+  `LoadTimedOut` at once, and the thread is told to stop: it runs no further statement and its fence
+  refuses the commit, so a late thread never writes after the run gave the load up.
+- The fence (the run's lease check) is awaited on the event loop from the loading thread, inside the
+  transaction, immediately before the commit.
+- Each load carries the caller's contextvars (the structlog context: user, schedule, run, attempt)
+  into its thread, so its log lines say whose load it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from recomamp.config import RetrySettings, SnowflakeSettings
+from recomamp.logs import get_logger
 from recomamp.snowflake.connection import SnowflakeConnectionSpec
-from recomamp.snowflake.loader import Loader, LoadPolicy, LoadResult, LoadTarget, RunMetadata, StatementHook
+from recomamp.snowflake.loader import (
+    LoadCancelled,
+    Loader,
+    LoadPolicy,
+    LoadResult,
+    LoadTarget,
+    RunMetadata,
+    StatementHook,
+)
+
+log = get_logger(__name__)
+
+FENCE_TIMEOUT_SECONDS = 60.0
+
+
+class LoadTimedOut(Exception):
+    """The load passed its deadline and was cut off; nothing is committed after this."""
 
 
 class SnowflakeSink:
@@ -26,15 +52,24 @@ class SnowflakeSink:
         *,
         after_statement: StatementHook | None = None,
     ) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=settings.thread_pool_size, thread_name_prefix="snowflake")
         self._settings = settings
         self._retry = retry
         self._after_statement = after_statement
+        self._slots: asyncio.Semaphore | None = None
+        self._size = settings.thread_pool_size
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
+        self._idle: asyncio.Event | None = None  # set when no load thread is left
 
     def reconfigure(self, settings: SnowflakeSettings, retry: RetrySettings) -> None:
         """New batch size, timeouts and waits for loads that start from now on. The pool size stays."""
         self._settings = settings
         self._retry = retry
+
+    @property
+    def loads_in_flight(self) -> int:
+        with self._threads_lock:
+            return len(self._threads)
 
     async def load(
         self,
@@ -42,22 +77,98 @@ class SnowflakeSink:
         target: LoadTarget,
         metadata: RunMetadata,
         files: Sequence[Path],
+        *,
+        fence: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        deadline_seconds: float | None = None,
     ) -> LoadResult:
         settings, retry = self._settings, self._retry
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._size)
+            self._idle = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+
+        def fence_in_thread() -> None:
+            if stop.is_set():
+                raise LoadCancelled("the load was cut off before its commit")
+            if fence is not None:
+                try:
+                    asyncio.run_coroutine_threadsafe(fence(), loop).result(timeout=FENCE_TIMEOUT_SECONDS)
+                except TimeoutError as exc:
+                    raise LoadCancelled("the lease could not be checked before the commit") from exc
+            if stop.is_set():
+                raise LoadCancelled("the load was cut off before its commit")
+
         loader = Loader(
             functools.partial(spec.connect, settings),
             LoadPolicy(
                 batch_rows=settings.batch_rows,
                 max_attempts=retry.snowflake_max_attempts,
                 waits=retry.snowflake_waits,
+                sleep=lambda seconds: _wait(stop, seconds),  # a wait the deadline interrupts
             ),
             after_statement=self._after_statement,
+            fence=fence_in_thread,
+            cancelled=stop.is_set,
         )
-        context = contextvars.copy_context()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(context.run, loader.load, target, metadata, list(files))
-        )
+        deadline = deadline_seconds if deadline_seconds is not None else settings.load_timeout_seconds
+        async with self._slots:
+            future: asyncio.Future[LoadResult] = loop.create_future()
+            context = contextvars.copy_context()
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+            def work() -> None:
+                try:
+                    result = context.run(loader.load, target, metadata, list(files))
+                except BaseException as exc:  # handed to the event loop, which raises it in the caller
+                    loop.call_soon_threadsafe(_settle, future, None, exc)
+                else:
+                    loop.call_soon_threadsafe(_settle, future, result, None)
+                finally:
+                    with self._threads_lock:
+                        self._threads.discard(threading.current_thread())
+                        idle = not self._threads
+                    if idle and self._idle is not None:
+                        loop.call_soon_threadsafe(self._idle.set)
+
+            thread = threading.Thread(target=work, name=f"snowflake-run{metadata.run_id}", daemon=True)
+            with self._threads_lock:
+                self._threads.add(thread)
+            assert self._idle is not None
+            self._idle.clear()
+            thread.start()
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), deadline)
+            except TimeoutError:
+                stop.set()
+                log.error("snowflake_load_timed_out", table=target.display, deadline_seconds=deadline)
+                raise LoadTimedOut(
+                    f"the Snowflake load into {target.display} did not finish within {deadline:.0f} s "
+                    "([snowflake] load_timeout_seconds) and was cut off; nothing was committed after that"
+                ) from None
+            except asyncio.CancelledError:
+                stop.set()
+                raise
+
+    async def close(self, wait_seconds: float) -> int:
+        """Wait up to `wait_seconds` for loads still running; returns how many are left (their threads die with us)."""
+        if self.loads_in_flight and self._idle is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), wait_seconds)
+        left = self.loads_in_flight
+        if left:
+            log.warning("snowflake_loads_abandoned_at_exit", loads=left, detail="nothing they do is committed")
+        return left
+
+
+def _settle(future: asyncio.Future[LoadResult], result: LoadResult | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
+def _wait(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)

@@ -59,8 +59,8 @@ class MigrationState:
 
 
 def default_migrations_dir() -> Path:
-    # The repository's migrations/ folder, beside the package (an editable or source-tree install).
-    return Path(__file__).resolve().parents[2] / "migrations"
+    # Shipped inside the package (package data), so a wheel migrates as a source checkout does.
+    return Path(__file__).resolve().parents[1] / "migrations"
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import SecretStr
-
-from recomamp.crypto import SecretBox
-from recomamp.snowflake.connection import SnowflakeConnectionSpec
 from recomamp.store.db import Queryable
 
 UPSERT = """
@@ -46,12 +43,15 @@ class SnowflakeConfigInput:
     protocol: str | None = None
 
 
-async def save_config(connection: Queryable, box: SecretBox, user_id: int, config: SnowflakeConfigInput) -> None:
+async def save_config(
+    connection: Queryable, user_id: int, config: SnowflakeConfigInput, *, encrypt: Callable[[str], str]
+) -> None:
+    """Store a user's configuration; `encrypt` (the token keys' first) turns each secret into ciphertext."""
     if (config.password is None) == (config.private_key_pem is None):
         raise ValueError("give exactly one of --password-file and --private-key-file")
 
     def encrypted(value: str | None) -> str | None:
-        return box.encrypt(value) if value else None
+        return encrypt(value) if value else None
 
     await connection.execute(
         UPSERT,
@@ -75,27 +75,6 @@ async def save_config(connection: Queryable, box: SecretBox, user_id: int, confi
 async def fetch_row(connection: Queryable, user_id: int) -> dict[str, Any] | None:
     row = await connection.fetchrow(SELECT_FOR_USER, user_id)
     return dict(row) if row is not None else None
-
-
-def spec_from_row(row: dict[str, Any], box: SecretBox) -> SnowflakeConnectionSpec:
-    def secret(column: str) -> SecretStr | None:
-        value = row.get(column)
-        return SecretStr(box.decrypt(value)) if value else None
-
-    return SnowflakeConnectionSpec(
-        account=row["account"],
-        user=row["username"],
-        database=row["database_name"],
-        default_schema=row["default_schema"],
-        warehouse=row["warehouse"],
-        role=row["role"],
-        password=secret("password_encrypted"),
-        private_key_pem=secret("private_key_encrypted"),
-        private_key_passphrase=secret("private_key_passphrase_encrypted"),
-        host=row["host"],
-        port=row["port"],
-        protocol=row["protocol"],
-    )
 
 
 def masked(row: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from recomamp.amazon.lwa import LwaClient
-from recomamp.config import DatabaseSettings, RetrySettings
+from recomamp.config import RetrySettings
 from recomamp.crypto import SecretBox
 from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow
 from recomamp.sandbox.simulator import AmcSimulator
@@ -41,7 +41,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(DatabaseSettings(dsn=SecretStr(db_dsn), pool_max_size=20))
+    pool = await create_pool(db_dsn, size=20, command_timeout=30, connect_timeout=10)
     yield pool
     await pool.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from recomamp.cli import main
+from recomamp.cli import build_parser, main
 from recomamp.sandbox.embedded import FakeSnowflake, free_port
+from recomamp.store import migrations
 from tests.conftest import ConfigWriter
 
 
@@ -111,7 +113,7 @@ async def test_create_show_update_preview_pause_run_now(
     [
         (["--sql", "S", "--time", "06:00", "--timezone", "Mars/Base"], "timezone: 'Mars/Base' is not an IANA timezone"),
         (["--sql", "S", "--preset", "custom", "--cron", "99 * * * *"], "cron_expression: '99 * * * *'"),
-        (["--sql", "S", "--preset", "monthly", "--day-of-month", "32", "--time", "06:00"], "day_of_month"),
+        (["--sql", "S", "--preset", "monthly", "--day-of-month", "32", "--time", "06:00"], "--day-of-month: 32"),
         (["--sql", "S", "--time", "25:00"], "time_of_day: '25:00' is not a time; use HH:MM"),
         (["--sql", "S", "--time", "06:00", "--snowflake-table", "bad name;"], "snowflake_table_name: 'bad name;'"),
         (["--time", "06:00"], "give exactly one: ad-hoc SQL, or a saved workflow id"),
@@ -222,17 +224,22 @@ async def test_the_refresh_token_is_stored_encrypted_and_snowflake_show_masks(
     )
 
 
+def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths.extend(_command_paths(sub, (*prefix, name)))
+    return paths
+
+
 async def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (
-        ["--help"],
-        ["schedules", "create", "--help"],
-        ["runs", "retry-upload", "--help"],
-        ["users", "--help"],
-    ):
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 0
-    assert "--snowflake-key-columns" in capsys.readouterr().out
+    paths = _command_paths(build_parser())
+    assert len(paths) > 30
+    for path in paths:
+        assert main([*path, "--help"]) == 0, path
+    out = capsys.readouterr().out
+    assert "--snowflake-key-columns" in out and "--window-start" in out and "--misfire" in out
 
 
 async def test_migrate_status_down_and_up(
@@ -240,14 +247,18 @@ async def test_migrate_status_down_and_up(
 ) -> None:
     path = write_config(dsn=empty_db_dsn)
     assert await cli(path, "migrate", "up") == 0
-    assert "applied 2 migration(s): [1, 2]" in capsys.readouterr().out
+    versions = [m.version for m in migrations.load_migrations()]
+    assert f"applied {len(versions)} migration(s): {versions}" in capsys.readouterr().out
     assert await cli(path, "migrate", "down", "--to", "1") == 0
     assert await cli(path, "migrate", "status", "--json") == 0
     capsys.readouterr()
     assert await cli(path, "migrate", "status", "--json") == 0
     states = json.loads(capsys.readouterr().out)
-    assert [(s["version"], s["applied_at"] is not None) for s in states] == [(1, True), (2, False)]
+    assert [(s["version"], s["applied_at"] is not None) for s in states] == [(1, True)] + [
+        (v, False) for v in versions[1:]
+    ]
     assert await cli(path, "migrate", "down") == 2  # --to is required: rolling back is never implied
+    assert await cli(path, "migrate", "down", "--to", "-1") == 2  # one line, no traceback
 
 
 async def test_snowflake_test_reports_the_version_or_a_clear_error(

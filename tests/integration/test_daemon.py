@@ -15,7 +15,7 @@ from recomamp.crypto import SecretBox
 from recomamp.daemon.process import Daemon
 from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.simulator import AmcSimulator, Fault
-from recomamp.store import catalog
+from recomamp.services import schedules
 from tests.conftest import ConfigWriter
 from tests.integration.world import (
     add_due_schedule,
@@ -47,9 +47,15 @@ async def test_a_due_schedule_runs_end_to_end_into_snowflake(
 
     assert await Daemon(config, once=True).run() == 0
 
-    (run,) = await runs(pool)
+    rows = await runs(pool)
+    (run,) = [r for r in rows if r["status"] != "skipped"]
+    skipped = [r for r in rows if r["status"] == "skipped"]
     assert run["status"] == "succeeded", run["error_message"]
     assert run["missed_fires_skipped"] == 3
+    # The three windows the coalesced misfire passed over are in the history, each once, before the run's.
+    assert len(skipped) == 3 and len({r["window_start"] for r in skipped}) == 3
+    assert all(r["window_end"] <= run["window_start"] for r in skipped)  # type: ignore[operator]
+    assert all("schedules backfill" in str(r["error_message"]) for r in skipped)
     assert run["step"] == "finished"
     assert run["snowflake_status"] == "completed"
     assert run["snowflake_rows"] == run["result_rows"] == 120
@@ -72,7 +78,15 @@ async def test_three_daemons_run_every_fire_exactly_once(
     simulator.default_profile.rows = 5
     tenants = [await add_tenant(pool, box, simulator, f"user{i}@example.com", f"amc{i}") for i in range(5)]
     schedule_ids = [await add_due_schedule(pool, tenants[i % 5], f"s{i}") for i in range(500)]
-    path = write_world_config(write_config, db_dsn, simulator, max_concurrent_runs=30, max_runs_per_instance=10)
+    simulator.adhoc_quota = None  # this test is about claims; the quota has tests of its own
+    path = write_world_config(
+        write_config,
+        db_dsn,
+        simulator,
+        amc={"adhoc_executions_per_day": 1000},
+        max_concurrent_runs=30,
+        max_runs_per_instance=10,
+    )
     base = load_config(path)
     daemons = [
         Daemon(
@@ -127,7 +141,7 @@ async def test_a_run_whose_lease_expired_is_adopted_and_polled_not_resubmitted(
     schedule_id = await add_due_schedule(pool, tenant, "cy daily")
     config = load_config(write_world_config(write_config, db_dsn, simulator))
     async with pool.acquire() as connection:
-        run_id = await catalog.run_now(connection, schedule_id, datetime.now(UTC))
+        run_id = (await schedules.run_now(connection, schedule_id, datetime.now(UTC))).run_id
     await pool.execute(
         "UPDATE workflow_schedules SET next_run_at = now() + interval '1 day' WHERE id = $1", schedule_id
     )
@@ -135,8 +149,8 @@ async def test_a_run_whose_lease_expired_is_adopted_and_polled_not_resubmitted(
     execution_id = await _submit_directly(simulator, tenant)
     await pool.execute(
         "UPDATE schedule_runs SET status = 'running', step = 'submitted', attempt = 1, amc_execution_id = $2, "
-        "submit_marker = 'x', lease_owner = 'dead-replica', lease_expires_at = now() - interval '1 second' "
-        "WHERE id = $1",
+        "submit_marker = 'x', lease_owner = 'dead-replica', lease_token = gen_random_uuid(), lease_worked = TRUE, "
+        "lease_expires_at = now() - interval '1 second' WHERE id = $1",
         run_id,
         execution_id,
     )
@@ -150,7 +164,9 @@ async def test_a_run_whose_lease_expired_is_adopted_and_polled_not_resubmitted(
 async def _submit_directly(simulator: AmcSimulator, tenant: object) -> str:
     import aiohttp
 
-    from recomamp.amazon.amc import AmcClient, AmcRetryPolicy, AmcTarget, ExecutionRequest
+    from recomamp.amazon.client import AmcClient
+    from recomamp.amazon.matching import ExecutionRequest
+    from recomamp.amazon.transport import AmcRetryPolicy, AmcTarget
 
     async with aiohttp.ClientSession() as http:
         async with http.post(
@@ -162,13 +178,13 @@ async def _submit_directly(simulator: AmcSimulator, tenant: object) -> str:
                 "client_secret": simulator.client_secret,
             },
         ) as response:
-            token = (await response.json())["access_token"]
+            token = str((await response.json())["access_token"])
 
         async def tokens(stale: str | None = None) -> str:
-            return str(token)
+            return token
 
         client = AmcClient(http, client_id=simulator.client_id, policy=AmcRetryPolicy(1, (0.0,), 0, 0.01, 0.01, 1, 5))
-        execution = await client.create_execution(
+        execution = await client.executions.create(
             AmcTarget(simulator.base_url, "amcC", "ENT1", "ATVPDKIKX0DER"),
             tokens,
             ExecutionRequest(datetime(2026, 11, 1), datetime(2026, 11, 2), "UTC", sql_query="SELECT 1"),
@@ -215,11 +231,11 @@ async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
             'dsn = "', 'dsn = "postgresql://changed@h/db" \n#"'
         )
     )
-    assert await daemon.reload() is True
+    assert (await daemon.reload())[0] is True
     assert daemon.config.daemon.poll_interval_seconds == 0.7
     assert daemon.config.database.dsn.get_secret_value() == db_dsn  # restart-only: not half-applied
     path.write_text(text.replace("[daemon]", "[daemon]\nmax_concurrent_runs = -4"))
-    assert await daemon.reload() is False
+    assert (await daemon.reload())[0] is False
     assert daemon.config.daemon.poll_interval_seconds == 0.7
     daemon.request_stop()
     assert await serving == 0
@@ -237,9 +253,10 @@ async def test_a_run_whose_lease_another_replica_took_is_stopped_here(
     daemon = Daemon(config)
     serving = asyncio.create_task(daemon.run())
     await wait_until(lambda: execution_submitted(pool), what="the run to be submitted")
-    # Another replica adopted the run (say this one stalled past its lease): the heartbeat must notice.
+    # Another replica adopted the run (say this one stalled past its lease): a claim mints a new token.
     await pool.execute(
-        "UPDATE schedule_runs SET lease_owner = 'replica-b', lease_expires_at = now() + interval '1 hour'"
+        "UPDATE schedule_runs SET lease_owner = 'replica-b', lease_token = gen_random_uuid(), "
+        "lease_expires_at = now() + interval '1 hour'"
     )
     await wait_until(lambda: not daemon._runs, seconds=2, what="our copy of the run to be stopped")
     daemon.request_stop()
@@ -256,7 +273,7 @@ async def test_a_run_claimed_too_often_without_an_outcome_gives_up(
     schedule_id = await add_due_schedule(pool, tenant, "fay daily")
     config = load_config(write_world_config(write_config, db_dsn, simulator, max_run_attempts=3))
     async with pool.acquire() as connection:
-        await catalog.run_now(connection, schedule_id, datetime.now(UTC))
+        await schedules.run_now(connection, schedule_id, datetime.now(UTC))
     await pool.execute("UPDATE workflow_schedules SET next_run_at = now() + interval '1 day'")
     # Three replicas already died holding it (a poison run): the fourth claim must not loop again.
     await pool.execute("UPDATE schedule_runs SET status = 'running', step = 'token', attempt = 3")
@@ -305,4 +322,4 @@ async def test_once_mode_asked_to_stop_drains_within_the_timeout(
     await asyncio.wait_for(running, 5)  # not the two minutes AMC would take
     row = await pool.fetchrow("SELECT status, step, lease_owner FROM schedule_runs")
     assert row is not None
-    assert (row["status"], row["step"], row["lease_owner"]) == ("running", "submitted", None)
+    assert (row["status"], row["step"], row["lease_owner"]) == ("pending", "submitted", None)  # released: resumes there

@@ -13,10 +13,13 @@ SELECT table_name, column_name, data_type, is_nullable, column_default
 FROM information_schema.columns WHERE table_schema = 'public' AND table_name <> 'schema_migrations'
 ORDER BY table_name, column_name
 """
-INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname"
+INDEX_QUERY = """
+SELECT indexname, indexdef FROM pg_indexes
+WHERE schemaname = 'public' AND tablename <> 'schema_migrations' ORDER BY indexname
+"""
 CONSTRAINT_QUERY = """
 SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
-WHERE connamespace = 'public'::regnamespace ORDER BY conname
+WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text <> 'schema_migrations' ORDER BY conname
 """
 
 
@@ -28,18 +31,35 @@ async def _schema(connection: asyncpg.Connection) -> tuple[list[tuple[object, ..
 
 
 async def test_up_down_up_gives_the_same_schema(empty_db_dsn: str) -> None:
+    versions = [m.version for m in migrations.load_migrations()]
     connection = await asyncpg.connect(empty_db_dsn)
     try:
-        assert await migrations.migrate_up(connection) == [1, 2]
+        assert await migrations.migrate_up(connection) == versions
         first = await _schema(connection)
         assert len(first[0]) > 50
 
-        assert await migrations.migrate_down(connection, to=0) == [2, 1]
+        assert await migrations.migrate_down(connection, to=0) == versions[::-1]
         assert (await _schema(connection))[0] == []
 
-        assert await migrations.migrate_up(connection) == [1, 2]
+        assert await migrations.migrate_up(connection) == versions
         assert await _schema(connection) == first
         assert await migrations.migrate_up(connection) == []
+    finally:
+        await connection.close()
+
+
+async def test_each_rollback_restores_the_schema_before_it(empty_db_dsn: str) -> None:
+    """Down one version at a time: each schema equals the one that version's up migration started from."""
+    versions = [m.version for m in migrations.load_migrations()]
+    connection = await asyncpg.connect(empty_db_dsn)
+    try:
+        before: dict[int, tuple[list[tuple[object, ...]], ...]] = {}
+        for version in versions:
+            before[version] = await _schema(connection)
+            await migrations.migrate_up(connection, to=version)
+        for version in reversed(versions):
+            await migrations.migrate_down(connection, to=version - 1)
+            assert await _schema(connection) == before[version], f"rolling back {version} left a different schema"
     finally:
         await connection.close()
 
@@ -65,7 +85,7 @@ async def test_down_to_one_removes_only_the_snowflake_columns(empty_db_dsn: str)
     connection = await asyncpg.connect(empty_db_dsn)
     try:
         await migrations.migrate_up(connection)
-        assert await migrations.migrate_down(connection, to=1) == [2]
+        assert await migrations.migrate_down(connection, to=1) == list(range(len(migrations.load_migrations()), 1, -1))
         columns = {
             row["column_name"]
             for row in await connection.fetch(
@@ -75,7 +95,8 @@ async def test_down_to_one_removes_only_the_snowflake_columns(empty_db_dsn: str)
         assert "name" in columns
         assert not any(column.startswith("snowflake_") for column in columns)
         states = await migrations.status(connection)
-        assert [(s.version, s.applied_at is not None) for s in states] == [(1, True), (2, False)]
+        assert [(s.version, s.applied_at is not None) for s in states][:2] == [(1, True), (2, False)]
+        assert not any(s.applied_at for s in states[1:])
     finally:
         await connection.close()
 
@@ -91,7 +112,7 @@ async def test_a_changed_applied_migration_is_refused(empty_db_dsn: str, tmp_pat
         with pytest.raises(migrations.MigrationError, match="0001_initial has changed since it was applied"):
             await migrations.migrate_up(connection, directory=tmp_path)
         states = await migrations.status(connection, directory=tmp_path)
-        assert [s.changed for s in states] == [True, False]
+        assert [s.changed for s in states] == [True] + [False] * (len(states) - 1)
     finally:
         await connection.close()
 
@@ -122,8 +143,10 @@ async def test_two_migrators_racing_apply_each_migration_once(empty_db_dsn: str)
     connections = [await asyncpg.connect(empty_db_dsn) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrations.migrate_up(c) for c in connections))
-        assert sorted(v for result in results for v in result) == [1, 2]
-        assert await connections[0].fetchval("SELECT count(*) FROM schema_migrations") == 2
+        assert sorted(v for result in results for v in result) == [m.version for m in migrations.load_migrations()]
+        assert await connections[0].fetchval("SELECT count(*) FROM schema_migrations") == len(
+            migrations.load_migrations()
+        )
     finally:
         for connection in connections:
             await connection.close()

@@ -103,7 +103,7 @@ async def test_sigterm_drains_releases_leases_and_notifies_systemd(
     assert any("STATUS=" in m for m in messages)
     assert any(m == "WATCHDOG=1" for m in messages)  # fed by the poll loop while it makes progress
     rows = await pool.fetch("SELECT status, step, lease_owner FROM schedule_runs")
-    assert [(r["status"], r["step"], r["lease_owner"]) for r in rows] == [("running", "submitted", None)] * 4
+    assert [(r["status"], r["step"], r["lease_owner"]) for r in rows] == [("pending", "submitted", None)] * 4
     lines = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines() if line.startswith("{")]
     events = [line["event"] for line in lines]
     assert "config_reloaded" in events

@@ -11,12 +11,12 @@ import asyncpg
 
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.pipeline import retry_upload
 from recomamp.daemon.process import Daemon
 from recomamp.daemon.services import open_services
 from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.simulator import AmcSimulator
-from recomamp.store import catalog
+from recomamp.services import schedules
+from recomamp.services.runs import retry_upload
 from tests.conftest import ConfigWriter
 from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, wait_until, write_world_config
 
@@ -41,18 +41,21 @@ async def test_a_failed_upload_is_loaded_again_from_fresh_links(
 
     database = f"DB_{uuid.uuid4().hex[:8].upper()}"
     await add_snowflake(pool, box, tenant, fakesnow_server.host, fakesnow_server.port, database)
-    simulator.link_ttl_seconds = 600
+    assert run["results_path"] is not None  # the result is kept until it is loaded
     downloads_before = simulator.calls["download_urls"]
-    async with open_services(config, pool) as services:
-        summary = await retry_upload(services, config, run["id"])
-        again = await retry_upload(services, config, run["id"])  # idempotent: the window is replaced
-    assert summary == again
+    async with open_services(config, replica="cli") as services:
+        summary = await retry_upload(services, config, run["id"], owner="retry-upload:test")
+        # The kept copy was loaded: AMC was not asked again.
+        assert simulator.calls["download_urls"] == downloads_before
+        # Loaded, so the kept copy is gone ([daemon] keep_results_days = 0): this one fetches fresh links.
+        again = await retry_upload(services, config, run["id"], owner="retry-upload:test")
+    assert simulator.calls["download_urls"] > downloads_before
+    assert summary == again  # idempotent: the window is replaced
     assert summary == f"run {run['id']}: loaded 120 rows into {database}.AMC.DAILY_RESULTS"
     after = await pool.fetchrow("SELECT * FROM schedule_runs WHERE id = $1", run["id"])
     assert after is not None
     assert (after["status"], after["snowflake_status"], after["snowflake_rows"]) == ("succeeded", "completed", 120)
-    assert after["error_message"] is None
-    assert simulator.calls["download_urls"] > downloads_before  # fresh links, not the old ones
+    assert (after["error_message"], after["lease_token"], after["results_path"]) == (None, None, None)
     assert simulator.calls["create_execution"] == 1
 
 
@@ -70,7 +73,7 @@ async def test_run_now_wakes_a_sleeping_daemon(
     await asyncio.sleep(1.0)  # past the first poll: now it sleeps for a minute
     started = time.monotonic()
     async with pool.acquire() as connection:
-        run_id = await catalog.run_now(connection, schedule_id, datetime.now(UTC))
+        run_id = (await schedules.run_now(connection, schedule_id, datetime.now(UTC))).run_id
 
     async def succeeded() -> bool:
         return bool(await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run_id) == "succeeded")

@@ -9,9 +9,12 @@ import asyncpg
 from recomamp.store.runs import claim_runs
 
 
-async def _seed(db: asyncpg.Connection, runs_per_instance: int) -> None:
-    await db.execute("INSERT INTO users (email) VALUES ('u@example.com')")
-    for instance in ("i1", "i2"):
+async def _seed(
+    db: asyncpg.Connection, runs_per_instance: int, instances: tuple[str, ...] = ("i1", "i2"), *, start_minute: int = 0
+) -> None:
+    if await db.fetchval("SELECT count(*) FROM users") == 0:
+        await db.execute("INSERT INTO users (email) VALUES ('u@example.com')")
+    for instance in instances:
         instance_id = await db.fetchval(
             "INSERT INTO amc_instances (owner_id, instance_id, advertiser_id, marketplace_id) "
             "VALUES (1, $1, 'E', 'M') RETURNING id",
@@ -28,7 +31,7 @@ async def _seed(db: asyncpg.Connection, runs_per_instance: int) -> None:
                 "INSERT INTO schedule_runs (schedule_id, instance_id, scheduled_for) VALUES ($1, $2, $3)",
                 schedule_id,
                 instance_id,
-                base + timedelta(minutes=n),
+                base + timedelta(minutes=start_minute + n),
             )
 
 
@@ -50,15 +53,19 @@ async def test_limits_hold_across_replicas(db: asyncpg.Connection, db_dsn: str) 
     try:
         # Another replica, with room of its own, gets nothing: the global count is shared.
         assert await claim_runs(other, owner="b", lease_seconds=60, max_global=5, max_per_instance=3, limit=100) == []
-        # When a lease expires, its run is claimable again, by anyone, and counted once.
+        # When a lease expires, its run is claimable again, by anyone, and counted once, with a new token.
         await db.execute(
-            "UPDATE schedule_runs SET lease_expires_at = now() - interval '1 second' WHERE id = $1", first[0]
+            "UPDATE schedule_runs SET lease_expires_at = now() - interval '1 second' WHERE id = $1", first[0].run_id
         )
         again = await claim_runs(other, owner="b", lease_seconds=60, max_global=5, max_per_instance=3, limit=100)
-        assert again == [first[0]]
+        assert [lease.run_id for lease in again] == [first[0].run_id]
+        assert again[0].token != first[0].token
     finally:
         await other.close()
-    assert await db.fetchval("SELECT attempt FROM schedule_runs WHERE id = $1", first[0]) == 2
+    row = await db.fetchrow("SELECT claims, attempt, interruptions FROM schedule_runs WHERE id = $1", first[0].run_id)
+    assert row is not None
+    # Claimed twice, but no claim started work: lease churn costs no attempt and is no interruption.
+    assert (row["claims"], row["attempt"], row["interruptions"]) == (2, 0, 0)
 
 
 async def test_a_busy_instance_does_not_block_another(db: asyncpg.Connection) -> None:
@@ -66,3 +73,20 @@ async def test_a_busy_instance_does_not_block_another(db: asyncpg.Connection) ->
     claimed = await claim_runs(db, owner="a", lease_seconds=60, max_global=8, max_per_instance=2, limit=100)
     assert await _leased_by_instance(db) == {"i1": 2, "i2": 2}
     assert len(claimed) == 4
+
+
+async def test_one_instances_backlog_never_starves_another(db: asyncpg.Connection) -> None:
+    """300 older runs on one instance (limit 3), 5 newer on another: both get runs in the first pass."""
+    await _seed(db, runs_per_instance=300, instances=("busy",))
+    await _seed(db, runs_per_instance=5, instances=("idle",), start_minute=10_000)
+    claimed = await claim_runs(db, owner="a", lease_seconds=60, max_global=20, max_per_instance=3, limit=20)
+    assert await _leased_by_instance(db) == {"busy": 3, "idle": 3}
+    assert len(claimed) == 6
+
+
+async def test_scheduled_runs_are_claimed_before_backfills(db: asyncpg.Connection) -> None:
+    await _seed(db, runs_per_instance=4, instances=("i1",))
+    # The older two are a backfill's: lower priority.
+    await db.execute("UPDATE schedule_runs SET trigger = 'backfill', priority = 10 WHERE id IN (1, 2)")
+    claimed = await claim_runs(db, owner="a", lease_seconds=60, max_global=2, max_per_instance=2, limit=2)
+    assert sorted(lease.run_id for lease in claimed) == [3, 4]

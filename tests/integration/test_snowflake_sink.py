@@ -91,7 +91,7 @@ async def test_the_first_load_creates_the_table_with_inferred_types(
     files = [write_csv(tmp_path, "part-00000.csv", FIRST), write_csv(tmp_path, "part-00001.csv", SECOND)]
     sink = SnowflakeSink(SETTINGS, RETRY)
     result = await sink.load(spec, LoadTarget(spec.database, "AMC", "daily_results"), metadata(1), files)
-    sink.close()
+    await sink.close(5)
     assert (result.rows, result.batches, result.created_table) == (5, 2, True)
     assert result.table == f"{spec.database}.AMC.DAILY_RESULTS"
     types = dict(
@@ -128,7 +128,7 @@ async def test_a_rerun_of_the_same_window_replaces_it(spec: SnowflakeConnectionS
     await sink.load(spec, target, metadata(2), files)
     other_window = (datetime(2026, 11, 8, 5, tzinfo=UTC), datetime(2026, 11, 15, 5, tzinfo=UTC))
     await sink.load(spec, target, metadata(3, other_window), files)
-    sink.close()
+    await sink.close(5)
     counts = query(
         spec,
         f'SELECT recomamp_run_id, COUNT(*) FROM "{spec.database}".AMC.DAILY_RESULTS GROUP BY 1 ORDER BY 1',
@@ -144,7 +144,7 @@ async def test_a_new_column_is_added_and_a_misfit_column_widened(spec: Snowflake
     later = ["id,code,audience", "3,X-30,in-market", "4,40,lifestyle"]
     later_window = (datetime(2026, 11, 8, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC))
     result = await sink.load(spec, target, metadata(2, later_window), [write_csv(tmp_path / "b", "p.csv", later)])
-    sink.close()
+    await sink.close(5)
     assert result.added_columns == ["AUDIENCE"]
     assert result.widened_columns == ["CODE"]
     rows = query(spec, f'SELECT id, code, audience FROM "{spec.database}".AMC.EVOLVING ORDER BY id')
@@ -167,7 +167,7 @@ async def test_key_columns_merge_overlapping_windows_without_duplicates(
     ]
     window = (datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC))
     await sink.load(spec, target, metadata(2, window), [write_csv(tmp_path / "b", "p.csv", overlap)])
-    sink.close()
+    await sink.close(5)
     rows = query(spec, f'SELECT event_date, campaign_id, impressions FROM "{spec.database}".AMC.MERGED ORDER BY 1, 2')
     assert [(str(d), c, i) for d, c, i in rows] == [
         ("2026-11-01", 1001, 1500),
@@ -228,11 +228,12 @@ async def test_a_lost_copy_answer_is_retried_under_a_new_name_without_duplicates
     sink = SnowflakeSink(SETTINGS, RETRY, after_statement=lose_the_first_copy_answer)
     files = [write_csv(tmp_path, "part-00000.csv", FIRST), write_csv(tmp_path, "part-00001.csv", SECOND)]
     result = await sink.load(spec, LoadTarget(spec.database, "AMC", "retried"), metadata(1), files)
-    sink.close()
+    await sink.close(5)
     assert result.rows == 5
-    assert len(result.stage_names) == 3  # batch 1 twice, under two names; batch 2 once
-    assert result.stage_names[0] != result.stage_names[1]
-    assert result.stage_names[0][:8] == result.stage_names[1][:8] == "b000000_"
+    # The load started again on a fresh connection: batch 1 twice (under two names), then batch 2.
+    assert len(copies) == 3
+    first, retried = (sql.split("/")[1] for sql in copies[:2])
+    assert first != retried and first[:8] == retried[:8] == "b000000_"
     assert query(spec, f'SELECT COUNT(*) FROM "{spec.database}".AMC.RETRIED') == [(5,)]
 
 
@@ -244,7 +245,7 @@ async def test_a_permanent_problem_is_not_retried_and_says_what_to_fix(
     target = LoadTarget(spec.database, "AMC", "keyed", key_columns=("no_such_column",))
     with pytest.raises(SnowflakeLoadError) as excinfo:
         await sink.load(spec, target, metadata(1), [write_csv(tmp_path, "p.csv", FIRST)])
-    sink.close()
+    await sink.close(5)
     assert not excinfo.value.transient
     assert "snowflake_key_columns no_such_column are not in the result" in excinfo.value.message
 
@@ -263,7 +264,7 @@ async def test_the_log_context_travels_into_the_thread(
     structlog.contextvars.bind_contextvars(user_email="ada@example.com", run_id=41)
     sink = SnowflakeSink(SETTINGS, RETRY)
     await sink.load(spec, LoadTarget(spec.database, "AMC", "ctx"), metadata(41), [write_csv(tmp_path, "p.csv", FIRST)])
-    sink.close()
+    await sink.close(5)
     structlog.contextvars.clear_contextvars()
     out = capsys.readouterr().out
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -289,7 +290,7 @@ async def test_a_widening_interrupted_midway_is_finished_by_the_next_load(
         query(spec, f'ALTER TABLE {table} DROP COLUMN "CODE"')
     window = (datetime(2026, 11, 8, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC))
     await sink.load(spec, target, metadata(2, window), [write_csv(tmp_path / "b", "p.csv", ["id,code", "3,X-30"])])
-    sink.close()
+    await sink.close(5)
     rows = query(spec, f"SELECT id, code FROM {table} ORDER BY id")
     assert rows == [(1, "10"), (2, "20"), (3, "X-30")]
     columns = query(

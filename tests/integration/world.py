@@ -17,7 +17,7 @@ from recomamp.crypto import SecretBox
 from recomamp.domain.models import ScheduleCreatePreset
 from recomamp.sandbox.seed import add_sandbox_user
 from recomamp.sandbox.simulator import AmcSimulator
-from recomamp.store import catalog
+from recomamp.services import schedules
 from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
 from tests.conftest import ConfigWriter
 
@@ -32,7 +32,14 @@ FAST_RETRY = {
 }
 
 
-def write_world_config(write_config: ConfigWriter, dsn: str, simulator: AmcSimulator, **daemon: object) -> Path:
+def write_world_config(
+    write_config: ConfigWriter,
+    dsn: str,
+    simulator: AmcSimulator,
+    amc: dict[str, object] | None = None,
+    **daemon: object,
+) -> Path:
+    amc = amc or {}
     path = write_config(
         dsn=dsn,
         amazon={
@@ -44,10 +51,13 @@ def write_world_config(write_config: ConfigWriter, dsn: str, simulator: AmcSimul
         daemon={
             "poll_interval_seconds": 0.2,
             "lease_seconds": 30.0,
-            "heartbeat_interval_seconds": 5.0,
             "drain_timeout_seconds": 5.0,
+            "spool_dir": str(write_config.directory / "spool"),
+            "control_socket": "",
             **daemon,
         },
+        amc={"listing_lag_seconds": 0.05, **amc},
+        metrics={"listen": ""},
         retry=FAST_RETRY,
         snowflake={"batch_rows": 1000, "thread_pool_size": 2, "login_timeout_seconds": 10},
     )
@@ -74,7 +84,6 @@ async def add_snowflake(
 ) -> None:
     await save_config(
         pool,
-        box,
         tenant.user_id,
         SnowflakeConfigInput(
             account="acme-test",
@@ -86,6 +95,7 @@ async def add_snowflake(
             port=port,
             protocol="http",
         ),
+        encrypt=box.encrypt,
     )
 
 
@@ -94,7 +104,7 @@ async def add_due_schedule(
 ) -> int:
     now = datetime.now(UTC)
     async with pool.acquire() as connection:
-        schedule_id = await catalog.create_schedule(
+        schedule_id = await schedules.create(
             connection,
             ScheduleCreatePreset(
                 name=name,

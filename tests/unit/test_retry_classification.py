@@ -75,7 +75,14 @@ def _attempt_lines(stream: io.StringIO) -> list[dict[str, object]]:
     ("status", "body", "kind"),
     [
         (400, {"error": "invalid_grant", "error_description": "revoked"}, FailureKind.REAUTH_REQUIRED),
-        (400, {"error": "invalid_request", "error_description": "bad"}, FailureKind.REAUTH_REQUIRED),
+        # invalid_request is ours (a bug or a misconfiguration), never the user's: never a re-authentication.
+        (400, {"error": "invalid_request", "error_description": "bad"}, FailureKind.CLIENT_CONFIGURATION),
+        (
+            400,
+            {"error": "invalid_client", "error_description": "OAuth allows a 400 too"},
+            FailureKind.CLIENT_CREDENTIALS,
+        ),
+        (400, {"error": "unsupported_grant_type"}, FailureKind.CLIENT_CONFIGURATION),
         (
             401,
             {"error": "invalid_client", "error_description": "Client authentication failed"},
@@ -211,8 +218,14 @@ def test_backoff_tables_by_kind() -> None:
     assert BackoffPolicy((), (), (), 0).wait_after(server, 1) == 0
 
 
-def test_classification_reads_status_and_error_code() -> None:
-    assert classify_lwa_response(401, {"error": "invalid_token"}, None).kind is FailureKind.REAUTH_REQUIRED
+def test_classification_reads_the_error_code_first_then_the_status() -> None:
+    # Only invalid_grant marks a user; a refusal we cannot read is the operator's to look at.
+    assert classify_lwa_response(400, {"error": "invalid_grant"}, None).kind is FailureKind.REAUTH_REQUIRED
+    assert classify_lwa_response(503, {"error": "invalid_grant"}, None).kind is FailureKind.REAUTH_REQUIRED
+    assert classify_lwa_response(401, {"error": "invalid_token"}, None).kind is FailureKind.CLIENT_CREDENTIALS
+    assert classify_lwa_response(403, None, None).kind is FailureKind.CLIENT_CONFIGURATION
+    assert classify_lwa_response(400, {"error": "something_new"}, None).kind is FailureKind.CLIENT_CONFIGURATION
+    assert classify_lwa_response(429, {"error": "invalid_client"}, None).kind is FailureKind.CLIENT_CREDENTIALS
     assert classify_lwa_response(507, None, None).kind is FailureKind.SERVER_ERROR
     failure = classify_lwa_response(429, None, "12")
     assert failure.retry_after_seconds == 12
@@ -223,3 +236,20 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("30") == 30
     assert parse_retry_after("garbage") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # in the past: go now
+
+
+@pytest.mark.parametrize("expires_in", [3600, 3600.0, "3600", " 3600 "])
+def test_expires_in_is_accepted_as_a_number_or_a_numeric_string(expires_in: object) -> None:
+    from recomamp.amazon.lwa import parse_grant
+
+    grant = parse_grant(json.dumps({"access_token": "Atza|x", "expires_in": expires_in, "refresh_token": "Atzr|y"}))
+    assert grant.expires_in_seconds == 3600
+
+
+@pytest.mark.parametrize("expires_in", [None, "soon", "", True, [3600]])
+def test_an_unusable_expires_in_is_a_bad_response(expires_in: object) -> None:
+    from recomamp.amazon.lwa import LwaAttemptFailed, parse_grant
+
+    with pytest.raises(LwaAttemptFailed) as excinfo:
+        parse_grant(json.dumps({"access_token": "Atza|x", "expires_in": expires_in}))
+    assert excinfo.value.failure.kind is FailureKind.BAD_RESPONSE

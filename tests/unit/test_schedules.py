@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+import itertools
+from datetime import UTC, date, datetime, time
 from itertools import islice
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from recomamp.domain.misfires import MAX_RECORDED_SKIPS, MisfirePolicy, plan_due
 from recomamp.domain.schedules import (
     Cadence,
     InvalidSchedule,
     Preset,
-    catch_up,
+    fire_for_window_start,
     fires_after,
+    latest_fire,
+    nearest_window_starts,
     next_fire,
     parse_time_of_day,
     parse_weekday,
     window_for,
+    windows_between,
+    windows_overlap,
 )
 
 NY, LONDON, LORD_HOWE = ZoneInfo("America/New_York"), ZoneInfo("Europe/London"), ZoneInfo("Australia/Lord_Howe")
@@ -129,6 +135,10 @@ def test_window_is_half_open_in_local_time_with_lag_and_lookback() -> None:
     monthly = Cadence(Preset.MONTHLY, "UTC", time_of_day=time(6), day_of_month=1, data_lag_days=0)
     w = window_for(monthly, utc(2026, 3, 1, 6))
     assert (w.start_local, w.end_local) == (datetime(2026, 2, 1), datetime(2026, 3, 1))
+    # With the default lag, a monthly window runs from the previous fire's window end: no gap, no overlap.
+    lagged = Cadence(Preset.MONTHLY, "UTC", time_of_day=time(6), day_of_month=1)
+    w = window_for(lagged, utc(2026, 3, 1, 6))
+    assert (w.start_local, w.end_local) == (datetime(2026, 1, 18), datetime(2026, 2, 15))
 
 
 def test_a_window_across_a_dst_change_keeps_local_midnights() -> None:
@@ -137,14 +147,69 @@ def test_a_window_across_a_dst_change_keeps_local_midnights() -> None:
     assert (window.end - window.start).total_seconds() == 7 * 86400 - 3600  # one hour short: spring forward
 
 
-def test_missed_fires_are_coalesced_into_the_latest() -> None:
+def test_missed_fires_are_coalesced_into_the_latest_and_the_others_recorded_as_skipped() -> None:
     cadence = daily("06:00", "UTC")
-    result = catch_up(cadence, due_at=utc(2026, 11, 20, 6), now=utc(2026, 11, 28, 12))
-    assert result.fire_at == utc(2026, 11, 28, 6)
-    assert result.skipped == 8
-    assert result.next_run_at == utc(2026, 11, 29, 6)
-    on_time = catch_up(cadence, due_at=utc(2026, 11, 28, 6), now=utc(2026, 11, 28, 6, 0, 1))
-    assert (on_time.fire_at, on_time.skipped) == (utc(2026, 11, 28, 6), 0)
+    plan = plan_due(cadence, utc(2026, 11, 20, 6), utc(2026, 11, 28, 12), MisfirePolicy.COALESCE, limit=31)
+    assert [run.fire_at for run in plan.runs] == [utc(2026, 11, 28, 6)]
+    assert [s.fire_at for s in plan.skipped] == [utc(2026, 11, d, 6) for d in range(20, 28)]
+    assert plan.next_run_at == utc(2026, 11, 29, 6)
+    on_time = plan_due(cadence, utc(2026, 11, 28, 6), utc(2026, 11, 28, 6, 0, 1), MisfirePolicy.COALESCE, limit=31)
+    assert ([r.fire_at for r in on_time.runs], on_time.skipped) == ([utc(2026, 11, 28, 6)], [])
+
+
+def test_catch_up_runs_every_missed_window_oldest_first_up_to_its_limit() -> None:
+    cadence = daily("06:00", "UTC")
+    plan = plan_due(cadence, utc(2026, 11, 25, 6), utc(2026, 11, 28, 12), MisfirePolicy.CATCH_UP, limit=31)
+    assert [r.fire_at for r in plan.runs] == [utc(2026, 11, d, 6) for d in (25, 26, 27, 28)]
+    assert plan.skipped == []
+    limited = plan_due(cadence, utc(2026, 11, 20, 6), utc(2026, 11, 28, 12), MisfirePolicy.CATCH_UP, limit=3)
+    assert [r.fire_at for r in limited.runs] == [utc(2026, 11, d, 6) for d in (26, 27, 28)]
+    assert [s.fire_at for s in limited.skipped] == [utc(2026, 11, d, 6) for d in range(20, 26)]
+
+
+def test_a_long_downtime_of_a_per_minute_cron_plans_a_bounded_amount() -> None:
+    cadence = Cadence(Preset.CUSTOM, "UTC", cron_expression="* * * * *")
+    plan = plan_due(cadence, utc(2026, 9, 20), utc(2026, 11, 28, 12), MisfirePolicy.COALESCE, limit=31)
+    assert plan.more_skipped
+    assert len(plan.runs) == 1 and plan.runs[0].fire_at == utc(2026, 11, 28, 12)
+    assert len(plan.skipped) <= MAX_RECORDED_SKIPS
+    assert plan.next_run_at == utc(2026, 11, 28, 12, 1)
+
+
+@pytest.mark.parametrize(
+    "cadence",
+    [
+        Cadence(Preset.MONTHLY, "UTC", time_of_day=time(6), day_of_month=31),
+        Cadence(Preset.MONTHLY, "America/New_York", time_of_day=time(6), day_of_month=1),
+        Cadence(Preset.CUSTOM, "Europe/London", cron_expression="30 6 * * 1-5"),
+        Cadence(Preset.CUSTOM, "UTC", cron_expression="0 * * * *", data_lag_days=0),
+        Cadence(Preset.WEEKLY, "Australia/Lord_Howe", time_of_day=time(2, 15), day_of_week=6),
+    ],
+)
+def test_windows_without_a_lookback_tile_the_calendar(cadence: Cadence) -> None:
+    """No day is covered twice or never: each window starts where the one before ended."""
+    windows = [w for _, w in windows_between(cadence, date(2026, 1, 1), date(2027, 1, 1))]
+    assert len(windows) > 10
+    for earlier, later in itertools.pairwise(windows):
+        assert later.start_local == earlier.end_local
+    assert windows_overlap(cadence, utc(2026, 1, 1)) is None
+
+
+def test_a_lookback_longer_than_the_cadence_makes_windows_overlap() -> None:
+    cadence = Cadence(Preset.DAILY, "UTC", time_of_day=time(6), lookback_days=7)
+    overlap = windows_overlap(cadence, utc(2026, 1, 1))
+    assert overlap is not None and overlap[1].start < overlap[0].end
+
+
+def test_a_window_start_is_on_the_grid_or_the_nearest_starts_are_offered() -> None:
+    weekly = Cadence(Preset.WEEKLY, "UTC", time_of_day=time(7), day_of_week=0)  # Mondays, 14 days' lag
+    fire = latest_fire(weekly, utc(2026, 11, 29, 12))
+    assert fire == utc(2026, 11, 23, 7)
+    window = window_for(weekly, fire)
+    assert (window.start_local, window.end_local) == (datetime(2026, 11, 2), datetime(2026, 11, 9))
+    assert fire_for_window_start(weekly, date(2026, 11, 2)) == fire
+    assert fire_for_window_start(weekly, date(2026, 11, 4)) is None
+    assert nearest_window_starts(weekly, date(2026, 11, 4)) == [date(2026, 11, 2), date(2026, 11, 9)]
 
 
 @pytest.mark.parametrize(

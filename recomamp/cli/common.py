@@ -1,0 +1,194 @@
+"""What every command shares: exit codes, one-line errors, the config, the database, files, tables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from recomamp.config import DEFAULT_CONFIG_PATH, Config, load_config
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_NEEDS_ATTENTION = 1  # `recomamp status`: something needs a person
+
+CONFIG_ENV = "RECOMAMP_CONFIG"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """Bad input from the person at the shell: one line that names the field and what is allowed."""
+
+
+class DatabaseUnreachable(Exception):
+    """The database in [database] dsn did not answer: where (never the password), and why."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (exit 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """--config, else $RECOMAMP_CONFIG, else /etc/recomamp/recomamp.toml."""
+    explicit = getattr(args, "config", None)
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(CONFIG_ENV)
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args))
+
+
+def async_handler(handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Handler:
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        return asyncio.run(handler(args))
+
+    return run
+
+
+@asynccontextmanager
+async def database(args: argparse.Namespace) -> AsyncIterator[tuple[Config, Any]]:
+    """(config, a connection). A connection that cannot be made is DatabaseUnreachable, naming the host."""
+    from recomamp.store.db import connect, describe_dsn, is_connection_error
+
+    config = load(args)
+    dsn = config.database.dsn.get_secret_value()
+    try:
+        manager = connect(
+            dsn,
+            command_timeout=config.database.command_timeout_seconds,
+            connect_timeout=config.database.connect_timeout_seconds,
+        )
+        connection = await manager.__aenter__()
+    except Exception as exc:
+        if is_connection_error(exc) or type(exc).__name__.startswith("Invalid"):
+            raise DatabaseUnreachable(
+                f"cannot reach the database at {describe_dsn(dsn)} ([database] dsn): {type(exc).__name__}: {exc}"
+            ) from None
+        raise
+    try:
+        yield config, connection
+    finally:
+        await manager.__aexit__(None, None, None)
+
+
+def read_file(path: str, flag: str) -> str:
+    """A file the person named: a path that does not exist or cannot be read is bad input, naming the flag."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{flag}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{flag}: {path} is a directory, not a file") from None
+    except PermissionError:
+        raise UsageError(f"{flag}: {path} is not readable by this user") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag}: {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_secret(path: str | None, what: str, flag: str) -> str:
+    """A secret from a file, or from stdin when the path is '-' or missing. Never from an argument."""
+    if path and path != "-":
+        text = read_file(path, flag)
+    else:
+        if sys.stdin.isatty():
+            print(f"paste the {what}, then press Ctrl-D:", file=sys.stderr)
+        text = sys.stdin.read()
+    text = text.strip()
+    if not text:
+        raise UsageError(f"{flag}: the {what} is empty")
+    return text
+
+
+def bounded_int(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range; use {low} to {high}{f' ({why})' if why else ''}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = str(value)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(cell(row.get(c)).ljust(widths[c]) for c in columns))
+
+
+def show_fields(values: dict[str, Any], *, full: tuple[str, ...] = ()) -> None:
+    width = max((len(key) for key in values), default=0)
+    for key, value in values.items():
+        shown = str(value) if key in full and value else cell(value)
+        print(f"{key:>{width}}: {shown}")
+
+
+def validation_line(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not field or message.split(":")[0].strip() in field.split(".") or message.startswith(field):
+        return message
+    return f"{field}: {message}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def add_command(
+    group: Any, name: str, text: str, handler: Handler, common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=text, description=text)
+    sub.set_defaults(handler=handler)
+    return sub

@@ -1,0 +1,92 @@
+"""`recomamp instances …`: AMC instances, added by hand or discovered with the user's token."""
+
+from __future__ import annotations
+
+import argparse
+
+from recomamp.cli.common import EXIT_OK, add_command, async_handler, database, load, print_json, table
+from recomamp.domain.runs import REGIONS
+
+
+@async_handler
+async def cmd_instances(args: argparse.Namespace) -> int:
+    from recomamp.store import catalog
+
+    async with database(args) as (_, connection):
+        if args.instances_command == "add":
+            user_id = await catalog.user_id_for(connection, args.email)
+            await catalog.add_instance(
+                connection,
+                user_id,
+                instance_id=args.instance_id,
+                advertiser_id=args.advertiser_id,
+                marketplace_id=args.marketplace_id,
+                region=args.region,
+                name=args.name,
+            )
+            print(f"instance {args.instance_id} added for {args.email}")
+        else:
+            rows = await catalog.list_instances(connection)
+            if args.json:
+                print_json(rows)
+            else:
+                table(
+                    rows,
+                    [
+                        "id",
+                        "user_email",
+                        "instance_id",
+                        "advertiser_id",
+                        "marketplace_id",
+                        "region",
+                        "name",
+                        "api_endpoint",
+                    ],
+                )
+    return EXIT_OK
+
+
+@async_handler
+async def cmd_discover(args: argparse.Namespace) -> int:
+    from recomamp.services.instances import discover
+
+    config = load(args)
+    found, added = await discover(config, args.email, region=args.region, add=args.add)
+    if args.json:
+        print_json({"instances": [i.as_dict() for i in found], "added": added})
+        return EXIT_OK
+    if not found:
+        print(f"{args.email} can see no AMC instance (no AMC account, or none with an instance)")
+        return EXIT_OK
+    table(
+        [i.as_dict() for i in found],
+        ["account_id", "account_name", "marketplace_id", "instance_id", "instance_name", "api_endpoint"],
+    )
+    if args.add:
+        print(f"stored {len(found)} instance(s) for {args.email} ({added} new); runs use each one's apiEndpoint")
+    else:
+        print(f"add them with `recomamp instances discover {args.email} --add`")
+    return EXIT_OK
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    instances = commands.add_parser("instances", parents=[common], help="AMC instances")
+    actions = instances.add_subparsers(dest="instances_command", required=True, metavar="ACTION")
+    add = add_command(actions, "add", "add an AMC instance for a user", cmd_instances, common)
+    add.add_argument("email")
+    add.add_argument("--instance-id", required=True, help="the AMC instance id, e.g. amcabc123")
+    add.add_argument("--advertiser-id", required=True, help="the AMC account (entity) id")
+    add.add_argument("--marketplace-id", required=True, help="e.g. ATVPDKIKX0DER")
+    add.add_argument("--region", default="na", choices=REGIONS)
+    add.add_argument("--name")
+    add_command(actions, "list", "list AMC instances", cmd_instances, common)
+    discover = add_command(
+        actions,
+        "discover",
+        "list the AMC accounts and instances a user can see (GET /amc/accounts, /amc/instances)",
+        cmd_discover,
+        common,
+    )
+    discover.add_argument("email")
+    discover.add_argument("--region", default="na", choices=REGIONS, help="where to ask ([amazon.amc_base_url])")
+    discover.add_argument("--add", action="store_true", help="store them, with each instance's apiEndpoint")

@@ -1,0 +1,111 @@
+"""`check-config`, `keygen`, `migrate`, `keys rotate`: setting up and maintaining an installation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from recomamp.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_command,
+    async_handler,
+    bounded_int,
+    config_path,
+    database,
+    print_json,
+)
+from recomamp.config import ConfigError, load_config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    path = Path(args.path) if args.path else config_path(args)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{path}: OK")
+    return EXIT_OK
+
+
+def cmd_keygen(_: argparse.Namespace) -> int:
+    from recomamp.crypto import generate_key
+
+    # The key goes to stdout only, to be redirected into a file readable by the service alone.
+    print(generate_key())
+    return EXIT_OK
+
+
+@async_handler
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from recomamp.store import migrations
+
+    async with database(args) as (_, connection):
+        if args.migrate_command == "up":
+            applied = await migrations.migrate_up(connection, to=args.to)
+            print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+        elif args.migrate_command == "down":
+            rolled = await migrations.migrate_down(connection, to=args.to)
+            print(f"rolled back {len(rolled)} migration(s)" + (f": {rolled}" if rolled else ""))
+        else:
+            states = await migrations.status(connection)
+            if args.json:
+                print_json([state.__dict__ for state in states])
+            else:
+                for state in states:
+                    mark = "CHANGED" if state.changed else ("applied" if state.applied_at else "pending")
+                    when = state.applied_at.isoformat() if state.applied_at else ""
+                    print(f"{state.version:04d}  {state.name:<40} {mark:<8} {when}")
+            if any(state.changed for state in states):
+                return EXIT_FAILURE
+    return EXIT_OK
+
+
+@async_handler
+async def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from recomamp.crypto import SecretBox
+    from recomamp.services.keys import rotate
+
+    async with database(args) as (config, connection):
+        report = await rotate(connection, SecretBox(config.security.token_keys))
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            print(line)
+    return EXIT_OK if report.unreadable == 0 else EXIT_FAILURE
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    check = add_command(
+        commands, "check-config", "validate a config file; exit 2 on problems", cmd_check_config, common
+    )
+    check.add_argument(
+        "path", nargs="?", help="the file to check (default: --config, $RECOMAMP_CONFIG, the default path)"
+    )
+    add_command(commands, "keygen", "print a new token encryption key", cmd_keygen, common)
+
+    migrate = commands.add_parser("migrate", parents=[common], help="apply or roll back the database schema")
+    actions = migrate.add_subparsers(dest="migrate_command", required=True, metavar="ACTION")
+    add_command(actions, "up", "apply pending migrations", cmd_migrate, common).add_argument(
+        "--to", type=bounded_int(1, 9999), metavar="N", help="stop at version N"
+    )
+    add_command(actions, "down", "roll back to version N (0: everything)", cmd_migrate, common).add_argument(
+        "--to", type=bounded_int(0, 9999), metavar="N", required=True, help="roll back to version N"
+    )
+    add_command(actions, "status", "list migrations", cmd_migrate, common)
+
+    keys = commands.add_parser("keys", parents=[common], help="token encryption keys")
+    key_actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    add_command(
+        key_actions,
+        "rotate",
+        "re-encrypt every stored secret with the first key, and report counts",
+        cmd_keys_rotate,
+        common,
+    )

@@ -1,0 +1,121 @@
+"""`recomamp snowflake …`: each user's Snowflake configuration (secrets encrypted at rest)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from recomamp.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    UsageError,
+    add_command,
+    async_handler,
+    bounded_int,
+    cell,
+    database,
+    print_json,
+    read_secret,
+)
+
+
+@async_handler
+async def cmd_snowflake(args: argparse.Namespace) -> int:
+    from recomamp.crypto import SecretBox
+    from recomamp.domain.identifiers import validate_identifier
+    from recomamp.snowflake.connection import BadPrivateKey, private_key_der, server_version, spec_from_row
+    from recomamp.store import catalog
+    from recomamp.store.snowflake_configs import SnowflakeConfigInput, fetch_row, masked, save_config
+
+    async with database(args) as (config, connection):
+        user_id = await catalog.user_id_for(connection, args.email)
+        box = SecretBox(config.security.token_keys)
+        if args.snowflake_command == "set":
+            validate_identifier(args.database, "database")
+            validate_identifier(args.schema, "schema")
+            if (args.password_file is None) == (args.private_key_file is None):
+                raise UsageError("auth: give exactly one of --password-file and --private-key-file")
+            password = read_secret(args.password_file, "password", "--password-file") if args.password_file else None
+            pem = (
+                read_secret(args.private_key_file, "private key", "--private-key-file")
+                if args.private_key_file
+                else None
+            )
+            passphrase = (
+                read_secret(args.passphrase_file, "passphrase", "--passphrase-file") if args.passphrase_file else None
+            )
+            if pem is not None:
+                try:
+                    private_key_der(pem, passphrase)
+                except BadPrivateKey as exc:
+                    raise UsageError(f"--private-key-file: {exc}") from None
+            await save_config(
+                connection,
+                user_id,
+                SnowflakeConfigInput(
+                    account=args.account,
+                    username=args.user,
+                    database=args.database,
+                    default_schema=args.schema,
+                    warehouse=args.warehouse,
+                    role=args.role,
+                    password=password,
+                    private_key_pem=pem,
+                    private_key_passphrase=passphrase,
+                    host=args.host,
+                    port=args.port,
+                    protocol=args.protocol,
+                ),
+                encrypt=box.encrypt,
+            )
+            print(
+                f"Snowflake configuration saved for {args.email}; check it with `recomamp snowflake test {args.email}`"
+            )
+            return EXIT_OK
+        row = await fetch_row(connection, user_id)
+        if row is None:
+            raise UsageError(
+                f"snowflake: {args.email} has no Snowflake configuration; add one with `recomamp snowflake set`"
+            )
+        if args.snowflake_command == "show":
+            shown = masked(row)
+            if args.json:
+                print_json(shown)
+            else:
+                for key, value in shown.items():
+                    print(f"{key:>24}: {cell(value)}")
+            return EXIT_OK
+        spec = spec_from_row(row, box)
+    try:
+        version = await asyncio.to_thread(server_version, spec, config.snowflake)
+    except Exception as exc:  # any connector failure, as one line, classified
+        from recomamp.snowflake.errors import classify
+
+        print(f"snowflake test failed: {classify(exc).message}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"connected to Snowflake as {spec.user} ({spec.auth_method}); server version {version}")
+    return EXIT_OK
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    snowflake = commands.add_parser("snowflake", parents=[common], help="users' Snowflake configurations")
+    actions = snowflake.add_subparsers(dest="snowflake_command", required=True, metavar="ACTION")
+    sf_set = add_command(actions, "set", "set a user's Snowflake configuration", cmd_snowflake, common)
+    sf_set.add_argument("email")
+    sf_set.add_argument("--account", required=True)
+    sf_set.add_argument("--user", required=True, help="the Snowflake user recomamp loads as")
+    sf_set.add_argument("--database", required=True)
+    sf_set.add_argument("--schema", default="PUBLIC", help="the default schema (default PUBLIC)")
+    sf_set.add_argument("--warehouse")
+    sf_set.add_argument("--role")
+    sf_set.add_argument("--password-file", metavar="PATH", help="password auth: a file holding it ('-': stdin)")
+    sf_set.add_argument("--private-key-file", metavar="PATH", help="key-pair auth: a PEM private key file")
+    sf_set.add_argument("--passphrase-file", metavar="PATH", help="the private key's passphrase, if encrypted")
+    sf_set.add_argument("--host", help="another host (a proxy, or a local emulator)")
+    sf_set.add_argument("--port", type=bounded_int(1, 65535))
+    sf_set.add_argument("--protocol", choices=["http", "https"])
+    add_command(actions, "show", "show a user's configuration, secrets masked", cmd_snowflake, common).add_argument(
+        "email"
+    )
+    add_command(actions, "test", "connect, and report the server version", cmd_snowflake, common).add_argument("email")

@@ -1,0 +1,80 @@
+"""The daemon's side tasks: housekeeping now; alerts, metrics and the reload socket are added by their modules.
+
+Each is a named, supervised task: if one dies, the daemon exits non-zero and systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recomamp.logs import get_logger
+from recomamp.store import outbox, quota, replicas
+from recomamp.store import runs as run_store
+
+if TYPE_CHECKING:
+    from recomamp.daemon.process import Daemon
+
+log = get_logger(__name__)
+
+HOUSEKEEPING_EVERY_SECONDS = 300.0
+
+
+def sidecar_tasks(daemon: Daemon) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+    return {"housekeeping": lambda: housekeeping(daemon)}
+
+
+async def housekeeping(daemon: Daemon) -> None:
+    """Prune what would otherwise grow for months: quota rows, delivered alerts, dead replicas, kept results."""
+    while True:
+        config = daemon.config
+        services = daemon._services
+        try:
+            await quota.prune(services.pool, config.amc.quota_window_seconds)
+            await outbox.prune(services.pool, keep_days=14)
+            await replicas.prune(services.pool)
+            await prune_kept_results(daemon)
+        except Exception as exc:
+            from recomamp.store.db import is_connection_error
+
+            if not is_connection_error(exc):
+                raise
+            daemon.health.failed(exc, "housekeeping")
+        await asyncio.sleep(HOUSEKEEPING_EVERY_SECONDS)
+
+
+async def prune_kept_results(daemon: Daemon) -> None:
+    """Delete loaded results past [daemon] keep_results_days; report the space kept and warn above the cap."""
+    config = daemon.config
+    services = daemon._services
+    expired = await run_store.expired_kept_results(services.pool)
+    for run_id, path in expired:
+        await asyncio.to_thread(shutil.rmtree, Path(path), True)
+        await run_store.set_results_kept(services.pool, run_id, path=None, size=None, kept_until=None)
+    size = await asyncio.to_thread(directory_size, config.daemon.spool_dir)
+    daemon.metrics.kept_results.set(size)
+    limit = config.daemon.kept_results_max_mb * (1 << 20)
+    if size > limit:
+        log.error(
+            "kept_results_over_limit",
+            kept_mb=size // (1 << 20),
+            limit_mb=config.daemon.kept_results_max_mb,
+            detail="results not yet loaded are never dropped: load them (`recomamp runs retry-upload`) or raise "
+            "[daemon] kept_results_max_mb",
+        )
+
+
+def directory_size(root: Path) -> int:
+    total = 0
+    if not root.exists():
+        return 0
+    for path in root.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total

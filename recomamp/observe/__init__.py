@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, health endpoints, and alerts that reach a person."""
