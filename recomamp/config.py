@@ -85,16 +85,18 @@ def _resolve_secret(data: dict[str, Any], key: str, credential: str) -> None:
         data[key] = _read_secret_file(credential_path, f"$CREDENTIALS_DIRECTORY/{credential}")
 
 
-# Connections the daemon's own tasks take from the pool (poller, dispatcher, notification sender, metrics).
-# The heartbeat and the NOTIFY listener have dedicated connections of their own.
+# The daemon's own tasks (poller, dispatcher, notification sender, metrics, housekeeping) have a small pool
+# of their own, so they never queue behind thousands of runs; the heartbeat and the NOTIFY listener have a
+# dedicated connection each.
 OWN_POOL_CONNECTIONS = 4
 # Runs hold a pooled connection for one statement at a time, never across a network call: beyond this
 # many runs in flight, runs queue for a connection for a statement's time rather than open more.
-RUN_POOL_CONNECTION_CAP = 60
+RUN_POOL_CONNECTION_CAP = 16
 
 
 def pool_size_needed(max_concurrent_runs: int) -> int:
-    return min(max_concurrent_runs, RUN_POOL_CONNECTION_CAP) + OWN_POOL_CONNECTIONS
+    """The runs' pool: one connection per run in flight, up to the cap."""
+    return min(max_concurrent_runs, RUN_POOL_CONNECTION_CAP)
 
 
 class DatabaseSettings(_Section):
@@ -496,9 +498,10 @@ class Config(BaseSettings):
         if self.database.pool_max_size is not None and self.database.pool_max_size < needed:
             raise ValueError(
                 f"database.pool_max_size: {self.database.pool_max_size} is too small for [daemon] "
-                f"max_concurrent_runs = {self.daemon.max_concurrent_runs}: it needs {needed} "
-                f"({needed - OWN_POOL_CONNECTIONS} for runs plus {OWN_POOL_CONNECTIONS} for the daemon's own tasks). "
-                "Raise it, or leave it out to size the pool from max_concurrent_runs"
+                f"max_concurrent_runs = {self.daemon.max_concurrent_runs}: the runs' pool needs {needed} "
+                f"(one per run in flight, up to {RUN_POOL_CONNECTION_CAP}; the daemon's own tasks have "
+                f"{OWN_POOL_CONNECTIONS} more of their own). Raise it, or leave it out to size the pool from "
+                "max_concurrent_runs"
             )
         return self
 

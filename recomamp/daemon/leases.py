@@ -29,7 +29,7 @@ from recomamp.store.runs import RunLease, release_leases, renew_leases
 log = get_logger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Held:
     lease: RunLease
     confirmed_until: float  # time.monotonic()

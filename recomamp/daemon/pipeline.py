@@ -253,7 +253,7 @@ class RunPipeline:
                         kind=decision.kind,
                         message=decision.message,
                         wait_reason=decision.kind,
-                        counts_as_attempt=False,
+                        attempt_before=run.attempt,
                     ),
                 )
                 log.info(

@@ -42,8 +42,17 @@ from recomamp.logs import get_logger, set_level
 from recomamp.observe.metrics import Metrics
 from recomamp.store import migrations
 from recomamp.store.db import connect, describe_dsn, is_connection_error
-from recomamp.store.runs import RunLease, claim_runs
-from recomamp.store.schedules import WAKEUP_CHANNEL, apply_plans, fetch_due, next_due_at, plan_schedules
+from recomamp.store.runs import LeaseOnCreate, RunLease, claim_runs
+from recomamp.store.schedules import (
+    _BEFORE_ALL,
+    WAKEUP_CHANNEL,
+    ClaimOutcome,
+    SchedulePlan,
+    apply_plans,
+    fetch_due,
+    next_due_at,
+    plan_schedules,
+)
 from recomamp.systemd import Notifier, watchdog_interval_seconds
 
 log = get_logger(__name__)
@@ -89,7 +98,7 @@ class Tally:
             self.other += 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _InFlight:
     task: asyncio.Task[RunOutcome]
     lease: RunLease
@@ -125,6 +134,8 @@ class Daemon:
         self.ready = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
+        self._created_leased: list[RunLease] = []  # --once: runs the pass created leased, started after it
+        self._created_at: list[float] = []
 
     @property
     def config(self) -> Config:
@@ -267,7 +278,7 @@ class Daemon:
         if room <= 0:
             return 0
         claimed_at = time.monotonic()
-        async with self._services.pool.acquire() as connection:
+        async with self._services.control_pool.acquire() as connection:
             leases = await claim_runs(
                 connection,
                 owner=self._owner,
@@ -283,22 +294,59 @@ class Daemon:
             self._notifier.status(f"{len(self._runs)} runs in flight")
         return len(leases)
 
+    async def _apply(self, plans: list[SchedulePlan]) -> ClaimOutcome:
+        config = self._config
+        room = config.daemon.max_concurrent_runs - len(self._runs)
+        lease = LeaseOnCreate(
+            owner=self._owner,
+            lease_seconds=config.daemon.lease_seconds,
+            room=room if not self._stopping.is_set() else 0,
+            max_global=config.daemon.max_concurrent_runs,
+            max_per_instance=config.daemon.max_runs_per_instance,
+        )
+        claimed_at = time.monotonic()
+        async with self._services.control_pool.acquire() as connection:
+            outcome = await apply_plans(connection, plans, lease)
+        # Runs created leased to us start without a claim in between: at once in the daemon; after the
+        # whole pass under --once (they would compete with the pass for the loop and the database).
+        if self._once:
+            self._created_leased.extend(outcome.leases)
+            self._created_at.extend([claimed_at] * len(outcome.leases))
+        else:
+            for run_lease in outcome.leases:
+                self._start_run(run_lease, claimed_at)
+        if outcome.runs_created and not self._once:
+            # The dispatcher claims this batch while the next one is planned. (--once claims after the pass:
+            # its runs would compete with the pass for the loop and the database.)
+            self._wake_dispatcher.set()
+        return outcome
+
     async def _claim_due(self) -> int:
-        """Turn every due schedule into runs: fetch, plan in a thread (never on the loop), apply."""
+        """Turn every due schedule into runs: fetch, plan in a thread (never on the loop), apply. Batches are
+        disjoint (keyset order), and the next one is fetched and planned while the last one is applied."""
         now = self._clock()
         batch = self._config.daemon.claim_batch_size
         created = skipped = schedules = 0
+        after = _BEFORE_ALL
+        applying: asyncio.Task[ClaimOutcome] | None = None
         while True:
-            due = await fetch_due(self._services.pool, now, batch)
+            due = await fetch_due(self._services.control_pool, now, batch, after=after)
+            plans = await asyncio.to_thread(plan_schedules, due, now) if due else []
+            if applying is not None:
+                outcome = await applying
+                created += outcome.runs_created
+                skipped += outcome.fires_skipped
+                schedules += outcome.schedules
+                applying = None
             if not due:
                 break
-            plans = await asyncio.to_thread(plan_schedules, due, now)
-            async with self._services.pool.acquire() as connection:
-                outcome = await apply_plans(connection, plans)
-            created += outcome.runs_created
-            skipped += outcome.fires_skipped
-            schedules += outcome.schedules
-            if len(due) < batch or outcome.schedules == 0:
+            after = (due[-1].next_run_at, due[-1].id)
+            applying = asyncio.create_task(self._apply(plans), name="apply-due")
+            if len(due) < batch:
+                outcome = await applying
+                created += outcome.runs_created
+                skipped += outcome.fires_skipped
+                schedules += outcome.schedules
                 break
         if created or skipped:
             log.info("due_schedules_claimed", schedules=schedules, runs_created=created, fires_skipped=skipped)
@@ -310,6 +358,10 @@ class Daemon:
         heartbeat = asyncio.create_task(self._services.leases.run(self._heartbeat_stop), name="heartbeat")
         self._tasks = {"heartbeat": heartbeat}
         await self._services.gate.call("claim due schedules", self._claim_due)
+        for lease, claimed_at in zip(self._created_leased, self._created_at, strict=True):
+            self._start_run(lease, claimed_at)
+        self._created_leased.clear()
+        self._created_at.clear()
         self._notifier.ready("running due schedules once")
         self.ready = True
         while not self._stopping.is_set():
@@ -394,7 +446,7 @@ class Daemon:
     async def _poll_once(self) -> float | None:
         if await self._claim_due():
             self._wake_dispatcher.set()
-        upcoming = await next_due_at(self._services.pool)
+        upcoming = await next_due_at(self._services.control_pool)
         if upcoming is None:
             return None
         # Sleep until the earliest schedule falls due, to the instant, and claim it then.

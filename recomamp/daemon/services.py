@@ -13,7 +13,7 @@ import asyncpg
 from recomamp.amazon.client import AmcClient
 from recomamp.amazon.lwa import LwaClient
 from recomamp.amazon.transport import AmcRetryPolicy
-from recomamp.config import Config
+from recomamp.config import OWN_POOL_CONNECTIONS, Config
 from recomamp.crypto import SecretBox
 from recomamp.daemon.database import DatabaseGate, DatabaseHealth
 from recomamp.daemon.leases import LeaseKeeper
@@ -56,7 +56,8 @@ def register_config_secrets(config: Config) -> None:
 
 @dataclass
 class Services:
-    pool: asyncpg.Pool
+    pool: asyncpg.Pool  # the runs'
+    control_pool: asyncpg.Pool  # the daemon's own tasks': they never queue behind runs
     gate: DatabaseGate
     leases: LeaseKeeper
     tokens: TokenService
@@ -100,6 +101,12 @@ async def open_services(
         command_timeout=config.database.command_timeout_seconds,
         connect_timeout=config.database.connect_timeout_seconds,
     )
+    control_pool = await create_pool(
+        dsn,
+        size=OWN_POOL_CONNECTIONS,
+        command_timeout=config.database.command_timeout_seconds,
+        connect_timeout=config.database.connect_timeout_seconds,
+    )
     metrics = metrics or Metrics()
     try:
         async with aiohttp.ClientSession() as http:
@@ -124,6 +131,7 @@ async def open_services(
             )
             services = Services(
                 pool=pool,
+                control_pool=control_pool,
                 gate=DatabaseGate(health, max_wait=config.database.outage_max_wait_seconds),
                 leases=leases,
                 tokens=TokenService(pool, lwa, box, token_policy(config), observe=metrics.lwa_attempt),
@@ -139,7 +147,8 @@ async def open_services(
                 await sink.close(wait_seconds=0)
                 await leases.close()
     finally:
-        try:
-            await asyncio.wait_for(pool.close(), 10)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            pool.terminate()
+        for each in (pool, control_pool):
+            try:
+                await asyncio.wait_for(each.close(), 10)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                each.terminate()

@@ -33,9 +33,9 @@ async def housekeeping(daemon: Daemon) -> None:
         config = daemon.config
         services = daemon._services
         try:
-            await quota.prune(services.pool, config.amc.quota_window_seconds)
-            await outbox.prune(services.pool, keep_days=14)
-            await replicas.prune(services.pool)
+            await quota.prune(services.control_pool, config.amc.quota_window_seconds)
+            await outbox.prune(services.control_pool, keep_days=14)
+            await replicas.prune(services.control_pool)
             await prune_kept_results(daemon)
         except Exception as exc:
             from recomamp.store.db import is_connection_error
@@ -50,10 +50,10 @@ async def prune_kept_results(daemon: Daemon) -> None:
     """Delete loaded results past [daemon] keep_results_days; report the space kept and warn above the cap."""
     config = daemon.config
     services = daemon._services
-    expired = await run_store.expired_kept_results(services.pool)
+    expired = await run_store.expired_kept_results(services.control_pool)
     for run_id, path in expired:
         await asyncio.to_thread(shutil.rmtree, Path(path), True)
-        await run_store.set_results_kept(services.pool, run_id, path=None, size=None, kept_until=None)
+        await run_store.set_results_kept(services.control_pool, run_id, path=None, size=None, kept_until=None)
     size = await asyncio.to_thread(directory_size, config.daemon.spool_dir)
     daemon.metrics.kept_results.set(size)
     limit = config.daemon.kept_results_max_mb * (1 << 20)

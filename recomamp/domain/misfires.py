@@ -56,6 +56,10 @@ def _walk(cadence: Cadence, first: datetime, last: datetime, limit: int) -> tupl
 
 def plan_due(cadence: Cadence, due_at: datetime, now: datetime, policy: MisfirePolicy, limit: int) -> FirePlan:
     """The runs (and skipped windows) for a schedule due since `due_at`, as of `now`."""
+    following = next_fire(cadence, due_at)
+    if following > now:
+        # The common case, on time: exactly one fire is due.
+        return FirePlan(runs=[PlannedFire(due_at, window_for(cadence, due_at))], next_run_at=following)
     latest = latest_fire(cadence, now)
     if latest is None or latest < due_at:
         latest = due_at

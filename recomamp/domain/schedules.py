@@ -174,7 +174,9 @@ def fires_after(cadence: Cadence, after: datetime) -> Iterator[datetime]:
         yield instant
 
 
+@functools.lru_cache(maxsize=4096)
 def next_fire(cadence: Cadence, after: datetime) -> datetime:
+    """The first fire after `after`. Cached (bounded): thousands of schedules share a cadence and a due time."""
     for instant in fires_after(cadence, after):
         return instant
     raise InvalidSchedule("cron_expression: it never fires")
@@ -216,6 +218,7 @@ def _previous_cron_date(expression: str, fire_date: date) -> date:
     return previous_date
 
 
+@functools.lru_cache(maxsize=4096)
 def window_for(cadence: Cadence, fire_at: datetime) -> Window:
     """The half-open window a fire covers. Without lookback_days, windows tile: each starts where the
     previous fire's window ended (one day, one week, or the days since the last monthly or cron fire),

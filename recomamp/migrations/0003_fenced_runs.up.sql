@@ -7,11 +7,14 @@ ALTER TABLE schedule_runs
     ADD COLUMN not_before     TIMESTAMPTZ NULL,
     ADD COLUMN wait_reason    TEXT NULL,
     -- How often the run was leased, and how often a lease that had started work ended without an
-    -- outcome, a defer or a release (the replica died or stalled mid-run). `attempt` counts only the
-    -- claims that started work, so lease churn never exhausts [daemon] max_run_attempts.
+    -- outcome, a defer or a release (the replica died or stalled mid-run). `attempt` counts the claims
+    -- that started work with no progress since the counted one before (the same step, kept in
+    -- attempt_step): lease churn without work never counts, and neither does a claim that advanced the
+    -- run, so only a run stuck at one step exhausts [daemon] max_run_attempts.
     ADD COLUMN claims         INTEGER NOT NULL DEFAULT 0,
     ADD COLUMN interruptions  INTEGER NOT NULL DEFAULT 0,
-    ADD COLUMN lease_worked   BOOLEAN NOT NULL DEFAULT FALSE;
+    ADD COLUMN lease_worked   BOOLEAN NOT NULL DEFAULT FALSE,
+    ADD COLUMN attempt_step   TEXT NULL;
 
 -- A deferred run used to wait with lease_expires_at in the future and no owner: give it a not_before.
 UPDATE schedule_runs SET not_before = lease_expires_at, lease_expires_at = NULL

@@ -1,5 +1,9 @@
 ALTER TABLE workflow_schedules DROP COLUMN allow_overlap, DROP COLUMN catch_up_limit, DROP COLUMN misfire_policy;
-DROP INDEX schedule_runs_window;
+ALTER TABLE schedule_runs ADD CONSTRAINT schedule_runs_instance_id_fkey
+    FOREIGN KEY (instance_id) REFERENCES amc_instances (id) ON DELETE CASCADE;
+CREATE INDEX schedule_runs_leased ON schedule_runs (instance_id) WHERE lease_token IS NOT NULL;
+DROP INDEX schedule_runs_claimable;
+CREATE INDEX schedule_runs_open ON schedule_runs (scheduled_for, id) WHERE status IN ('pending', 'running');
 DROP INDEX schedule_runs_one_active_window;
 DROP INDEX schedule_runs_one_per_fire;
 DELETE FROM schedule_runs WHERE trigger NOT IN ('schedule', 'manual') OR status = 'skipped';

@@ -41,7 +41,15 @@ CREATE UNIQUE INDEX schedule_runs_one_per_fire ON schedule_runs (schedule_id, sc
 -- At most one active run per window of a schedule, whatever started it.
 CREATE UNIQUE INDEX schedule_runs_one_active_window ON schedule_runs (schedule_id, window_start, window_end)
     WHERE status IN ('pending', 'running');
-CREATE INDEX schedule_runs_window ON schedule_runs (schedule_id, window_start);
+-- The dispatcher's candidates: each instance's open runs in claim order (priority, then due time).
+DROP INDEX schedule_runs_open;
+CREATE INDEX schedule_runs_claimable ON schedule_runs (instance_id, priority, scheduled_for, id)
+    WHERE status IN ('pending', 'running');
+-- Leased runs are counted through the index above.
+DROP INDEX schedule_runs_leased;
+-- instance_id is copied from the schedule, whose own key cascades a deleted instance to its runs: a second
+-- foreign key only cost a check per run created.
+ALTER TABLE schedule_runs DROP CONSTRAINT schedule_runs_instance_id_fkey;
 
 ALTER TABLE workflow_schedules
     -- After downtime: 'coalesce' runs the latest missed window and records the others as skipped;

@@ -49,7 +49,7 @@ GROUP BY instance_id
 
 # Runnable runs, fairly: each AMC instance offers its own oldest runs (by priority, then due time) up to
 # its remaining per-instance room, and the instances take turns (rank 1 of every instance, then rank 2…),
-# so one instance's backlog never holds back another's. $1: runs this process already has in flight.
+# so one instance's backlog never holds back another's.
 SELECT_CLAIMABLE = """
 WITH leased AS (
     SELECT instance_id, count(*) AS n FROM schedule_runs
@@ -70,12 +70,11 @@ CROSS JOIN LATERAL (
       AND (r.lease_token IS NULL OR r.lease_expires_at <= now())
       AND (r.not_before IS NULL OR r.not_before <= now())
       AND r.cancel_requested_at IS NULL
-      AND NOT (r.id = ANY($1::bigint[]))
     ORDER BY r.priority, r.scheduled_for, r.id
-    LIMIT GREATEST($2 - COALESCE(l.n, 0), 0)
+    LIMIT GREATEST($1 - COALESCE(l.n, 0), 0)
 ) c
 ORDER BY c.rank, c.priority, c.scheduled_for, c.id
-LIMIT $3
+LIMIT $2
 """
 
 # A new token per claim. A claim that finds the previous claim's lease expired after it had started
@@ -114,9 +113,11 @@ WHERE id = $1 AND lease_token = $2
 RETURNING id
 """
 
+# An attempt is counted when this claim starts where the last counted one started (no progress since).
 BEGIN_ATTEMPT = """
 UPDATE schedule_runs
-SET attempt = attempt + 1, lease_worked = TRUE, started_at = COALESCE(started_at, $3), updated_at = now()
+SET attempt = CASE WHEN attempt = 0 OR step IS NOT DISTINCT FROM attempt_step THEN attempt + 1 ELSE attempt END,
+    attempt_step = step, lease_worked = TRUE, started_at = COALESCE(started_at, $3), updated_at = now()
 WHERE id = $1 AND lease_token = $2
 RETURNING attempt, claims, interruptions
 """
@@ -203,11 +204,12 @@ RETURNING s.consecutive_failures, s.is_active, b.was_active, b.failures_before, 
           s.failure_threshold, s.name, s.owner_id
 """
 
+# A wait (AMC's quota) gives back what this claim counted: `attempt` returns to $7 (NULL: keep it).
 DEFER_RUN = """
 UPDATE schedule_runs
 SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, status = 'pending',
     not_before = now() + make_interval(secs => $3), error_kind = $4, error_message = $5, wait_reason = $6,
-    attempt = attempt - CASE WHEN $7 THEN 0 ELSE 1 END, updated_at = now()
+    attempt = COALESCE($7::int, attempt), updated_at = now()
 WHERE id = $1 AND lease_token = $2
 """
 
@@ -286,12 +288,19 @@ async def claim_runs(
     if limit <= 0:
         return []
     async with connection.transaction():
+        # A claim lost in a server crash is made again; its coroutines find their token gone at the first
+        # write, and every irreversible step (the POST, the COMMIT) checks the lease with a durable write.
+        await connection.execute("SET LOCAL synchronous_commit = off")
         await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", CLAIM_LOCK)
         leased = sum(row["n"] for row in await connection.fetch(COUNT_LEASED))
         room = min(limit, max_global - leased)
         if room <= 0:
             return []
-        chosen = [row["id"] for row in await connection.fetch(SELECT_CLAIMABLE, list(exclude), max_per_instance, room)]
+        # A run this process still works on holds a live lease, so it is not claimable; but one whose lease ran
+        # out while its coroutine goes on must not get a second coroutine here: dropped (cheaply, here).
+        skip = set(exclude)
+        candidates = await connection.fetch(SELECT_CLAIMABLE, max_per_instance, room)
+        chosen = [row["id"] for row in candidates if row["id"] not in skip]
         if not chosen:
             return []
         rows = await connection.fetch(TAKE_LEASES, chosen, owner, lease_seconds)
@@ -391,10 +400,11 @@ async def defer_run(
     kind: str,
     message: str,
     wait_reason: str | None = None,
-    counts_as_attempt: bool = True,
+    attempt_before: int | None = None,
 ) -> None:
-    """Release the run to be tried again after `delay_seconds`. A wait (quota) gives its attempt back."""
-    await _fenced(connection, DEFER_RUN, lease, delay_seconds, kind, message, wait_reason, counts_as_attempt)
+    """Release the run to be tried again after `delay_seconds`. A wait (quota) passes `attempt_before`,
+    the attempt count before this claim, so that waiting costs no attempt."""
+    await _fenced(connection, DEFER_RUN, lease, delay_seconds, kind, message, wait_reason, attempt_before)
 
 
 async def finish_run(
@@ -469,9 +479,10 @@ INSERT INTO schedule_runs (
     schedule_id, instance_id, scheduled_for, trigger, priority, status, missed_fires_skipped,
     window_start, window_end, window_timezone, snowflake_status,
     query_sql, query_workflow_id, query_parameters, target_enabled, target_table_name, target_schema_name,
-    target_key_columns, error_message, finished_at, step
+    target_key_columns, error_message, finished_at, step, lease_token, lease_owner, lease_expires_at, claims
 )
-SELECT r.schedule_id, s.instance_id, r.scheduled_for, r.trigger, r.priority, r.status, r.skipped,
+SELECT r.schedule_id, s.instance_id, r.scheduled_for, r.trigger, r.priority,
+       CASE WHEN r.leased THEN 'running' ELSE r.status END, r.skipped,
        r.window_start, r.window_end, r.window_timezone,
        CASE WHEN r.status = 'skipped' OR NOT COALESCE(s.snowflake_enabled, FALSE) THEN 'skipped' ELSE 'pending' END,
        s.sql_query, s.workflow_id, s.parameter_values, COALESCE(s.snowflake_enabled, FALSE), s.snowflake_table_name,
@@ -479,13 +490,18 @@ SELECT r.schedule_id, s.instance_id, r.scheduled_for, r.trigger, r.priority, r.s
        CASE WHEN r.status = 'skipped' THEN 'skipped: a later window of the same schedule ran instead (misfire policy '
             || s.misfire_policy || '); fill it with `recomamp schedules backfill`' END,
        CASE WHEN r.status = 'skipped' THEN now() END,
-       CASE WHEN r.status = 'skipped' THEN 'finished' ELSE 'queued' END
+       CASE WHEN r.status = 'skipped' THEN 'finished' ELSE 'queued' END,
+       CASE WHEN r.leased THEN gen_random_uuid() END,
+       CASE WHEN r.leased THEN $11 END,
+       CASE WHEN r.leased THEN now() + make_interval(secs => $12) END,
+       CASE WHEN r.leased THEN 1 ELSE 0 END
 FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::smallint[], $5::text[], $6::int[], $7::timestamptz[],
-            $8::timestamptz[], $9::text[])
-     AS r(schedule_id, scheduled_for, trigger, priority, status, skipped, window_start, window_end, window_timezone)
+            $8::timestamptz[], $9::text[], $10::boolean[])
+     AS r(schedule_id, scheduled_for, trigger, priority, status, skipped, window_start, window_end, window_timezone,
+          leased)
 JOIN workflow_schedules s ON s.id = r.schedule_id
 ON CONFLICT DO NOTHING
-RETURNING id, schedule_id, window_start, status
+RETURNING id, schedule_id, window_start, status, lease_token
 """
 
 
@@ -495,9 +511,18 @@ class CreatedRun:
     schedule_id: int
     window_start: datetime
     status: str
+    lease: RunLease | None  # created leased: start it now
 
 
-async def insert_runs(connection: Queryable, runs: Sequence[NewRun]) -> list[CreatedRun]:
+async def insert_runs(
+    connection: Queryable,
+    runs: Sequence[NewRun],
+    *,
+    leased: Sequence[bool] | None = None,
+    lease_owner: str | None = None,
+    lease_seconds: float = 0.0,
+) -> list[CreatedRun]:
+    """Create runs; those flagged in `leased` are created already leased to `lease_owner`."""
     if not runs:
         return []
     rows = await connection.fetch(
@@ -511,8 +536,69 @@ async def insert_runs(connection: Queryable, runs: Sequence[NewRun]) -> list[Cre
         [r.window_start for r in runs],
         [r.window_end for r in runs],
         [r.window_timezone for r in runs],
+        list(leased) if leased is not None and lease_owner is not None else [False] * len(runs),
+        lease_owner,
+        lease_seconds,
     )
-    return [CreatedRun(row["id"], row["schedule_id"], row["window_start"], row["status"]) for row in rows]
+    return [
+        CreatedRun(
+            row["id"],
+            row["schedule_id"],
+            row["window_start"],
+            row["status"],
+            RunLease(row["id"], row["lease_token"]) if row["lease_token"] is not None else None,
+        )
+        for row in rows
+    ]
+
+
+# Instances with runnable runs waiting (not leased, due): a run created now must queue behind them.
+INSTANCES_WITH_BACKLOG = """
+SELECT DISTINCT instance_id FROM schedule_runs
+WHERE status IN ('pending', 'running') AND (lease_token IS NULL OR lease_expires_at <= now())
+  AND (not_before IS NULL OR not_before <= now()) AND cancel_requested_at IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class LeaseOnCreate:
+    """Lease new runs as they are created, when the creating replica has room (no separate claim)."""
+
+    owner: str
+    lease_seconds: float
+    room: int  # this replica's free run slots
+    max_global: int
+    max_per_instance: int
+
+
+async def lease_room(
+    connection: Connection, request: LeaseOnCreate, schedule_instances: dict[int, int], runs: list[NewRun]
+) -> list[bool]:
+    """Mark which new runs to create leased: within the limits, oldest first, and only on instances whose
+    earlier runs are not waiting (so the dispatcher's fair order still holds). Call inside the creating
+    transaction: it takes the claim lock, so its counts hold until the commit."""
+    await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", CLAIM_LOCK)
+    leased = {row["instance_id"]: row["n"] for row in await connection.fetch(COUNT_LEASED)}
+    room = min(request.room, request.max_global - sum(leased.values()))
+    if room <= 0:
+        return [False] * len(runs)
+    backlog = {row["instance_id"] for row in await connection.fetch(INSTANCES_WITH_BACKLOG)}
+    chosen: set[int] = set()
+    for index in sorted(range(len(runs)), key=lambda i: (runs[i].priority, runs[i].scheduled_for)):
+        run = runs[index]
+        instance = schedule_instances.get(run.schedule_id)
+        if room <= 0:
+            break
+        if (
+            run.status == "pending"
+            and instance is not None
+            and instance not in backlog
+            and leased.get(instance, 0) < request.max_per_instance
+        ):
+            leased[instance] = leased.get(instance, 0) + 1
+            room -= 1
+            chosen.add(index)
+    return [index in chosen for index in range(len(runs))]
 
 
 EXPIRED_KEPT = """

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import functools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
 from typing import Any
 
 from recomamp.domain.misfires import FirePlan, MisfirePolicy, PlannedFire, plan_due
@@ -13,7 +14,7 @@ from recomamp.domain.schedules import Cadence, Preset
 from recomamp.logs import get_logger
 from recomamp.store.catalog import NotFound
 from recomamp.store.db import Connection, Queryable
-from recomamp.store.runs import NewRun, insert_runs
+from recomamp.store.runs import LeaseOnCreate, NewRun, RunLease, insert_runs, lease_room
 
 log = get_logger(__name__)
 
@@ -28,8 +29,8 @@ CADENCE_COLUMNS = (
 SELECT_DUE = f"""
 SELECT id, instance_id, next_run_at, misfire_policy, catch_up_limit, {CADENCE_COLUMNS}
 FROM workflow_schedules
-WHERE is_active AND next_run_at <= $1
-ORDER BY next_run_at
+WHERE is_active AND next_run_at <= $1 AND (next_run_at, id) > ($3, $4)
+ORDER BY next_run_at, id
 LIMIT $2
 """
 
@@ -54,21 +55,46 @@ NEXT_DUE = "SELECT min(next_run_at) FROM workflow_schedules WHERE is_active"
 
 
 def cadence_from_row(row: Any) -> Cadence:
+    return _cadence(
+        row["preset"],
+        row["timezone"],
+        row["time_of_day"],
+        row["day_of_week"],
+        row["day_of_month"],
+        row["cron_expression"],
+        row["lookback_days"],
+        row["data_lag_days"],
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _cadence(
+    preset: str,
+    timezone: str,
+    time_of_day: time | None,
+    day_of_week: int | None,
+    day_of_month: int | None,
+    cron_expression: str | None,
+    lookback_days: int | None,
+    data_lag_days: int,
+) -> Cadence:
+    """Validated once per distinct cadence (bounded): thousands of schedules share a handful of cadences."""
     return Cadence(
-        preset=Preset(row["preset"]),
-        timezone=row["timezone"],
-        time_of_day=row["time_of_day"],
-        day_of_week=row["day_of_week"],
-        day_of_month=row["day_of_month"],
-        cron_expression=row["cron_expression"],
-        lookback_days=row["lookback_days"],
-        data_lag_days=row["data_lag_days"],
+        preset=Preset(preset),
+        timezone=timezone,
+        time_of_day=time_of_day,
+        day_of_week=day_of_week,
+        day_of_month=day_of_month,
+        cron_expression=cron_expression,
+        lookback_days=lookback_days,
+        data_lag_days=data_lag_days,
     )
 
 
 @dataclass(frozen=True)
 class DueSchedule:
     id: int
+    instance_row_id: int
     next_run_at: datetime
     cadence: Cadence | None  # None: the stored cadence cannot fire (edited by hand)
     problem: str | None
@@ -79,6 +105,7 @@ class DueSchedule:
 @dataclass(frozen=True)
 class SchedulePlan:
     schedule_id: int
+    instance_row_id: int
     due_at: datetime  # next_run_at the plan was computed from
     plan: FirePlan | None
     problem: str | None = None
@@ -89,11 +116,19 @@ class ClaimOutcome:
     schedules: int
     runs_created: int
     fires_skipped: int
+    leases: list[RunLease] = field(default_factory=list)  # runs created already leased: start them now
 
 
-async def fetch_due(connection: Queryable, now: datetime, limit: int) -> list[DueSchedule]:
+_BEFORE_ALL = (datetime.min.replace(tzinfo=UTC), 0)
+_POLICIES = {policy.value: policy for policy in MisfirePolicy}
+
+
+async def fetch_due(
+    connection: Queryable, now: datetime, limit: int, *, after: tuple[datetime, int] = _BEFORE_ALL
+) -> list[DueSchedule]:
+    """Due schedules in (next_run_at, id) order, after `after`: disjoint batches, without locks."""
     due: list[DueSchedule] = []
-    for row in await connection.fetch(SELECT_DUE, now, limit):
+    for row in await connection.fetch(SELECT_DUE, now, limit, after[0], after[1]):
         try:
             cadence: Cadence | None = cadence_from_row(row)
             problem = None
@@ -102,10 +137,11 @@ async def fetch_due(connection: Queryable, now: datetime, limit: int) -> list[Du
         due.append(
             DueSchedule(
                 row["id"],
+                row["instance_id"],
                 row["next_run_at"],
                 cadence,
                 problem,
-                MisfirePolicy(row["misfire_policy"]),
+                _POLICIES[row["misfire_policy"]],
                 row["catch_up_limit"],
             )
         )
@@ -117,25 +153,33 @@ def plan_schedules(due: list[DueSchedule], now: datetime) -> list[SchedulePlan]:
     plans = []
     for schedule in due:
         if schedule.cadence is None:
-            plans.append(SchedulePlan(schedule.id, schedule.next_run_at, None, schedule.problem))
+            plans.append(
+                SchedulePlan(schedule.id, schedule.instance_row_id, schedule.next_run_at, None, schedule.problem)
+            )
             continue
         try:
             plan = plan_due(
                 schedule.cadence, schedule.next_run_at, now, schedule.misfire_policy, schedule.catch_up_limit
             )
         except ValueError as exc:
-            plans.append(SchedulePlan(schedule.id, schedule.next_run_at, None, str(exc)))
+            plans.append(SchedulePlan(schedule.id, schedule.instance_row_id, schedule.next_run_at, None, str(exc)))
             continue
-        plans.append(SchedulePlan(schedule.id, schedule.next_run_at, plan))
+        plans.append(SchedulePlan(schedule.id, schedule.instance_row_id, schedule.next_run_at, plan))
     return plans
 
 
-async def apply_plans(connection: Connection, plans: list[SchedulePlan]) -> ClaimOutcome:
+async def apply_plans(
+    connection: Connection, plans: list[SchedulePlan], lease: LeaseOnCreate | None = None
+) -> ClaimOutcome:
     """Create the planned runs and move each schedule's next_run_at, in one transaction. A schedule that
-    another replica claimed meanwhile (locked, or next_run_at moved) is left alone."""
+    another replica claimed meanwhile (locked, or next_run_at moved) is left alone. With `lease`, the runs
+    this replica has room for are created already leased to it."""
     if not plans:
         return ClaimOutcome(0, 0, 0)
     async with connection.transaction():
+        # Lost in a server crash, this transaction is simply done again: the runs and the moved next_run_at
+        # go together. No need to wait for the disk.
+        await connection.execute("SET LOCAL synchronous_commit = off")
         locked = {
             row["id"]: row["next_run_at"]
             for row in await connection.fetch(LOCK_PLANNED, [p.schedule_id for p in plans])
@@ -178,10 +222,25 @@ async def apply_plans(connection: Connection, plans: list[SchedulePlan]) -> Clai
             assert plan.next_run_at is not None
             moves[0].append(item.schedule_id)
             moves[1].append(plan.next_run_at)
-        created = await insert_runs(connection, new_runs)
+        leased = None
+        if lease is not None and lease.room > 0:
+            instances = {p.schedule_id: p.instance_row_id for p in plans}
+            leased = await lease_room(connection, lease, instances, new_runs)
+        created = await insert_runs(
+            connection,
+            new_runs,
+            leased=leased,
+            lease_owner=lease.owner if lease is not None else None,
+            lease_seconds=lease.lease_seconds if lease is not None else 0.0,
+        )
         if moves[0]:
             await connection.execute(MOVE_NEXT_RUN, *moves)
-        return ClaimOutcome(claimed, sum(1 for c in created if c.status != "skipped"), skipped_total)
+        return ClaimOutcome(
+            claimed,
+            sum(1 for c in created if c.status != "skipped"),
+            skipped_total,
+            [c.lease for c in created if c.lease is not None],
+        )
 
 
 def _new_run(

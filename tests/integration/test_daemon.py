@@ -157,7 +157,9 @@ async def test_a_run_whose_lease_expired_is_adopted_and_polled_not_resubmitted(
     posts_before = simulator.calls["create_execution"]
     assert await Daemon(config, once=True).run() == 0
     (run,) = await runs(pool)
-    assert (run["status"], run["attempt"], run["amc_execution_id"]) == ("succeeded", 2, execution_id)
+    # The dead replica had advanced it to submitted: adopting it there is progress, not a second attempt.
+    assert (run["status"], run["attempt"], run["amc_execution_id"]) == ("succeeded", 1, execution_id)
+    assert (run["claims"], run["interruptions"]) == (1, 1)
     assert simulator.calls["create_execution"] == posts_before
 
 
@@ -214,7 +216,9 @@ async def test_a_transient_amc_outage_defers_the_run_in_the_long_running_daemon(
     assert await serving == 0
     (run,) = await runs(pool)
     assert run["status"] == "succeeded"
-    assert run["attempt"] == 2  # deferred once, then adopted again and polled on
+    # Deferred once after it had advanced (queued to submitted), then claimed again at submitted: a claim
+    # after progress is not counted again, so it is still its first attempt; the claims say what happened.
+    assert (run["attempt"], run["claims"]) == (1, 2)
     assert simulator.calls["create_execution"] == 1
 
 
@@ -275,13 +279,19 @@ async def test_a_run_claimed_too_often_without_an_outcome_gives_up(
     async with pool.acquire() as connection:
         await schedules.run_now(connection, schedule_id, datetime.now(UTC))
     await pool.execute("UPDATE workflow_schedules SET next_run_at = now() + interval '1 day'")
-    # Three replicas already died holding it (a poison run): the fourth claim must not loop again.
-    await pool.execute("UPDATE schedule_runs SET status = 'running', step = 'token', attempt = 3")
+    # Three replicas already died holding it, each at the same step (a poison run): the fourth claim must
+    # not loop again.
+    await pool.execute(
+        "UPDATE schedule_runs SET status = 'running', step = 'token', attempt = 3, attempt_step = 'token', "
+        "interruptions = 2, lease_token = gen_random_uuid(), lease_worked = TRUE, "
+        "lease_expires_at = now() - interval '1 second'"
+    )
     assert await Daemon(config, once=True).run() == 1
     run = await pool.fetchrow("SELECT status, error_kind, error_message, attempt FROM schedule_runs")
     assert run is not None
     assert (run["status"], run["error_kind"], run["attempt"]) == ("failed", "too_many_attempts", 4)
     assert "max_run_attempts = 3" in run["error_message"]
+    assert "3 of its claims ended mid-run" in run["error_message"] and "at step token" in run["error_message"]
     assert simulator.calls["lwa_token"] == 0
 
 
