@@ -25,12 +25,13 @@ class Notifier:
         if self._address is None:
             return
         message = "\n".join(fields).encode("utf-8")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Never blocks: this runs on the event loop. A full queue drops this message (the next WATCHDOG or
+        # STATUS follows within seconds); systemd gone or a wrong socket must not stop the daemon either.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             try:
                 sock.connect(self._address)
-                sock.sendall(message)
+                sock.send(message)
             except OSError:
-                # systemd went away or the socket is wrong: the daemon must keep working regardless.
                 return
 
     def ready(self, status: str | None = None) -> None:

@@ -140,10 +140,24 @@ class TokenService:
 
         `announce` logs the check (status and seconds left) at info; otherwise at debug.
         """
+        token, _ = await self.access_token_until(user_id, stale=stale, announce=announce)
+        return token
+
+    async def access_token_until(
+        self, user_id: int, *, stale: str | None = None, announce: bool = True
+    ) -> tuple[str, datetime]:
+        """A usable access token and until when it may be used (its expiry less the refresh margin)."""
         user = await user_store.fetch_user_tokens(self._pool, user_id)
         access = self._usable_access_token(user, stale=stale, log_level="info" if announce else "debug")
-        if access is not None:
-            return access
+        if access is not None and user.access_token_expires_at is not None:
+            return access, user.access_token_expires_at - self._policy.refresh_margin
+        access = await self._refresh(user_id, stale)
+        # Just refreshed (here or by another replica): read its expiry once.
+        user = await user_store.fetch_user_tokens(self._pool, user_id)
+        until = (user.access_token_expires_at or self._now()) - self._policy.refresh_margin
+        return access, until
+
+    async def _refresh(self, user_id: int, stale: str | None) -> str:
         future = self._inflight.get(user_id)
         if future is None:
             future = asyncio.ensure_future(self._refresh_single_flight(user_id, stale))

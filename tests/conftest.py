@@ -8,6 +8,7 @@ A migrated template database is built once per session; each test gets a fresh c
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import uuid
@@ -24,6 +25,47 @@ from recomamp.store import migrations
 from recomamp.store.db import init_connection
 
 TEMPLATE_DB = f"recomamp_template_{os.getpid()}"
+SLOW_CALLBACK_SECONDS = 0.1
+
+
+class _SlowCallbacks(logging.Handler):
+    """asyncio's debug mode logs each callback that held the loop past loop.slow_callback_duration."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing") and " took " in message:
+            self.messages.append(message)
+
+
+@pytest.fixture
+async def _no_slow_callbacks() -> AsyncIterator[None]:
+    """No callback of recomamp's blocks the event loop for more than 100 ms on any path a test exercises.
+
+    Only callbacks of recomamp's own code count: a test's coroutine, or the in-process simulator's request
+    handlers, may block in ways production never does."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_SECONDS
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        loop.set_debug(False)
+    ours = [m for m in handler.messages if "/recomamp/" in m and "/tests/" not in m and "/sandbox/" not in m]
+    assert not ours, "callbacks blocked the event loop for more than 100 ms:\n" + "\n".join(ours)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "_no_slow_callbacks")
 
 
 @pytest.fixture(autouse=True)

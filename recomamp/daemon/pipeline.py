@@ -63,16 +63,26 @@ class _Succeeded:
 
 
 class UserTokenSource:
-    """The run's tokens. The first check is logged at info (seconds left); later ones, per call, at debug."""
+    """The run's tokens. The token it was handed is used until it nears its expiry (or AMC rejects it), so
+    polling AMC needs no database read per call and goes on while the database is away; a refresh waits
+    for the database through the outage gate. The first check is logged at info, later ones at debug."""
 
     def __init__(self, services: Services, user_id: int) -> None:
         self._services = services
         self._user_id = user_id
         self._checked = False
+        self._token: str | None = None
+        self._until: datetime | None = None
 
     async def __call__(self, stale: str | None = None) -> str:
+        if self._token is not None and stale is None and self._until is not None and datetime.now(UTC) < self._until:
+            return self._token
         announce, self._checked = not self._checked, True
-        return await self._services.tokens.access_token(self._user_id, stale=stale, announce=announce)
+        service = self._services.tokens
+        self._token, self._until = await self._services.gate.call(
+            "token", lambda: service.access_token_until(self._user_id, stale=stale, announce=announce)
+        )
+        return self._token
 
 
 def execution_request(run: RunRecord, config: Config) -> ExecutionRequest:

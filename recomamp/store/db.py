@@ -22,6 +22,7 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # 57xxx: shutdown, crash, cannot connect now, cancelled
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,  # the connection was closed under us
+    asyncpg.exceptions.InternalClientError,  # a connection that died mid-query ("another operation is in progress")
     OSError,  # refused, reset, unreachable
     TimeoutError,  # connect or command timeout
 )

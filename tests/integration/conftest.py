@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -82,3 +83,48 @@ def fakesnow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeSn
     server = start_fakesnow(log_path=tmp_path_factory.mktemp("fakesnow") / "fakesnow.log")
     yield server
     server.stop()
+
+
+class OwnPostgres:
+    """A Postgres server of this test's own, which the test can stop and start again (an outage)."""
+
+    def __init__(self, data: Path) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+
+        self._server = pgserver.get_server(data, cleanup_mode="stop")  # type: ignore[attr-defined]
+        self.admin_dsn: str = self._server.get_uri()
+
+    def stop(self) -> None:
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
+
+    def start(self) -> None:
+        self._server.ensure_postgres_running()
+
+    def cleanup(self) -> None:
+        self._server.cleanup()
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnPostgres]:
+    server = OwnPostgres(tmp_path_factory.mktemp("own-postgres"))
+    yield server
+    server.cleanup()
+
+
+async def migrated_database(admin_dsn: str, name: str = "recomamp") -> str:
+    from recomamp.sandbox.embedded import recreate_database
+    from recomamp.store import migrations
+
+    dsn = await recreate_database(admin_dsn, name)
+    connection = await asyncpg.connect(dsn)
+    try:
+        await migrations.migrate_up(connection)
+    finally:
+        await connection.close()
+    return dsn

@@ -42,6 +42,7 @@ def write_world_config(
     amc = amc or {}
     path = write_config(
         dsn=dsn,
+        database={"outage_max_wait_seconds": 1.0},
         amazon={
             "client_id": simulator.client_id,
             "token_url": simulator.token_url,

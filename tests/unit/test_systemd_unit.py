@@ -62,3 +62,30 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_the_notifier_never_blocks_on_a_receiver_that_does_not_read(tmp_path: Path) -> None:
+    """sd_notify runs on the event loop: a full socket queue drops a message, it never blocks the daemon."""
+    import socket
+    import threading
+
+    from recomamp.systemd import Notifier
+
+    path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))  # and never read: its queue fills up
+    done = threading.Event()
+
+    def flood() -> None:
+        notifier = Notifier(str(path))
+        for _ in range(5000):
+            notifier.watchdog()
+        done.set()
+
+    worker = threading.Thread(target=flood, daemon=True)
+    worker.start()
+    try:
+        assert done.wait(20), "Notifier.send blocked on a full queue"
+        assert receiver.recv(100) == b"WATCHDOG=1"  # what fitted was delivered
+    finally:
+        receiver.close()
