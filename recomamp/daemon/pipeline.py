@@ -79,10 +79,11 @@ class UserTokenSource:
             return self._token
         announce, self._checked = not self._checked, True
         service = self._services.tokens
-        self._token, self._until = await self._services.gate.call(
+        token, self._until = await self._services.gate.call(
             "token", lambda: service.access_token_until(self._user_id, stale=stale, announce=announce)
         )
-        return self._token
+        self._token = token
+        return token
 
 
 def execution_request(run: RunRecord, config: Config) -> ExecutionRequest:

@@ -99,7 +99,7 @@ class OwnPostgres:
         self.admin_dsn: str = self._server.get_uri()
 
     def stop(self) -> None:
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
 
