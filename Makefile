@@ -31,6 +31,7 @@ integration: install
 	$(BIN)/pytest tests/integration
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 # A month of hourly token refreshes for 100 users, time-compressed (about 3 minutes): memory and log cost stay flat.

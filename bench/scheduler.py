@@ -77,22 +77,71 @@ async def _add_schedules(dsn: str, count: int, due_at: str) -> None:
         await connection.close()
 
 
-def _config(dsn: str, key: str) -> Config:
+def _config(dsn: str, key: str, *, production: bool = False) -> Config:
+    daemon: dict[str, object] = {"replica_name": "bench"}
+    if not production:  # throughput: everything due is claimed and started at once
+        daemon |= {
+            "poll_interval_seconds": 0.05,
+            "claim_batch_size": 1000,
+            "max_concurrent_runs": 10_000,
+            "max_runs_per_instance": 10_000,
+        }
     return parse_config(
         {
             "database": {"dsn": dsn},
             "amazon": {"client_id": "bench", "client_secret": "bench"},
             "security": {"token_keys": [key]},
-            "daemon": {
-                "poll_interval_seconds": 0.05,
-                "claim_batch_size": 1000,
-                "max_concurrent_runs": 10_000,
-                "max_runs_per_instance": 10_000,
-                "replica_name": "bench",
-            },
+            "daemon": daemon,
             "logging": {"level": "warning"},
         }
     )
+
+
+DISPATCH_DUE = 500
+
+
+async def _dispatch(admin_dsn: str) -> dict[str, object]:
+    """500 schedules falling due at one instant while the daemon serves at the production defaults
+    (poll_interval_seconds 15, max_concurrent_runs 20): the lag from due to each run's own first step."""
+    dsn = await _fresh_database(admin_dsn, "recomamp_bench_dispatch")
+    await _add_schedules(dsn, DISPATCH_DUE, "now() + interval '1 day'")
+    config = _config(dsn, Fernet.generate_key().decode(), production=True)
+    daemon = Daemon(config, once=False, pipeline_factory=NothingPipeline)
+    serving = asyncio.create_task(daemon.run())
+    connection = await asyncpg.connect(dsn)
+    try:
+        await asyncio.sleep(3)  # the daemon is up and asleep: nothing is due for a day
+        # All fall due 6 s from now, more than a poll's worth of nothing after the daemon last looked.
+        due = await connection.fetchval(
+            "UPDATE workflow_schedules SET next_run_at = date_trunc('second', now()) + interval '6 seconds' "
+            "RETURNING next_run_at"
+        )
+        await connection.execute("NOTIFY recomamp_wakeup")  # what `schedules update` sends
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = await connection.fetchval("SELECT count(*) FROM schedule_runs WHERE status = 'succeeded'")
+            if done >= DISPATCH_DUE:
+                break
+            await asyncio.sleep(0.25)
+        stats = await connection.fetchrow(
+            "SELECT count(*) AS runs, "
+            "percentile_cont(0.99) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM started_at - $1)) AS p99, "
+            "percentile_cont(0.50) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM started_at - $1)) AS p50 "
+            "FROM schedule_runs WHERE status = 'succeeded'",
+            due,
+        )
+        assert stats is not None
+    finally:
+        await connection.close()
+        daemon.request_stop()
+        await serving
+    return {
+        "dispatch_runs": int(stats["runs"]),
+        "dispatch_lag_p50_seconds": round(float(stats["p50"] or 0), 3),
+        "dispatch_lag_p99_seconds": round(float(stats["p99"] or 0), 3),
+        "dispatch_poll_interval_seconds": config.daemon.poll_interval_seconds,
+        "dispatch_max_concurrent_runs": config.daemon.max_concurrent_runs,
+    }
 
 
 async def _baseline(dsn: str) -> float:
@@ -176,7 +225,7 @@ def main(passes: int = 3) -> dict[str, object]:
     configure_logging("warning")
     with tempfile.TemporaryDirectory(prefix="recomamp-bench-") as directory:
         admin_dsn = start_postgres(Path(directory) / "pg")
-        results = [asyncio.run(_run(admin_dsn)) for _ in range(passes)]
+        results = [asyncio.run(_run(admin_dsn)) | asyncio.run(_dispatch(admin_dsn)) for _ in range(passes)]
     median: dict[str, object] = dict(results[-1])
     for key, value in results[-1].items():
         if isinstance(value, int | float) and not isinstance(value, bool):

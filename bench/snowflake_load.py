@@ -1,16 +1,20 @@
-"""Snowflake load benchmark, one size per process (so peak RSS is this size's own).
+"""Snowflake load benchmark: one variant and size per process, so each peak RSS is that load's own.
 
-Downloads an N-row, 10-column result from the simulator (served by another process), then loads it
-through the sink into fakesnow. Baseline, in the same process and run: a bare PUT + COPY of the same
-files into a table of text columns, with nothing else (no inference, no batching, no upsert).
-Prints one JSON object.
+`--download DIR`: fetch an N-row, 10-column result from the simulator (served by another process) into DIR.
+`--variant V --files DIR`: load those files into fakesnow and print one JSON object. Variants:
+- replace: recomamp's sink, the window replace (DELETE + INSERT in one transaction);
+- merge:   recomamp's sink with key columns (one MERGE);
+- seed:    what the seed application does, the path `write_pandas` takes: pandas reads the whole result,
+           writes one Parquet file, PUT, COPY into a staging table, MERGE into the target;
+- bare:    the floor: a PUT + COPY of recomamp's own staged Parquet files (made beforehand, untimed) into a
+           table of text columns, with nothing else (no inference, no upsert).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
+import io
 import json
 import resource
 import tempfile
@@ -28,17 +32,22 @@ from recomamp.amazon.matching import ExecutionRequest
 from recomamp.amazon.transport import AmcRetryPolicy, AmcTarget
 from recomamp.config import RetrySettings, SnowflakeSettings
 from recomamp.logs import configure_logging
+from recomamp.sandbox.results_data import RESULT_SCHEMA
 from recomamp.snowflake.connection import SnowflakeConnectionSpec
 from recomamp.snowflake.loader import LoadTarget, RunMetadata
 from recomamp.snowflake.sink import SnowflakeSink
+from recomamp.snowflake.staging import parquet_bytes, read_batches, result_columns, result_header
 
 # The production defaults, but for the timeouts.
 SETTINGS = SnowflakeSettings(login_timeout_seconds=30, network_timeout_seconds=600)
+KEYS = ("event_date", "campaign_id")
+VARIANTS = ("replace", "merge", "seed", "bare")
 
 
-async def _download(sandbox: str, rows: int, directory: Path) -> list[Path]:
+async def download(sandbox: str, rows: int, directory: Path) -> list[Path]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{sandbox}/_sandbox/instances/bench", json={"rows": rows, "files": 4}) as response:
+        instance = f"bench{uuid.uuid4().hex[:6]}"
+        async with http.post(f"{sandbox}/_sandbox/instances/{instance}", json={"rows": rows, "files": 4}) as response:
             response.raise_for_status()
         async with http.post(f"{sandbox}/_sandbox/users", json={"email": f"{uuid.uuid4().hex}@bench"}) as response:
             refresh = (await response.json())["refresh_token"]
@@ -61,40 +70,16 @@ async def _download(sandbox: str, rows: int, directory: Path) -> list[Path]:
             client_id="amzn1.application-oa2-client.sandbox",
             policy=AmcRetryPolicy(3, (0.1,), 1, 0.05, 0.2, 1.5, 600),
         )
-        target = AmcTarget(sandbox, "bench", "E", "M")
+        target = AmcTarget(sandbox, instance, "E", "M")
         request = ExecutionRequest(datetime(2026, 1, 1), datetime(2026, 2, 1), "UTC", sql_query="SELECT 1")
         execution = await client.executions.create(target, tokens, request, marker="bench")
         await client.executions.wait_until_terminal(target, tokens, execution.execution_id)
-        files = await client.results.download(target, tokens, execution.execution_id, directory / "result")
+        files = await client.results.download(target, tokens, execution.execution_id, directory)
         return list(files.paths)
 
 
-def _baseline(spec: SnowflakeConnectionSpec, files: list[Path], database: str) -> float:
-    with gzip.open(files[0], "rt") as handle:
-        header = handle.readline().strip().split(",")
-    started = time.perf_counter()
-    connection = spec.connect(SETTINGS)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(f'CREATE SCHEMA IF NOT EXISTS "{database}"."BASE"')
-        cursor.execute(f'USE SCHEMA "{database}"."BASE"')
-        cursor.execute("CREATE TEMPORARY STAGE BASE_STAGE")
-        columns = ", ".join(f'"{c.upper()}" VARCHAR' for c in header)
-        cursor.execute(f"CREATE TABLE BASE_TABLE ({columns})")
-        for path in files:
-            cursor.execute(f"PUT file://{path} @BASE_STAGE/all/ AUTO_COMPRESS=FALSE")
-        cursor.execute(
-            "COPY INTO BASE_TABLE FROM @BASE_STAGE/all/ FILE_FORMAT=(TYPE=CSV SKIP_HEADER=1 "
-            "FIELD_OPTIONALLY_ENCLOSED_BY='\"' EMPTY_FIELD_AS_NULL=TRUE COMPRESSION=GZIP) PURGE=TRUE"
-        )
-    finally:
-        connection.close()
-    return time.perf_counter() - started
-
-
-async def run(rows: int, sandbox: str, snow_port: int) -> dict[str, Any]:
-    database = f"BENCH_{uuid.uuid4().hex[:8].upper()}"
-    spec = SnowflakeConnectionSpec(
+def _spec(snow_port: int, database: str) -> SnowflakeConnectionSpec:
+    return SnowflakeConnectionSpec(
         account="bench",
         user="BENCH",
         password=SecretStr("bench-password"),
@@ -104,46 +89,140 @@ async def run(rows: int, sandbox: str, snow_port: int) -> dict[str, Any]:
         port=snow_port,
         protocol="http",
     )
+
+
+def _cursor(spec: SnowflakeConnectionSpec) -> tuple[Any, Any]:
     connection = spec.connect(SETTINGS)
-    connection.cursor().execute(f'CREATE DATABASE IF NOT EXISTS "{database}"')
+    cursor = connection.cursor()
+    cursor.execute(f'CREATE DATABASE IF NOT EXISTS "{spec.database}"')
+    cursor.execute(f'CREATE SCHEMA IF NOT EXISTS "{spec.database}"."AMC"')
+    cursor.execute(f'USE SCHEMA "{spec.database}"."AMC"')
+    return connection, cursor
+
+
+async def recomamp_load(spec: SnowflakeConnectionSpec, files: list[Path], *, merge: bool) -> int:
+    sink = SnowflakeSink(SETTINGS, RetrySettings(snowflake_waits=(0.5,)))
+    result = await sink.load(
+        spec,
+        LoadTarget(spec.database, "AMC", "RESULTS", key_columns=KEYS if merge else None),
+        RunMetadata(1, 1, datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), datetime.now(UTC)),
+        files,
+        declared_types={name: data_type for name, data_type, _ in RESULT_SCHEMA},
+    )
+    await sink.close(5)
+    return result.rows
+
+
+_PANDAS_TO_SNOWFLAKE = {"int64": "NUMBER(38,0)", "float64": "FLOAT", "bool": "BOOLEAN"}
+
+
+def seed_load(spec: SnowflakeConnectionSpec, files: list[Path]) -> int:
+    """The seed's path: the whole result in a DataFrame, one Parquet file, PUT, COPY, MERGE."""
+    import pandas as pd
+
+    frame = pd.concat([pd.read_csv(path) for path in files], ignore_index=True)
+    frame.columns = [str(c).upper() for c in frame.columns]
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    types = {c: _PANDAS_TO_SNOWFLAKE.get(str(t), "VARCHAR") for c, t in frame.dtypes.items()}
+    columns = ", ".join(f'"{c}" {t}' for c, t in types.items())
+    connection, cursor = _cursor(spec)
+    try:
+        cursor.execute("CREATE TEMPORARY STAGE SEED_STAGE")
+        # write_pandas COPYs into a temporary table; fakesnow's COPY does not see temporary tables.
+        cursor.execute(f"CREATE TRANSIENT TABLE SEED_STAGING ({columns})")
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS SEED_RESULTS ({columns})")
+        buffer.seek(0)
+        cursor.execute("PUT file://seed.parquet @SEED_STAGE/ AUTO_COMPRESS=FALSE", file_stream=buffer)
+        cursor.execute(
+            "COPY INTO SEED_STAGING FROM @SEED_STAGE/ FILE_FORMAT=(TYPE=PARQUET) "
+            "MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE PURGE=TRUE"
+        )
+        keys = [k.upper() for k in KEYS]
+        matches = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
+        updates = ", ".join(f'"{c}" = s."{c}"' for c in types if c not in keys)
+        names = ", ".join(f'"{c}"' for c in types)
+        values = ", ".join(f's."{c}"' for c in types)
+        cursor.execute(
+            f"MERGE INTO SEED_RESULTS AS t USING SEED_STAGING AS s ON {matches} "
+            f"WHEN MATCHED THEN UPDATE SET {updates} WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+        )
+        cursor.execute("DROP TABLE SEED_STAGING")
+    finally:
+        connection.close()
+    return len(frame)
+
+
+def staged_files(files: list[Path], directory: Path) -> tuple[list[Path], list[str]]:
+    """recomamp's own staged batches, as the sink makes them, written to disk (untimed)."""
+    header = result_header(files)
+    columns = result_columns(header)
+    paths = []
+    for number, table in enumerate(read_batches(files, header, columns, SETTINGS.batch_rows)):
+        path = directory / f"b{number:06d}.parquet"
+        path.write_bytes(parquet_bytes(table))
+        paths.append(path)
+    return paths, columns
+
+
+def bare_load(spec: SnowflakeConnectionSpec, staged: list[Path], columns: list[str]) -> None:
+    connection, cursor = _cursor(spec)
+    try:
+        cursor.execute("CREATE TEMPORARY STAGE BARE_STAGE")
+        definitions = ", ".join(['"_RECOMAMP_SEQ" NUMBER(38,0)', *(f'"{c}" VARCHAR' for c in columns)])
+        cursor.execute(f"CREATE TRANSIENT TABLE BARE_TABLE ({definitions})")
+        for path in staged:
+            cursor.execute(f"PUT file://{path} @BARE_STAGE/all/ AUTO_COMPRESS=FALSE")
+        cursor.execute(
+            "COPY INTO BARE_TABLE FROM @BARE_STAGE/all/ FILE_FORMAT=(TYPE=PARQUET) "
+            "MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE PURGE=TRUE"
+        )
+    finally:
+        connection.close()
+
+
+def run_variant(variant: str, files: list[Path], snow_port: int) -> dict[str, Any]:
+    spec = _spec(snow_port, f"BENCH_{uuid.uuid4().hex[:8].upper()}")
+    connection, _ = _cursor(spec)  # the database exists before the clock starts
     connection.close()
     with tempfile.TemporaryDirectory(prefix="recomamp-bench-") as directory:
+        staged, columns = staged_files(files, Path(directory)) if variant == "bare" else ([], [])
+        baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.perf_counter()
-        files = await _download(sandbox, rows, Path(directory))
-        download_seconds = time.perf_counter() - started
-        sink = SnowflakeSink(SETTINGS, RetrySettings(snowflake_waits=(0.5,)))
-        started = time.perf_counter()
-        result = await sink.load(
-            spec,
-            LoadTarget(database, "AMC", "RESULTS"),
-            RunMetadata(1, 1, datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), datetime.now(UTC)),
-            files,
-        )
-        load_seconds = time.perf_counter() - started
-        await sink.close(5)
-        # Read before the baseline runs in this process: the peak so far is the download's and the load's.
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        baseline_seconds = await asyncio.to_thread(_baseline, spec, files, database)
+        if variant == "seed":
+            rows = seed_load(spec, files)
+        elif variant == "bare":
+            bare_load(spec, staged, columns)
+            rows = -1
+        else:
+            rows = asyncio.run(recomamp_load(spec, files, merge=variant == "merge"))
+        seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "rows": result.rows,
-        "batches": result.batches,
-        "download_seconds": round(download_seconds, 2),
-        "load_seconds": round(load_seconds, 2),
-        "rows_per_second": round(result.rows / load_seconds),
-        "baseline_put_copy_seconds": round(baseline_seconds, 2),
-        "load_vs_baseline": round(load_seconds / baseline_seconds, 2),
-        "peak_rss_mb": round(peak_rss_mb, 1),
+        "variant": variant,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(peak, 1),
+        "rss_before_mb": round(baseline_rss, 1),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, required=True)
-    parser.add_argument("--sandbox", required=True)
-    parser.add_argument("--snowflake-port", type=int, required=True)
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--sandbox")
+    parser.add_argument("--download", type=Path, metavar="DIR")
+    parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument("--files", type=Path, metavar="DIR")
+    parser.add_argument("--snowflake-port", type=int)
     args = parser.parse_args()
     configure_logging("warning")
-    print(json.dumps(asyncio.run(run(args.rows, args.sandbox, args.snowflake_port))))
+    if args.download:
+        paths = asyncio.run(download(args.sandbox, args.rows, args.download))
+        print(json.dumps([str(p) for p in paths]))
+        return
+    files = sorted(args.files.glob("part-*.csv.gz"))
+    print(json.dumps(run_variant(args.variant, files, args.snowflake_port)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from recomamp.store import migrations
 from recomamp.store.db import init_connection
 
 TEMPLATE_DB = f"recomamp_template_{os.getpid()}"
-SLOW_CALLBACK_SECONDS = 0.1
+# Blocking I/O or a CPU-bound step on the loop shows up as hundreds of milliseconds; below this, asyncio's
+# debug-mode overhead and a virtual machine's steal time alone made ordinary steps flaky (110–150 ms seen).
+SLOW_CALLBACK_SECONDS = 0.25
 
 
 class _SlowCallbacks(logging.Handler):
@@ -43,7 +45,7 @@ class _SlowCallbacks(logging.Handler):
 
 @pytest.fixture
 async def _no_slow_callbacks() -> AsyncIterator[None]:
-    """No callback of recomamp's blocks the event loop for more than 100 ms on any path a test exercises.
+    """No callback of recomamp's blocks the event loop for more than SLOW_CALLBACK_SECONDS on any path a test exercises.
 
     Only callbacks of recomamp's own code count: a test's coroutine, or the in-process simulator's request
     handlers, may block in ways production never does."""
@@ -59,7 +61,7 @@ async def _no_slow_callbacks() -> AsyncIterator[None]:
         logger.removeHandler(handler)
         loop.set_debug(False)
     ours = [m for m in handler.messages if "/recomamp/" in m and "/tests/" not in m and "/sandbox/" not in m]
-    assert not ours, "callbacks blocked the event loop for more than 100 ms:\n" + "\n".join(ours)
+    assert not ours, f"callbacks blocked the event loop for more than {SLOW_CALLBACK_SECONDS} s:\n" + "\n".join(ours)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

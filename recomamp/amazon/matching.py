@@ -101,7 +101,7 @@ class ExecutionRequest:
 @dataclass(frozen=True)
 class OutputColumn:
     name: str
-    data_type: str  # STRING, LONG, DOUBLE, DECIMAL, BOOLEAN, DATE, TIMESTAMP…
+    data_type: str | None  # STRING, LONG, DOUBLE, DECIMAL, BOOLEAN, DATE, TIMESTAMP…; None when AMC gave none
     column_type: str | None = None  # DIMENSION or METRIC
 
 
@@ -150,7 +150,9 @@ class Execution:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Execution:
         columns = tuple(
-            OutputColumn(str(c.get("name")), str(c.get("dataType") or "STRING").upper(), c.get("columnType"))
+            OutputColumn(
+                str(c.get("name")), str(c["dataType"]).upper() if c.get("dataType") else None, c.get("columnType")
+            )
             for c in body.get("outputColumns") or ()
             if isinstance(c, dict) and c.get("name")
         )

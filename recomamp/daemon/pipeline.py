@@ -27,7 +27,7 @@ import structlog
 
 from recomamp.amazon.matching import Execution, ExecutionRequest
 from recomamp.amazon.results import ResultFiles
-from recomamp.amazon.transport import AmcTarget
+from recomamp.amazon.transport import AmcTarget, QuotaRefused
 from recomamp.config import Config
 from recomamp.daemon.classify import QuotaWait, classify
 from recomamp.daemon.services import Services
@@ -311,15 +311,24 @@ class RunPipeline:
                 await self._ensure_lease(lease)
                 await self._take_quota_slot(run, lease, target, config)
 
-            execution = await services.amc.executions.submit_once(
-                target,
-                tokens,
-                request,
-                marker=marker,
-                since=since,
-                check_first=run.submit_marker is not None,
-                before_post=before_post,
-            )
+            try:
+                execution = await services.amc.executions.submit_once(
+                    target,
+                    tokens,
+                    request,
+                    marker=marker,
+                    since=since,
+                    check_first=run.submit_marker is not None,
+                    before_post=before_post,
+                )
+            except QuotaRefused as exc:
+                # Another tool shares the instance's quota: nothing goes to it (from any replica) for a while.
+                wait = exc.retry_after_seconds or config.amc.quota_refusal_backoff_seconds
+                until = datetime.now(UTC) + timedelta(seconds=wait)
+                reason = f"AMC refused an execution for its quota: {exc.detail or exc}"
+                await self._db("block instance", lambda: quota_store.block(pool, target.instance_key, until, reason))
+                log.warning("amc_quota_refused", instance=target.instance_key, until=until.isoformat(), detail=reason)
+                raise
             services.metrics.amc_submitted(run)
             try:
                 await self._db(
@@ -500,6 +509,10 @@ class RunPipeline:
                         uploaded_at=datetime.now(UTC),
                     ),
                     files.paths,
+                    # AMC's outputColumns types: a STRING column of digits stays text, a LONG stays a number.
+                    declared_types={c.name: c.data_type for c in execution.output_columns if c.data_type}
+                    if execution is not None
+                    else None,
                     fence=fence,
                     deadline_seconds=config.snowflake.load_timeout_seconds,
                 )

@@ -123,57 +123,46 @@ def from_snowflake(data_type: str, scale: int | None) -> ColumnType:
     return VARCHAR
 
 
-def _repeated(pattern: str) -> re.Pattern[str]:
-    """`pattern`, one or more times, separated by newlines: a whole column checked in one regex pass."""
-    return re.compile(rf"(?:{pattern})(?:\n(?:{pattern}))*")
+# AMC's outputColumns dataType → the column type to create. STRING stays text whatever its values look like
+# (a zip code keeps its leading zero). DECIMAL's scale comes from the values.
+_AMC_TYPES: dict[str, ColumnType] = {
+    "STRING": VARCHAR,
+    "VARCHAR": VARCHAR,
+    "LONG": ColumnType(Kind.INTEGER),
+    "INTEGER": ColumnType(Kind.INTEGER),
+    "INT": ColumnType(Kind.INTEGER),
+    "BIGINT": ColumnType(Kind.INTEGER),
+    "SHORT": ColumnType(Kind.INTEGER),
+    "DOUBLE": ColumnType(Kind.FLOAT),
+    "FLOAT": ColumnType(Kind.FLOAT),
+    "DECIMAL": ColumnType(Kind.DECIMAL, scale=0),
+    "BOOLEAN": ColumnType(Kind.BOOLEAN),
+    "DATE": ColumnType(Kind.DATE),
+    "TIMESTAMP": ColumnType(Kind.TIMESTAMP),
+}
 
 
-# Conservative fast paths: a column whose every value matches one of these has exactly the type that
-# value-by-value inference would give. Anything else takes the slow path, value by value.
-_ALL_BOOLEAN = _repeated(r"(?i:true|false)")
-_ALL_NUMBER = _repeated(r"[+-]?\d{1,26}(?:\.\d{1,12})?")  # integers, or decimals within NUMBER(38, 12)
-_ALL_INTEGER = _repeated(r"[+-]?\d{1,38}")
-_ALL_DATE_OR_TIMESTAMP = _repeated(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z?)?")
-_FRACTION = re.compile(r"\.(\d+)")
+def from_amc(data_type: str | None) -> ColumnType | None:
+    """A column type from AMC's outputColumns dataType; None when AMC did not say (or said something new)."""
+    return _AMC_TYPES.get((data_type or "").upper())
 
 
-def infer_column(values: list[str]) -> ColumnType | None:
-    """The type of a batch of one column's values (empties already removed)."""
-    if not values:
-        return None
-    joined = "\n".join(values)
-    if joined.count("\n") == len(values) - 1:  # no value holds a newline of its own
-        if _ALL_INTEGER.fullmatch(joined):
-            return ColumnType(Kind.INTEGER)
-        if _ALL_NUMBER.fullmatch(joined):
-            scale = max(len(fraction) for fraction in _FRACTION.findall(joined))
-            return ColumnType(Kind.DECIMAL, scale=scale)
-        if _ALL_BOOLEAN.fullmatch(joined):
-            return ColumnType(Kind.BOOLEAN)
-        if _ALL_DATE_OR_TIMESTAMP.fullmatch(joined):
-            return ColumnType(Kind.TIMESTAMP) if (" " in joined or "T" in joined) else ColumnType(Kind.DATE)
-    result: ColumnType | None = None
-    for value in set(values):
-        result = combine(result, infer_value(value))
-        if result == VARCHAR:
-            break
-    return result
+def resolve(declared: ColumnType | None, observed: ColumnType | None) -> ColumnType | None:
+    """The column's type for this result: what AMC declared, unless the values do not fit it (then the
+    narrowest type holding both); what the values show when AMC declared nothing."""
+    if declared is None:
+        return observed
+    if declared.kind is Kind.VARCHAR:
+        return VARCHAR
+    if declared.kind is Kind.DECIMAL and observed is not None and observed.kind in (Kind.INTEGER, Kind.DECIMAL):
+        return ColumnType(Kind.DECIMAL, scale=max(declared.scale, observed.scale))
+    if observed is None or fits(declared, observed):
+        return declared
+    return combine(declared, observed)
 
 
-class TypeTracker:
-    """Folds every value of every column into its inferred type, batch by batch."""
-
-    def __init__(self, width: int) -> None:
-        self.types: list[ColumnType | None] = [None] * width
-
-    def observe(self, row: list[str]) -> None:
-        self.observe_batch([row])
-
-    def observe_batch(self, rows: list[list[str]]) -> None:
-        if not rows:
-            return
-        for index, column in enumerate(zip(*rows, strict=True)):
-            current = self.types[index]
-            if current == VARCHAR:
-                continue  # nothing is wider: no need to look
-            self.types[index] = combine(current, infer_column([value for value in column if value]))
+def widened(existing: ColumnType, incoming: ColumnType) -> ColumnType:
+    """What a column whose new values do not fit becomes: a number stays a number (NUMBER with more scale, or
+    FLOAT), a DATE becomes a TIMESTAMP; anything else becomes text. Every existing value is kept."""
+    result = combine(existing, incoming)
+    return result if result is not None else VARCHAR

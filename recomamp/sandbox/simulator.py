@@ -673,6 +673,7 @@ class AmcSimulator:
         if len(recent) < self.adhoc_quota:
             recent.append(now)
             return None
+        self.calls["quota_refusal"] += 1
         return _json_response(
             {
                 "code": str(self.quota_refusal_status),

@@ -1,47 +1,49 @@
-"""The Snowflake write: staged UPSERT of a run's result, in a worker thread.
+"""The Snowflake write: staged UPSERT of a run's result, on the calling (worker) thread.
 
 How a run lands (the way dlt, Airbyte and Fivetran load):
-1. Open one session; create the schema if missing; `USE SCHEMA` (temporary objects are created unqualified).
-2. Create a temporary stage and a temporary all-VARCHAR staging table. A staging table of text never
-   rejects a value; types are applied on the way into the target, where they are known to fit.
-3. Rows are read from the downloaded CSV files in batches of `batch_rows`. Each batch is written as a
-   gzip CSV in memory, PUT under a new name for every attempt, and COPYed into the staging table. Every
-   row carries its sequence number, so a batch loaded twice (a COPY whose answer was lost) is
-   deduplicated before it reaches the target.
-4. DDL first (DDL commits any open transaction): create the table, add new columns, and widen a column
-   whose new values no longer fit its type to VARCHAR (its values are kept, as text).
-5. One transaction applies the run: either DELETE the schedule's rows for this window and INSERT the
-   new ones (a re-run replaces its window), or, when the schedule names key columns, MERGE on them with
-   the source deduplicated first (Snowflake rejects a nondeterministic MERGE).
+1. One session; create the schema if missing; `USE SCHEMA`; a temporary stage and a transient staging table
+   of text columns (named with its creation time, so a table a crashed load left behind is dropped later).
+2. staging.BatchProducer reads the result files in C (pyarrow), checks types, and writes each batch of
+   `batch_rows` rows as one Parquet file, on a thread of its own; each is PUT under a new name and COPYed
+   into the staging table by column name.
+3. DDL first (DDL commits any open transaction): create the table, add new columns, and widen a column whose
+   new values no longer fit (a number to a wider number or FLOAT, a DATE to a TIMESTAMP, else to VARCHAR;
+   every value is kept).
+4. The run applies at once: DELETE the schedule's rows for this window and INSERT the new ones in one
+   transaction (a re-run replaces its window), or, with key columns, one MERGE with the source
+   deduplicated on them (the last row of a key wins). The fence (the run's lease) is checked inside the
+   transaction, immediately before the COMMIT, or before the MERGE.
+A transient failure starts the whole load again on a fresh connection, with new stage and table names.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import gzip
-import io
-import queue
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, Protocol
 
-from recomamp.domain.columns import VARCHAR, ColumnType, Kind, TypeTracker, fits, from_snowflake
-from recomamp.domain.identifiers import column_name, qualified, quote, validate_identifier
+from recomamp.domain.columns import ColumnType, Kind, fits, from_snowflake, widened
+from recomamp.domain.identifiers import qualified, quote, validate_identifier
 from recomamp.logs import get_logger
 from recomamp.snowflake.errors import SnowflakeLoadError, classify
+from recomamp.snowflake.staging import (
+    SEQ_COLUMN,
+    BatchProducer,
+    TypeTracker,
+    result_columns,
+    result_header,
+)
 
 log = get_logger(__name__)
 
-T = TypeVar("T")
-
-SEQ_COLUMN = "_RECOMAMP_SEQ"
-WIDENING_SUFFIX = "__RECOMAMP_TEXT"
+WIDENING_SUFFIX = "__RECOMAMP_WIDEN"
+LEGACY_WIDENING_SUFFIX = "__RECOMAMP_TEXT"  # what earlier releases left behind when a widening was cut short
+STAGING_PREFIX = "RECOMAMP_STAGING_"
+ORPHAN_STAGING_SECONDS = 86_400  # a staging table older than this belongs to a load that died
 METADATA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("UPLOADED_AT", "TIMESTAMP_NTZ"),
     ("RECOMAMP_SCHEDULE_ID", "NUMBER(38,0)"),
@@ -49,10 +51,7 @@ METADATA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("RECOMAMP_WINDOW_START", "TIMESTAMP_NTZ"),
     ("RECOMAMP_WINDOW_END", "TIMESTAMP_NTZ"),
 )
-_RESERVED = frozenset(name for name, _ in METADATA_COLUMNS) | {SEQ_COLUMN}
-COPY_FILE_FORMAT = (
-    "FILE_FORMAT=(TYPE=CSV SKIP_HEADER=1 FIELD_OPTIONALLY_ENCLOSED_BY='\"' EMPTY_FIELD_AS_NULL=TRUE COMPRESSION=GZIP)"
-)
+PARQUET_COPY = "FILE_FORMAT=(TYPE=PARQUET) MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE"
 
 
 def _connector_errors() -> tuple[type[BaseException], ...]:
@@ -149,6 +148,19 @@ def _utc_text(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def staging_table_name(run_id: int, now: float | None = None) -> str:
+    """Unique, and saying when it was made: a later load drops it if its own load died."""
+    return f"{STAGING_PREFIX}{int(now if now is not None else time.time())}_{run_id}_{uuid.uuid4().hex[:8].upper()}"
+
+
+def orphaned(name: str, now: float) -> bool:
+    try:
+        made = int(name.removeprefix(STAGING_PREFIX).split("_", 1)[0])
+    except ValueError:
+        return False
+    return made < now - ORPHAN_STAGING_SECONDS
+
+
 class Loader:
     """Loads one run's result files into one table, on the calling thread."""
 
@@ -178,9 +190,17 @@ class Loader:
 
     # --- the load ------------------------------------------------------------------------------------
 
-    def load(self, target: LoadTarget, metadata: RunMetadata, files: Sequence[Path]) -> LoadResult:
-        """The whole load; a transient failure starts it again on a fresh connection (the dead one is dropped)."""
-        header = _read_header(files)
+    def load(
+        self,
+        target: LoadTarget,
+        metadata: RunMetadata,
+        files: Sequence[Path],
+        declared_types: Mapping[str, str] | None = None,
+    ) -> LoadResult:
+        """The whole load; a transient failure starts it again on a fresh connection (the dead one is dropped).
+
+        `declared_types` maps the result's column names (as in its header) to AMC's outputColumns dataType."""
+        header = result_header(files)
         columns = result_columns(header)
         if target.key_columns:
             missing = [k for k in target.key_columns if k.upper() not in columns]
@@ -191,12 +211,18 @@ class Loader:
                     transient=False,
                     step="validate",
                 )
+        by_raw = {raw.strip().lower(): name for raw, name in zip(header, columns, strict=True)}
+        declared = {
+            by_raw[raw.strip().lower()]: kind
+            for raw, kind in (declared_types or {}).items()
+            if raw.strip().lower() in by_raw
+        }
         attempt = 0
         while True:
             attempt += 1
             step = ["connect"]
             try:
-                return self._load_once(target, metadata, files, columns, step)
+                return self._load_once(target, metadata, files, header, columns, declared, step)
             except (SnowflakeLoadError, LoadCancelled):
                 raise
             except RETRYABLE_ERRORS as exc:
@@ -216,35 +242,58 @@ class Loader:
                 self._policy.sleep(wait)
 
     def _load_once(
-        self, target: LoadTarget, metadata: RunMetadata, files: Sequence[Path], columns: list[str], step: list[str]
+        self,
+        target: LoadTarget,
+        metadata: RunMetadata,
+        files: Sequence[Path],
+        header: list[str],
+        columns: list[str],
+        declared: Mapping[str, str],
+        step: list[str],
     ) -> LoadResult:
         database, schema, table = target.parts
         if self._cancelled():
             raise LoadCancelled("the load was cut off before it started")
         connection = self._connect()
+        staging: str | None = None
+        cursor: Cursor | None = None
         try:
             cursor = connection.cursor()
-            suffix = f"{metadata.run_id}_{uuid.uuid4().hex[:8]}".upper()
-            stage, staging = f"RECOMAMP_STAGE_{suffix}", f"RECOMAMP_STAGING_{suffix}"
+            stage = f"RECOMAMP_STAGE_{metadata.run_id}_{uuid.uuid4().hex[:8]}".upper()
             step[0] = "prepare"
             self._run(cursor, "ddl", f"CREATE SCHEMA IF NOT EXISTS {qualified(database, schema)}")
             self._run(cursor, "ddl", f"USE SCHEMA {qualified(database, schema)}")
+            self._drop_orphaned_staging(cursor, database, schema)
             self._run(cursor, "ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {quote(stage)}")
+            staging = staging_table_name(metadata.run_id)
             staging_columns = ", ".join(
                 [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} VARCHAR" for c in columns)]
             )
-            self._run(cursor, "ddl", f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(staging)} ({staging_columns})")
-            tracker = TypeTracker(len(columns))
+            self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(staging)} ({staging_columns})")
+            tracker = TypeTracker(columns, declared)
             result = LoadResult(table=target.display, rows=0, batches=0)
-            with _BatchProducer(files, columns, self._policy.batch_rows, tracker) as batches:
-                for batch_number, (row_count, payload) in enumerate(batches):
+            with BatchProducer(files, header, columns, self._policy.batch_rows, tracker) as batches:
+                for batch_number, batch in enumerate(batches):
                     step[0] = f"stage batch {batch_number + 1}"
-                    self._stage_batch(cursor, stage, staging, batch_number, payload, result)
-                    result.rows += row_count
+                    # A new name on every attempt: reusing a staged name on retry is how other loaders
+                    # duplicated rows.
+                    prefix = f"b{batch_number:06d}_{uuid.uuid4().hex[:12]}"
+                    result.stage_names.append(prefix)
+                    self._run(
+                        cursor,
+                        "put",
+                        f"PUT file://{prefix}.parquet @{quote(stage)}/{prefix}/ AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
+                        file_stream=_Stream(batch.payload),
+                    )
+                    self._run(
+                        cursor,
+                        "copy",
+                        f"COPY INTO {quote(staging)} FROM @{quote(stage)}/{prefix}/ {PARQUET_COPY} PURGE=TRUE",
+                    )
+                    result.rows += batch.rows
                     result.batches += 1
-            types = {name: inferred or VARCHAR for name, inferred in zip(columns, tracker.types, strict=True)}
             step[0] = "prepare table"
-            target_types = self._ensure_table(cursor, (database, schema, table), types, result)
+            target_types = self._ensure_table(cursor, (database, schema, table), tracker.types, result)
             step[0] = "apply"
             self._apply(cursor, (database, schema, table), staging, columns, target_types, target, metadata)
             log.info(
@@ -258,35 +307,29 @@ class Loader:
             )
             return result
         finally:
+            if staging is not None and cursor is not None:
+                try:
+                    cursor.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
+                except Exception as exc:  # a later load drops it as an orphan
+                    log.warning("snowflake_staging_not_dropped", table=staging, exception_class=type(exc).__name__)
             try:
                 connection.close()
             except Exception as exc:  # the load's outcome stands; a failed close loses nothing
                 log.warning("snowflake_close_failed", exception_class=type(exc).__name__)
 
-    def _stage_batch(
-        self,
-        cursor: Cursor,
-        stage: str,
-        staging: str,
-        batch_number: int,
-        payload: bytes,
-        result: LoadResult,
-    ) -> None:
-        # A new name on every attempt: reusing a staged name on retry is how other loaders duplicated rows.
-        prefix = f"b{batch_number:06d}_{uuid.uuid4().hex[:12]}"
-        result.stage_names.append(prefix)
+    def _drop_orphaned_staging(self, cursor: Cursor, database: str, schema: str) -> None:
         self._run(
             cursor,
-            "put",
-            f"PUT file://{prefix}.csv.gz @{quote(stage)}/{prefix}/ AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
-            file_stream=io.BytesIO(payload),
+            "select",
+            f"SELECT table_name FROM {quote(database)}.information_schema.tables "
+            "WHERE table_schema = %s AND table_name LIKE %s",
+            (schema, f"{STAGING_PREFIX}%"),
         )
-        # Positional: the staging table was created from this very column list, in this order.
-        self._run(
-            cursor,
-            "copy",
-            f"COPY INTO {quote(staging)} FROM @{quote(stage)}/{prefix}/ {COPY_FILE_FORMAT} PURGE=TRUE",
-        )
+        now = time.time()
+        for (name,) in cursor.fetchall():
+            if orphaned(str(name), now):
+                log.warning("snowflake_orphaned_staging_dropped", table=str(name))
+                self._run(cursor, "ddl", f"DROP TABLE IF EXISTS {quote(str(name))}")
 
     def _existing_columns(self, cursor: Cursor, database: str, schema: str, table: str) -> dict[str, ColumnType]:
         self._run(
@@ -311,7 +354,7 @@ class Loader:
         database, schema, table = parts
         name = qualified(*parts)
         existing = self._existing_columns(cursor, database, schema, table)
-        if any(column.endswith(WIDENING_SUFFIX) for column in existing):
+        if any(column.endswith((WIDENING_SUFFIX, LEGACY_WIDENING_SUFFIX)) for column in existing):
             self._finish_interrupted_widening(cursor, name, existing)
             existing = self._existing_columns(cursor, database, schema, table)
         if not existing:
@@ -334,31 +377,31 @@ class Loader:
             elif fits(current, incoming):
                 final[column] = current
             else:
-                self._widen_to_text(cursor, name, column)
+                to = widened(current, incoming)
+                self._widen(cursor, name, column, to)
                 result.widened_columns.append(column)
-                final[column] = VARCHAR
+                final[column] = to
         return final
 
     def _finish_interrupted_widening(self, cursor: Cursor, table: str, existing: dict[str, ColumnType]) -> None:
-        """A load that died while widening a column left its text copy behind: complete that widening."""
-        for temporary in [c for c in existing if c.endswith(WIDENING_SUFFIX)]:
-            column = temporary.removesuffix(WIDENING_SUFFIX)
+        """A load that died while widening a column left its wider copy behind: complete that widening."""
+        for temporary in [c for c in existing if c.endswith((WIDENING_SUFFIX, LEGACY_WIDENING_SUFFIX))]:
+            column = temporary.removesuffix(WIDENING_SUFFIX).removesuffix(LEGACY_WIDENING_SUFFIX)
             log.warning("snowflake_widening_resumed", column=column)
             if column in existing:  # died before DROP: copy again (the copy may be partial), then swap
-                self._run(cursor, "dml", f"UPDATE {table} SET {quote(temporary)} = CAST({quote(column)} AS VARCHAR)")
+                to = existing[temporary].sql()
+                self._run(cursor, "dml", f"UPDATE {table} SET {quote(temporary)} = CAST({quote(column)} AS {to})")
                 self._run(cursor, "ddl", f"ALTER TABLE {table} DROP COLUMN {quote(column)}")
             self._run(cursor, "ddl", f"ALTER TABLE {table} RENAME COLUMN {quote(temporary)} TO {quote(column)}")
 
-    def _widen_to_text(self, cursor: Cursor, table: str, column: str) -> None:
-        """Snowflake cannot ALTER a NUMBER or DATE column to VARCHAR: copy it into a new text column.
-
-        Four statements, as DDL cannot share a transaction; a load that dies between them is finished
-        by the next load (_finish_interrupted_widening), so no value is lost either way.
-        """
+    def _widen(self, cursor: Cursor, table: str, column: str, to: ColumnType) -> None:
+        """Snowflake cannot change a NUMBER's scale, or a NUMBER or DATE to text, in place: copy the column into a
+        new one of the wider type. Four statements, as DDL cannot share a transaction; a load that dies between
+        them is finished by the next load (_finish_interrupted_widening), so no value is lost either way."""
         temporary = f"{column}{WIDENING_SUFFIX}"
-        log.warning("snowflake_column_widened", column=column, to="VARCHAR")
-        self._run(cursor, "ddl", f"ALTER TABLE {table} ADD COLUMN {quote(temporary)} VARCHAR")
-        self._run(cursor, "dml", f"UPDATE {table} SET {quote(temporary)} = CAST({quote(column)} AS VARCHAR)")
+        log.warning("snowflake_column_widened", column=column, to=to.sql())
+        self._run(cursor, "ddl", f"ALTER TABLE {table} ADD COLUMN {quote(temporary)} {to.sql()}")
+        self._run(cursor, "dml", f"UPDATE {table} SET {quote(temporary)} = CAST({quote(column)} AS {to.sql()})")
         self._run(cursor, "ddl", f"ALTER TABLE {table} DROP COLUMN {quote(column)}")
         self._run(cursor, "ddl", f"ALTER TABLE {table} RENAME COLUMN {quote(temporary)} TO {quote(column)}")
 
@@ -389,11 +432,8 @@ class Loader:
         )
         meta_casts = [f"CAST(%s AS {sql_type}) AS {quote(c)}" for c, sql_type in METADATA_COLUMNS]
         all_columns = [*columns, *(c for c, _ in METADATA_COLUMNS)]
-        # One row per sequence number: a batch staged twice counts once.
-        source = (
-            f"SELECT {quote(SEQ_COLUMN)}, {', '.join([*casts, *meta_casts])} FROM {quote(staging)} "
-            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {quote(SEQ_COLUMN)} ORDER BY {quote(SEQ_COLUMN)}) = 1"
-        )
+        # Each attempt stages into a table of its own, so every staged row is there once.
+        source = f"SELECT {quote(SEQ_COLUMN)}, {', '.join([*casts, *meta_casts])} FROM {quote(staging)}"
         if target.key_columns:
             keys = [k.upper() for k in target.key_columns]
             partition = ", ".join(quote(k) for k in keys)
@@ -446,189 +486,19 @@ def _cast(column: str, column_type: ColumnType) -> str:
     return f"CAST({quote(column)} AS {column_type.sql()}) AS {quote(column)}"
 
 
-def open_result(path: Path) -> TextIO:
-    """A result file as text: gzip (as the spool keeps them) or plain."""
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", newline="", encoding="utf-8")
-    return path.open(newline="", encoding="utf-8")
+class _Stream:
+    """The connector's PUT reads a file object; a batch in memory is one, without a copy."""
 
+    def __init__(self, payload: bytes) -> None:
+        import io
 
-def result_columns(header: Sequence[str]) -> list[str]:
-    """Snowflake names for a result's CSV header: cleaned, unique, and clear of recomamp's own columns."""
-    names: list[str] = []
-    taken: set[str] = set(_RESERVED)
-    for position, raw in enumerate(header):
-        base = column_name(raw, position)
-        candidate, counter = base, 1
-        while candidate in taken:
-            counter += 1
-            candidate = f"{base}_{counter}"
-        taken.add(candidate)
-        names.append(candidate)
-    return names
+        self._buffer = io.BytesIO(payload)
 
+    def read(self, size: int = -1) -> bytes:
+        return self._buffer.read(size)
 
-def _read_header(files: Sequence[Path]) -> list[str]:
-    if not files:
-        raise SnowflakeLoadError("the AMC result has no files", transient=False, step="read")
-    header: list[str] | None = None
-    for path in files:
-        with open_result(path) as handle:
-            first = next(csv.reader(handle), None)
-        if first is None:
-            continue
-        if header is None:
-            header = first
-        elif first != header:
-            raise SnowflakeLoadError(
-                f"result file {path.name} has different columns from the first file", transient=False, step="read"
-            )
-    if header is None:
-        raise SnowflakeLoadError("the AMC result files are empty: not even a header", transient=False, step="read")
-    return header
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._buffer.seek(offset, whence)
 
-
-def read_records(path: Path) -> Iterator[tuple[list[str], str]]:
-    """(cells, the record's own text) for each record after the header, as AMC wrote it.
-
-    A record with no quote character is split on commas, which is exact for CSV. One with quotes is
-    parsed by the csv module, joining the following lines while a quoted field is still open. The text
-    is passed on unchanged (CRLF normalised to LF), so a batch is re-written without re-quoting.
-    """
-    with open_result(path) as handle:
-        handle.readline()  # the header
-        pending = ""
-        for line in handle:
-            if pending:
-                line = pending + line
-                pending = ""
-            if '"' not in line:
-                text = line.rstrip("\r\n")
-                yield text.split(","), text
-                continue
-            if line.count('"') % 2:  # a quoted field runs on to the next line
-                pending = line
-                continue
-            text = line.rstrip("\r\n")
-            yield next(csv.reader([text])), text
-        if pending:
-            raise SnowflakeLoadError(
-                f"result file {path.name} ends inside a quoted field: it is cut short", transient=False, step="read"
-            )
-
-
-_CHUNK_ROWS = 5_000
-
-
-def _chunks(
-    files: Sequence[Path], width: int, batch_rows: int
-) -> Iterator[tuple[int, list[list[str]], list[str], bool]]:
-    """(first sequence number, cells, record texts, whether the batch ends here), in chunks of a few
-    thousand rows that never cross a batch boundary: memory follows the chunk, not the batch."""
-    cells: list[list[str]] = []
-    texts: list[str] = []
-    sequence = first = in_batch = 0
-    for path in files:
-        for number, (row, text) in enumerate(read_records(path), start=2):
-            if len(row) != width:
-                raise SnowflakeLoadError(
-                    f"result file {path.name}, record {number}: {len(row)} values where the header has {width}",
-                    transient=False,
-                    step="read",
-                )
-            cells.append(row)
-            texts.append(text)
-            sequence += 1
-            in_batch += 1
-            ends_batch = in_batch >= batch_rows
-            if ends_batch or len(cells) >= _CHUNK_ROWS:
-                yield first, cells, texts, ends_batch
-                cells, texts, first = [], [], sequence
-                if ends_batch:
-                    in_batch = 0
-    if cells:
-        yield first, cells, texts, True
-
-
-class _BatchFile:
-    """One batch's gzip CSV, written chunk by chunk: the sequence number, then the record as it came."""
-
-    def __init__(self, columns: list[str]) -> None:
-        self._buffer = io.BytesIO()
-        # Level 1: the network is the bottleneck, not the bytes; higher levels cost CPU for little gain.
-        self._gzip = gzip.GzipFile(fileobj=self._buffer, mode="wb", compresslevel=1)
-        header = io.StringIO()
-        csv.writer(header, lineterminator="\n").writerow([SEQ_COLUMN, *columns])
-        self._gzip.write(header.getvalue().encode("utf-8"))
-        self.rows = 0
-
-    def write(self, first_sequence: int, texts: list[str]) -> None:
-        lines = "".join(f"{first_sequence + offset},{text}\n" for offset, text in enumerate(texts))
-        self._gzip.write(lines.encode("utf-8"))
-        self.rows += len(texts)
-
-    def finish(self) -> bytes:
-        self._gzip.close()
-        return self._buffer.getvalue()
-
-
-class _BatchProducer:
-    """Reads, type-checks and gzips batches on a thread of its own, while the caller stages the previous one.
-
-    The queue holds at most two encoded batches, so memory stays flat however large the result is.
-    """
-
-    _DONE = object()
-
-    def __init__(self, files: Sequence[Path], columns: list[str], batch_rows: int, tracker: TypeTracker) -> None:
-        self._files = files
-        self._columns = columns
-        self._batch_rows = batch_rows
-        self._tracker = tracker
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="snowflake-batches", daemon=True)
-
-    def __enter__(self) -> Iterator[tuple[int, bytes]]:
-        self._thread.start()
-        return self._consume()
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        while self._thread.is_alive():  # unblock a producer waiting for room in the queue
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.05)
-        self._thread.join()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-            except queue.Full:
-                continue
-            return True
-        return False
-
-    def _produce(self) -> None:
-        try:
-            batch: _BatchFile | None = None
-            for first, cells, texts, ends_batch in _chunks(self._files, len(self._columns), self._batch_rows):
-                self._tracker.observe_batch(cells)
-                batch = batch or _BatchFile(self._columns)
-                batch.write(first, texts)
-                if ends_batch:
-                    if not self._put((batch.rows, batch.finish())):
-                        return
-                    batch = None
-            self._put(self._DONE)
-        except BaseException as exc:  # handed to the consuming thread, which raises it
-            self._put(exc)
-
-    def _consume(self) -> Iterator[tuple[int, bytes]]:
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
+    def tell(self) -> int:
+        return self._buffer.tell()

@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class SnowflakeSink:
         metadata: RunMetadata,
         files: Sequence[Path],
         *,
+        declared_types: Mapping[str, str] | None = None,
         fence: Callable[[], Coroutine[Any, Any, None]] | None = None,
         deadline_seconds: float | None = None,
     ) -> LoadResult:
@@ -118,7 +119,7 @@ class SnowflakeSink:
 
             def work() -> None:
                 try:
-                    result = context.run(loader.load, target, metadata, list(files))
+                    result = context.run(loader.load, target, metadata, list(files), declared_types)
                 except BaseException as exc:  # handed to the event loop, which raises it in the caller
                     loop.call_soon_threadsafe(_settle, future, None, exc)
                 else:
@@ -136,6 +137,8 @@ class SnowflakeSink:
             assert self._idle is not None
             self._idle.clear()
             thread.start()
+            # A thread given up on settles its future later, with nobody awaiting it: consume that answer.
+            future.add_done_callback(_consume_unawaited)
             try:
                 return await asyncio.wait_for(asyncio.shield(future), deadline)
             except TimeoutError:
@@ -168,6 +171,11 @@ def _settle(future: asyncio.Future[LoadResult], result: LoadResult | None, error
     else:
         assert result is not None
         future.set_result(result)
+
+
+def _consume_unawaited(future: asyncio.Future[LoadResult]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _wait(stop: threading.Event, seconds: float) -> None:

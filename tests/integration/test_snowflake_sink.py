@@ -18,7 +18,13 @@ from recomamp.domain.identifiers import InvalidIdentifier
 from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.snowflake.connection import SnowflakeConnectionSpec, server_version
 from recomamp.snowflake.errors import SnowflakeLoadError
-from recomamp.snowflake.loader import LoadTarget, RunMetadata
+from recomamp.snowflake.loader import (
+    LEGACY_WIDENING_SUFFIX,
+    STAGING_PREFIX,
+    WIDENING_SUFFIX,
+    LoadTarget,
+    RunMetadata,
+)
 from recomamp.snowflake.sink import SnowflakeSink
 
 SETTINGS = SnowflakeSettings(batch_rows=4, thread_pool_size=2, login_timeout_seconds=10, network_timeout_seconds=30)
@@ -151,6 +157,79 @@ async def test_a_new_column_is_added_and_a_misfit_column_widened(spec: Snowflake
     assert rows == [(1, "10", None), (2, "20", None), (3, "X-30", "in-market"), (4, "40", "lifestyle")]
 
 
+def column_types(spec: SnowflakeConnectionSpec, table: str) -> dict[str, tuple[str, int | None]]:
+    rows = query(
+        spec,
+        f'SELECT column_name, data_type, numeric_scale FROM "{spec.database}".information_schema.columns '
+        f"WHERE table_schema = 'AMC' AND table_name = '{table}'",
+    )
+    return {str(name): (str(kind), scale) for name, kind, scale in rows}
+
+
+async def test_a_number_column_widens_to_a_wider_number_not_to_text(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "spend")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    window = iter((datetime(2026, 11, day, tzinfo=UTC), datetime(2026, 11, day + 1, tzinfo=UTC)) for day in (1, 2, 3))
+    await sink.load(spec, target, metadata(1, next(window)), [write_csv(tmp_path / "a", "p.csv", ["id,spend", "1,10"])])
+    assert column_types(spec, "SPEND")["SPEND"] == ("NUMBER", 0)
+    decimals = await sink.load(
+        spec, target, metadata(2, next(window)), [write_csv(tmp_path / "b", "p.csv", ["id,spend", "2,2.125"])]
+    )
+    assert decimals.widened_columns == ["SPEND"]
+    assert column_types(spec, "SPEND")["SPEND"] == ("NUMBER", 3)
+    floats = await sink.load(
+        spec, target, metadata(3, next(window)), [write_csv(tmp_path / "c", "p.csv", ["id,spend", "3,1.5e-07"])]
+    )
+    await sink.close(5)
+    assert floats.widened_columns == ["SPEND"]
+    assert column_types(spec, "SPEND")["SPEND"][0] == "FLOAT"
+    rows = query(spec, f'SELECT id, spend FROM "{spec.database}".AMC.SPEND ORDER BY id')
+    assert [(i, float(v)) for i, v in rows] == [(1, 10.0), (2, 2.125), (3, 1.5e-07)]
+
+
+async def test_amc_declared_types_decide_what_values_alone_cannot(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "declared")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    files = [write_csv(tmp_path, "p.csv", ["Postal Code,clicks,spend", "01234,3,1", "99501,,2"])]
+    declared = {"Postal Code": "STRING", "clicks": "LONG", "spend": "DOUBLE"}
+    await sink.load(spec, target, metadata(1), files, declared_types=declared)
+    await sink.close(5)
+    types = column_types(spec, "DECLARED")
+    assert types["POSTAL_CODE"][0] == "TEXT"
+    assert types["CLICKS"] == ("NUMBER", 0)
+    assert types["SPEND"][0] == "FLOAT"
+    rows = query(spec, f'SELECT postal_code, clicks FROM "{spec.database}".AMC.DECLARED ORDER BY postal_code')
+    assert rows == [("01234", 3), ("99501", None)]  # the leading zero is kept
+
+
+async def test_staging_tables_are_dropped_and_those_of_dead_loads_cleaned_up(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    query(spec, f'CREATE SCHEMA IF NOT EXISTS "{spec.database}"."AMC"')
+    two_days_ago = int(datetime.now(UTC).timestamp()) - 2 * 86_400
+    dead, young = f"{STAGING_PREFIX}{two_days_ago}_9_DEADBEEF", f"{STAGING_PREFIX}{two_days_ago + 86_400 + 600}_8_CAFE"
+    for name in (dead, young):
+        query(spec, f'CREATE TRANSIENT TABLE "{spec.database}"."AMC"."{name}" (X VARCHAR)')
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(
+        spec, LoadTarget(spec.database, "AMC", "cleaned"), metadata(1), [write_csv(tmp_path, "p.csv", FIRST)]
+    )
+    await sink.close(5)
+    left = query(
+        spec,
+        f'SELECT table_name FROM "{spec.database}".information_schema.tables '
+        f"WHERE table_schema = 'AMC' AND table_name LIKE '{STAGING_PREFIX}%'",
+    )
+    assert left == [(young,)]  # the dead load's table is gone, and so is this load's own; a young one stays
+
+
 async def test_key_columns_merge_overlapping_windows_without_duplicates(
     spec: SnowflakeConnectionSpec, tmp_path: Path
 ) -> None:
@@ -274,9 +353,10 @@ async def test_the_log_context_travels_into_the_thread(
     assert "loader-password" not in out
 
 
+@pytest.mark.parametrize("suffix", [WIDENING_SUFFIX, LEGACY_WIDENING_SUFFIX], ids=["this-release", "earlier-release"])
 @pytest.mark.parametrize("died_after", ["update", "drop"])
 async def test_a_widening_interrupted_midway_is_finished_by_the_next_load(
-    spec: SnowflakeConnectionSpec, tmp_path: Path, died_after: str
+    spec: SnowflakeConnectionSpec, tmp_path: Path, died_after: str, suffix: str
 ) -> None:
     await create_database(spec)
     target = LoadTarget(spec.database, "AMC", "half_widened")
@@ -284,8 +364,8 @@ async def test_a_widening_interrupted_midway_is_finished_by_the_next_load(
     await sink.load(spec, target, metadata(1), [write_csv(tmp_path / "a", "p.csv", ["id,code", "1,10", "2,20"])])
     table = f'"{spec.database}"."AMC"."HALF_WIDENED"'
     # A load died while widening CODE: after its UPDATE, or after its DROP.
-    query(spec, f'ALTER TABLE {table} ADD COLUMN "CODE__RECOMAMP_TEXT" VARCHAR')
-    query(spec, f'UPDATE {table} SET "CODE__RECOMAMP_TEXT" = CAST("CODE" AS VARCHAR)')
+    query(spec, f'ALTER TABLE {table} ADD COLUMN "CODE{suffix}" VARCHAR')
+    query(spec, f'UPDATE {table} SET "CODE{suffix}" = CAST("CODE" AS VARCHAR)')
     if died_after == "drop":
         query(spec, f'ALTER TABLE {table} DROP COLUMN "CODE"')
     window = (datetime(2026, 11, 8, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC))

@@ -2,7 +2,17 @@ from __future__ import annotations
 
 import pytest
 
-from recomamp.domain.columns import VARCHAR, ColumnType, Kind, TypeTracker, combine, fits, from_snowflake, infer_value
+from recomamp.domain.columns import (
+    VARCHAR,
+    ColumnType,
+    Kind,
+    combine,
+    fits,
+    from_snowflake,
+    infer_value,
+    resolve,
+    widened,
+)
 from recomamp.domain.identifiers import (
     InvalidIdentifier,
     column_name,
@@ -10,7 +20,7 @@ from recomamp.domain.identifiers import (
     validate_identifier,
 )
 from recomamp.snowflake.errors import classify
-from recomamp.snowflake.loader import result_columns
+from recomamp.snowflake.staging import result_columns
 
 
 @pytest.mark.parametrize("name", ["results", "_x", "AMC_Daily$2", "a" * 255])
@@ -83,11 +93,21 @@ def test_fits_decides_when_a_column_must_widen() -> None:
     assert from_snowflake("TEXT", None) == VARCHAR
 
 
-def test_tracker_folds_rows() -> None:
-    tracker = TypeTracker(3)
-    for row in (["1", "2026-01-01", ""], ["2.5", "2026-01-02 00:00:00", ""], ["3", "2026-01-01", ""]):
-        tracker.observe(row)
-    assert tracker.types == [ColumnType(Kind.DECIMAL, 1), ColumnType(Kind.TIMESTAMP), None]
+def test_widening_keeps_numbers_numbers() -> None:
+    assert widened(ColumnType(Kind.INTEGER), ColumnType(Kind.DECIMAL, 2)) == ColumnType(Kind.DECIMAL, 2)
+    assert widened(ColumnType(Kind.DECIMAL, 2), ColumnType(Kind.DECIMAL, 4)) == ColumnType(Kind.DECIMAL, 4)
+    assert widened(ColumnType(Kind.INTEGER), ColumnType(Kind.FLOAT)) == ColumnType(Kind.FLOAT)
+    assert widened(ColumnType(Kind.DATE), ColumnType(Kind.TIMESTAMP)) == ColumnType(Kind.TIMESTAMP)
+    assert widened(ColumnType(Kind.INTEGER), ColumnType(Kind.DATE)) == VARCHAR
+
+
+def test_resolve_takes_the_declared_type_unless_the_values_break_it() -> None:
+    assert resolve(None, ColumnType(Kind.INTEGER)) == ColumnType(Kind.INTEGER)
+    assert resolve(VARCHAR, ColumnType(Kind.INTEGER)) == VARCHAR
+    assert resolve(ColumnType(Kind.FLOAT), ColumnType(Kind.INTEGER)) == ColumnType(Kind.FLOAT)
+    assert resolve(ColumnType(Kind.DECIMAL, 0), ColumnType(Kind.DECIMAL, 3)) == ColumnType(Kind.DECIMAL, 3)
+    assert resolve(ColumnType(Kind.INTEGER), None) == ColumnType(Kind.INTEGER)
+    assert resolve(ColumnType(Kind.BOOLEAN), ColumnType(Kind.INTEGER)) == VARCHAR
 
 
 class FakeConnectorError(Exception):
@@ -110,28 +130,3 @@ def test_snowflake_error_classes() -> None:
     assert classify(FakeConnectorError("Warehouse 'LOAD_WH' is resuming", 0)).transient
     assert classify(TimeoutError()).transient
     assert not classify(FakeConnectorError("SQL compilation error", 1003)).transient
-
-
-@pytest.mark.parametrize(
-    "column",
-    [
-        ["1", "-2", "+3"],
-        ["1", "2.50", "3.125"],
-        ["1" * 27 + ".5"],  # too wide for the fast path: the slow path decides
-        ["1.5e-05", "2"],
-        ["true", "FALSE"],
-        ["2026-01-01", "2026-01-02"],
-        ["2026-01-01", "2026-01-02 10:00:00"],
-        ["2026-01-01T10:00:00.123Z"],
-        ["12\n34", "5"],  # a value with its own newline must not pass as two integers
-        ["1", "x"],
-        ["0.1234567890123"],
-    ],
-)
-def test_column_inference_agrees_with_value_by_value(column: list[str]) -> None:
-    from recomamp.domain.columns import infer_column
-
-    expected = None
-    for value in column:
-        expected = combine(expected, infer_value(value))
-    assert infer_column(column) == expected

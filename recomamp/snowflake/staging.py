@@ -1,0 +1,290 @@
+"""Turning a run's result files into staged batches, in C: pyarrow reads the gzip CSV parts, checks types with
+vectorized regular expressions, and writes each batch as one Parquet file. Memory follows the batch, not the
+result: the reader streams blocks, and the producer thread holds at most two encoded batches ahead.
+
+Every value is staged as text (the staging table is all VARCHAR, so it never rejects a value); the target's
+types are applied on the way into the target, where they are known to fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from recomamp.domain.columns import VARCHAR, ColumnType, Kind, combine, from_amc, resolve
+from recomamp.domain.identifiers import column_name
+from recomamp.snowflake.errors import SnowflakeLoadError
+
+SEQ_COLUMN = "_RECOMAMP_SEQ"
+RESERVED_COLUMNS = frozenset(
+    {
+        "UPLOADED_AT",
+        "RECOMAMP_SCHEDULE_ID",
+        "RECOMAMP_RUN_ID",
+        "RECOMAMP_WINDOW_START",
+        "RECOMAMP_WINDOW_END",
+        SEQ_COLUMN,
+    }
+)
+_READ_BLOCK_BYTES = 1 << 22
+
+# domain.columns.infer_value's rules, as regular expressions (RE2) applied to whole columns at once.
+_INTEGER = r"^[+-]?\d{1,38}$"
+# A decimal fits NUMBER(38, s) when its scale is at most 12 and all its digits at most 38.
+_DECIMAL = "^[+-]?(?:" + "|".join(rf"\d{{1,{38 - scale}}}\.\d{{{scale}}}" for scale in range(1, 13)) + ")$"
+_FLOAT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_BOOLEAN = r"^(?i:true|false)$"
+_DATE = r"^\d{4}-\d{2}-\d{2}$"
+_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z?$"
+# In infer_value's order: the first pattern a value matches is its type.
+_PATTERNS: tuple[tuple[Kind, str], ...] = (
+    (Kind.BOOLEAN, _BOOLEAN),
+    (Kind.INTEGER, _INTEGER),
+    (Kind.DECIMAL, _DECIMAL),
+    (Kind.FLOAT, _FLOAT),
+    (Kind.DATE, _DATE),
+    (Kind.TIMESTAMP, _TIMESTAMP),
+)
+
+
+def result_columns(header: Sequence[str]) -> list[str]:
+    """Snowflake names for a result's CSV header: cleaned, unique, and clear of recomamp's own columns."""
+    names: list[str] = []
+    taken: set[str] = set(RESERVED_COLUMNS)
+    for position, raw in enumerate(header):
+        base = column_name(raw, position)
+        candidate, counter = base, 1
+        while candidate in taken:
+            counter += 1
+            candidate = f"{base}_{counter}"
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def read_header(path: Path) -> list[str]:
+    """The first row of a kept result part (every part starts with its header)."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), [])
+
+
+def result_header(files: Sequence[Path]) -> list[str]:
+    if not files:
+        raise SnowflakeLoadError("the AMC result has no files", transient=False, step="read")
+    header: list[str] | None = None
+    for path in files:
+        first = read_header(path)
+        if not first:
+            continue
+        if header is None:
+            header = first
+        elif [c.strip().lower() for c in first] != [c.strip().lower() for c in header]:
+            raise SnowflakeLoadError(
+                f"result file {path.name} has different columns from the first file", transient=False, step="read"
+            )
+    if header is None:
+        raise SnowflakeLoadError("the AMC result files are empty: not even a header", transient=False, step="read")
+    return header
+
+
+def infer_arrow_column(values: pa.ChunkedArray | pa.Array) -> ColumnType | None:
+    """The narrowest type that holds every non-empty value of a text column (None: all empty): what folding
+    domain.columns.infer_value over each value with combine() gives, computed column-wise in C."""
+    remaining = pc.drop_null(values)
+    if len(remaining) == 0:
+        return None
+    result: ColumnType | None = None
+    for kind, pattern in _PATTERNS:
+        if len(remaining) == 0:
+            break
+        mask = pc.match_substring_regex(remaining, pattern)
+        if not pc.any(mask).as_py():
+            continue
+        if kind is Kind.DECIMAL:
+            fractions = pc.struct_field(pc.extract_regex(pc.filter(remaining, mask), r"\.(?P<f>\d+)$"), [0])
+            found = ColumnType(Kind.DECIMAL, scale=int(pc.max(pc.utf8_length(fractions)).as_py()))
+        else:
+            found = ColumnType(kind)
+        result = combine(result, found)
+        if result == VARCHAR:
+            return VARCHAR
+        remaining = pc.filter(remaining, pc.invert(mask))
+    return VARCHAR if len(remaining) else result
+
+
+class TypeTracker:
+    """Folds each batch's values into each column's type; AMC's declared types win where the values fit."""
+
+    def __init__(self, columns: Sequence[str], declared: Mapping[str, str] | None = None) -> None:
+        self.columns = list(columns)
+        self._declared = [from_amc((declared or {}).get(c)) for c in self.columns]
+        self._observed: list[ColumnType | None] = [None] * len(self.columns)
+
+    def observe(self, batch: pa.Table) -> None:
+        for index, name in enumerate(self.columns):
+            declared = self._declared[index]
+            if declared is not None and declared.kind is Kind.VARCHAR:
+                continue  # text whatever it looks like: no need to look
+            current = self._observed[index]
+            if current == VARCHAR:
+                continue
+            self._observed[index] = combine(current, infer_arrow_column(batch.column(name)))
+
+    @property
+    def types(self) -> dict[str, ColumnType]:
+        return {
+            name: resolve(declared, observed) or VARCHAR
+            for name, declared, observed in zip(self.columns, self._declared, self._observed, strict=True)
+        }
+
+
+def read_batches(
+    files: Sequence[Path], header: Sequence[str], columns: Sequence[str], batch_rows: int
+) -> Iterator[pa.Table]:
+    """The result as tables of `batch_rows` rows (text columns named for Snowflake, plus the sequence number)."""
+    schema = pa.schema([pa.field(c, pa.string()) for c in columns])
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    sequence = 0
+
+    def emit(batches: list[pa.RecordBatch]) -> pa.Table:
+        nonlocal sequence
+        table = pa.Table.from_batches(batches, schema=schema)
+        table = table.append_column(SEQ_COLUMN, pa.array(range(sequence, sequence + table.num_rows), pa.int64()))
+        sequence += table.num_rows
+        return table
+
+    # Positional names: a header may repeat a name, and the Snowflake names are applied afterwards.
+    positional = [f"c{index}" for index in range(len(header))]
+    for path in files:
+        try:
+            stream = pa.input_stream(str(path), compression="gzip" if path.name.endswith(".gz") else None)
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(column_names=positional, skip_rows=1, block_size=_READ_BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(positional, pa.string()), strings_can_be_null=True
+                ),
+            )
+        except (pa.ArrowInvalid, OSError) as exc:  # OSError: the file is gone, or its gzip is cut short
+            raise _unreadable(path, exc) from exc
+        try:
+            for block in reader:
+                block = pa.RecordBatch.from_arrays(block.columns, schema=schema)
+                while block.num_rows:
+                    take = min(block.num_rows, batch_rows - pending_rows)
+                    pending.append(block.slice(0, take))
+                    pending_rows += take
+                    block = block.slice(take)
+                    if pending_rows >= batch_rows:
+                        yield emit(pending)
+                        pending, pending_rows = [], 0
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _unreadable(path, exc) from exc
+        finally:
+            stream.close()
+    if pending_rows:
+        yield emit(pending)
+
+
+def _unreadable(path: Path, exc: BaseException) -> SnowflakeLoadError:
+    return SnowflakeLoadError(
+        f"result file {path} cannot be read ({exc}): it is missing, cut short or damaged. Download it again "
+        "by running the window again (`recomamp schedules run-now SCHEDULE_ID --window-start DATE`)",
+        transient=False,
+        step="read",
+    )
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """One batch as one Parquet file (one row group): what is PUT to the stage."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="snappy", row_group_size=table.num_rows or 1)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    rows: int
+    payload: bytes
+
+
+class BatchProducer:
+    """Reads, type-checks and encodes batches on a thread of its own, while the caller stages the previous one.
+
+    The queue holds at most two encoded batches, so memory stays flat however large the result is.
+    """
+
+    _DONE = object()
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        header: Sequence[str],
+        columns: Sequence[str],
+        batch_rows: int,
+        tracker: TypeTracker,
+    ) -> None:
+        self._files = files
+        self._header = header
+        self._columns = columns
+        self._batch_rows = batch_rows
+        self._tracker = tracker
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="snowflake-batches", daemon=True)
+
+    def __enter__(self) -> Iterator[StagedBatch]:
+        self._thread.start()
+        return self._consume()
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting for room in the queue
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for table in read_batches(self._files, self._header, self._columns, self._batch_rows):
+                self._tracker.observe(table)
+                if not self._put(StagedBatch(table.num_rows, parquet_bytes(table))):
+                    return
+            self._put(self._DONE)
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            self._put(exc)
+
+    def _consume(self) -> Iterator[StagedBatch]:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, StagedBatch)
+            yield item

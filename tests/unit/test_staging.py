@@ -1,0 +1,195 @@
+"""The staging reader: pyarrow must read AMC's CSV exactly as the csv module does, type columns exactly as
+value-by-value inference does, and write batches that read back to the same rows."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recomamp.domain.columns import VARCHAR, ColumnType, Kind, combine, infer_value
+from recomamp.snowflake.errors import SnowflakeLoadError
+from recomamp.snowflake.staging import (
+    SEQ_COLUMN,
+    BatchProducer,
+    TypeTracker,
+    infer_arrow_column,
+    parquet_bytes,
+    read_batches,
+    result_columns,
+    result_header,
+)
+
+AWKWARD = [
+    ["plain", "1", "2.5"],
+    ["with, comma", "", "x"],
+    ['say "hi"', '""', "end"],
+    ["line\nbreak", "two\nbreaks\nhere", "z"],
+    ["", "", ""],
+    ["trailing space ", " lead", "ünïcode"],
+    ['"', ",", "\n"],
+]
+
+
+def _write(path: Path, header: list[str], rows: list[list[str]], line_ending: str = "\n") -> Path:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator=line_ending)
+    writer.writerow(header)
+    writer.writerows(rows)
+    data = text.getvalue().encode()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def _cells(tables: list[pa.Table], columns: list[str]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for table in tables:
+        data = [table.column(c).to_pylist() for c in columns]
+        rows.extend([value or "" for value in row] for row in zip(*data, strict=True))
+    return rows
+
+
+@pytest.mark.parametrize("line_ending", ["\n", "\r\n"])
+@pytest.mark.parametrize("name", ["r.csv", "r.csv.gz"])
+def test_cells_match_the_csv_module(tmp_path: Path, line_ending: str, name: str) -> None:
+    path = _write(tmp_path / name, ["a", "b", "c"], AWKWARD, line_ending)
+    header = result_header([path])
+    columns = result_columns(header)
+    assert _cells(list(read_batches([path], header, columns, batch_rows=3)), columns) == AWKWARD
+
+
+def test_random_rows_survive_batches_and_parquet_in_order(tmp_path: Path) -> None:
+    generator = random.Random(7)
+    alphabet = ["a", "b", ",", '"', "\n", " ", "1", ".", "é"]
+    rows = [
+        ["".join(generator.choice(alphabet) for _ in range(generator.randint(0, 6))) for _ in range(4)]
+        for _ in range(2000)
+    ]
+    paths = [
+        _write(tmp_path / "p0.csv.gz", list("abcd"), rows[:1200]),
+        _write(tmp_path / "p1.csv.gz", list("abcd"), rows[1200:]),
+    ]
+    header = result_header(paths)
+    columns = result_columns(header)
+    tables = [pq.read_table(io.BytesIO(parquet_bytes(t))) for t in read_batches(paths, header, columns, batch_rows=333)]
+    assert [t.num_rows for t in tables] == [333] * 6 + [2]
+    assert _cells(tables, columns) == rows
+    sequence = [n for t in tables for n in t.column(SEQ_COLUMN).to_pylist()]
+    assert sequence == list(range(2000))
+
+
+def test_a_kept_part_cut_short_is_an_error_naming_it(tmp_path: Path) -> None:
+    whole = _write(tmp_path / "whole.csv.gz", ["a", "b"], [[str(n), "x" * 50] for n in range(20_000)])
+    cut = tmp_path / "part-00003.csv.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(SnowflakeLoadError, match=r"part-00003\.csv\.gz"):
+        list(read_batches([cut], ["a", "b"], ["A", "B"], batch_rows=1000))
+
+
+def test_a_header_only_file_has_no_batches(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("a,b\n")
+    assert list(read_batches([path], ["a", "b"], ["A", "B"], batch_rows=10)) == []
+
+
+def test_parts_with_different_headers_are_refused(tmp_path: Path) -> None:
+    first = _write(tmp_path / "p0.csv", ["a", "b"], [["1", "2"]])
+    second = _write(tmp_path / "p1.csv", ["a", "c"], [["1", "2"]])
+    with pytest.raises(SnowflakeLoadError, match=r"p1\.csv has different columns"):
+        result_header([first, second])
+
+
+def _value_by_value(values: list[str]) -> ColumnType | None:
+    expected = None
+    for value in values:
+        if value:
+            expected = combine(expected, infer_value(value))
+    return expected
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        ["1", "-2", "+3"],
+        ["1", "2.50", "3.125"],
+        ["1" * 27 + ".5"],
+        ["1.5e-05", "2"],
+        ["true", "FALSE"],
+        ["2026-01-01", "2026-01-02"],
+        ["2026-01-01", "2026-01-02 10:00:00"],
+        ["2026-01-01T10:00:00.123Z"],
+        ["12\n34", "5"],  # a value with its own newline must not pass as two integers
+        ["1", "x"],
+        ["0.1234567890123"],
+        ["", "", "7"],
+        ["", ""],
+    ],
+)
+def test_column_inference_agrees_with_value_by_value(column: list[str]) -> None:
+    array = pa.array([value or None for value in column], pa.string())
+    assert infer_arrow_column(array) == _value_by_value(column)
+
+
+def test_column_inference_agrees_on_random_mixes() -> None:
+    generator = random.Random(11)
+    pieces = [
+        lambda: str(generator.randint(-(10**12), 10**12)),
+        lambda: f"{generator.randint(0, 10**6)}.{generator.randint(0, 10**6):0{generator.randint(1, 13)}d}",
+        lambda: f"{generator.random():e}",
+        lambda: generator.choice(["true", "False", "TRUE"]),
+        lambda: f"2026-0{generator.randint(1, 9)}-1{generator.randint(0, 9)}",
+        lambda: "2026-01-02" + generator.choice(["T", " "]) + "10:00:01" + generator.choice(["", ".5", "Z"]),
+        lambda: generator.choice(["x", "12 ", "1,5", "-", "1e", "0x1F", "", "9" * 39]),
+    ]
+    mismatches = []
+    for _ in range(3000):
+        chosen = generator.sample(pieces, generator.randint(1, 3))
+        column = [generator.choice(chosen)() for _ in range(generator.randint(1, 6))]
+        if infer_arrow_column(pa.array([v or None for v in column], pa.string())) != _value_by_value(column):
+            mismatches.append(column)
+    assert mismatches == []
+
+
+def test_declared_types_win_where_values_fit() -> None:
+    tracker = TypeTracker(
+        ["ZIP", "CLICKS", "SPEND", "DAY", "NOTE"], {"ZIP": "STRING", "CLICKS": "LONG", "SPEND": "DECIMAL"}
+    )
+    tracker.observe(
+        pa.table(
+            {
+                "ZIP": ["01234", "99501"],
+                "CLICKS": ["3", None],
+                "SPEND": ["1.25", "2"],
+                "DAY": ["2026-01-01", "2026-01-01 10:00:00"],
+                "NOTE": [None, None],
+            }
+        )
+    )
+    assert tracker.types == {
+        "ZIP": VARCHAR,  # digits, but AMC says text: the leading zero stays
+        "CLICKS": ColumnType(Kind.INTEGER),
+        "SPEND": ColumnType(Kind.DECIMAL, 2),
+        "DAY": ColumnType(Kind.TIMESTAMP),
+        "NOTE": VARCHAR,  # never a value: text, which anything fits later
+    }
+
+
+def test_a_declared_type_the_values_break_is_widened_not_trusted() -> None:
+    tracker = TypeTracker(["CLICKS"], {"CLICKS": "LONG"})
+    tracker.observe(pa.table({"CLICKS": ["3", "4.5"]}))
+    assert tracker.types == {"CLICKS": ColumnType(Kind.DECIMAL, 1)}
+
+
+def test_the_producer_stops_cleanly_when_the_consumer_leaves_early(tmp_path: Path) -> None:
+    path = _write(tmp_path / "r.csv", ["a"], [[str(n)] for n in range(5000)])
+    tracker = TypeTracker(["A"])
+    with BatchProducer([path], ["a"], ["A"], 100, tracker) as batches:
+        first = next(batches)
+    assert first.rows == 100
+    assert pq.read_table(io.BytesIO(first.payload)).column("A").to_pylist()[:2] == ["0", "1"]
