@@ -36,12 +36,13 @@ RESERVED_COLUMNS = frozenset(
         SEQ_COLUMN,
     }
 )
-_READ_BLOCK_BYTES = 1 << 22
+_READ_BLOCK_BYTES = 1 << 20
 
 # domain.columns.infer_value's rules, as regular expressions (RE2) applied to whole columns at once.
 _INTEGER = r"^[+-]?\d{1,38}$"
-# A decimal fits NUMBER(38, s) when its scale is at most 12 and all its digits at most 38.
-_DECIMAL = "^[+-]?(?:" + "|".join(rf"\d{{1,{38 - scale}}}\.\d{{{scale}}}" for scale in range(1, 13)) + ")$"
+# A decimal fits NUMBER(38, s) when its scale is at most 12 and all its digits at most 38; the digit count
+# is checked apart (_matches), as one pattern per scale made this the slowest check of all.
+_DECIMAL = r"^[+-]?\d+\.\d{1,12}$"
 _FLOAT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _BOOLEAN = r"^(?i:true|false)$"
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
@@ -101,24 +102,45 @@ def result_header(files: Sequence[Path]) -> list[str]:
     return header
 
 
-def infer_arrow_column(values: pa.ChunkedArray | pa.Array) -> ColumnType | None:
+_PATTERN_OF = dict(_PATTERNS)
+
+
+def _matches(values: pa.Array, kind: Kind) -> pa.Array:
+    mask = pc.match_substring_regex(values, _PATTERN_OF[kind])
+    if kind is Kind.DECIMAL:  # at most 38 digits: the length less the point and any sign
+        signs = pc.cast(pc.match_substring_regex(values, r"^[+-]"), pa.int32())
+        digits = pc.subtract(pc.subtract(pc.utf8_length(values), 1), signs)
+        mask = pc.and_(mask, pc.less_equal(digits, 38))
+    return mask
+
+
+def _decimal(values: pa.Array) -> ColumnType:
+    fractions = pc.struct_field(pc.extract_regex(values, r"\.(?P<f>\d+)$"), [0])
+    return ColumnType(Kind.DECIMAL, scale=int(pc.max(pc.utf8_length(fractions)).as_py()))
+
+
+def infer_arrow_column(values: pa.ChunkedArray | pa.Array, hint: ColumnType | None = None) -> ColumnType | None:
     """The narrowest type that holds every non-empty value of a text column (None: all empty): what folding
-    domain.columns.infer_value over each value with combine() gives, computed column-wise in C."""
+    domain.columns.infer_value over each value with combine() gives, computed column-wise in C.
+
+    With a `hint` (the type the column had so far, or AMC's declared type), one pass checks whether every
+    value fits it; the answer then agrees with the exact one once combined with the hint, and a column
+    that keeps its type costs one regular expression per batch instead of up to six."""
     remaining = pc.drop_null(values)
+    if isinstance(remaining, pa.ChunkedArray):
+        remaining = remaining.combine_chunks()
     if len(remaining) == 0:
         return None
+    if hint is not None and hint.kind in _PATTERN_OF and pc.all(_matches(remaining, hint.kind)).as_py():
+        return _decimal(remaining) if hint.kind is Kind.DECIMAL else ColumnType(hint.kind)
     result: ColumnType | None = None
-    for kind, pattern in _PATTERNS:
+    for kind, _ in _PATTERNS:
         if len(remaining) == 0:
             break
-        mask = pc.match_substring_regex(remaining, pattern)
+        mask = _matches(remaining, kind)
         if not pc.any(mask).as_py():
             continue
-        if kind is Kind.DECIMAL:
-            fractions = pc.struct_field(pc.extract_regex(pc.filter(remaining, mask), r"\.(?P<f>\d+)$"), [0])
-            found = ColumnType(Kind.DECIMAL, scale=int(pc.max(pc.utf8_length(fractions)).as_py()))
-        else:
-            found = ColumnType(kind)
+        found = _decimal(pc.filter(remaining, mask)) if kind is Kind.DECIMAL else ColumnType(kind)
         result = combine(result, found)
         if result == VARCHAR:
             return VARCHAR
@@ -142,7 +164,8 @@ class TypeTracker:
             current = self._observed[index]
             if current == VARCHAR:
                 continue
-            self._observed[index] = combine(current, infer_arrow_column(batch.column(name)))
+            hint = current if current is not None else declared
+            self._observed[index] = combine(current, infer_arrow_column(batch.column(name), hint))
 
     @property
     def types(self) -> dict[str, ColumnType]:
@@ -175,7 +198,9 @@ def read_batches(
             stream = pa.input_stream(str(path), compression="gzip" if path.name.endswith(".gz") else None)
             reader = pacsv.open_csv(
                 stream,
-                read_options=pacsv.ReadOptions(column_names=positional, skip_rows=1, block_size=_READ_BLOCK_BYTES),
+                read_options=pacsv.ReadOptions(
+                    column_names=positional, skip_rows=1, block_size=_READ_BLOCK_BYTES, use_threads=False
+                ),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     column_types=dict.fromkeys(positional, pa.string()), strings_can_be_null=True

@@ -136,6 +136,17 @@ def test_column_inference_agrees_with_value_by_value(column: list[str]) -> None:
     assert infer_arrow_column(array) == _value_by_value(column)
 
 
+HINTS = [
+    ColumnType(Kind.INTEGER),
+    ColumnType(Kind.DECIMAL, 2),
+    ColumnType(Kind.FLOAT),
+    ColumnType(Kind.BOOLEAN),
+    ColumnType(Kind.DATE),
+    ColumnType(Kind.TIMESTAMP),
+    VARCHAR,
+]
+
+
 def test_column_inference_agrees_on_random_mixes() -> None:
     generator = random.Random(11)
     pieces = [
@@ -151,8 +162,14 @@ def test_column_inference_agrees_on_random_mixes() -> None:
     for _ in range(3000):
         chosen = generator.sample(pieces, generator.randint(1, 3))
         column = [generator.choice(chosen)() for _ in range(generator.randint(1, 6))]
-        if infer_arrow_column(pa.array([v or None for v in column], pa.string())) != _value_by_value(column):
+        array = pa.array([v or None for v in column], pa.string())
+        exact = _value_by_value(column)
+        if infer_arrow_column(array) != exact:
             mismatches.append(column)
+        # With a hint (the column's type so far), the one-pass answer agrees once combined with the hint.
+        hint = generator.choice(HINTS)
+        if combine(hint, infer_arrow_column(array, hint)) != combine(hint, exact):
+            mismatches.append([f"hint {hint}", *column])
     assert mismatches == []
 
 
