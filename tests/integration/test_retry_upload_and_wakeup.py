@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime
 
 import asyncpg
+import pytest
 
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
@@ -17,7 +18,9 @@ from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services import schedules
 from recomamp.services.runs import retry_upload
+from recomamp.store import runs as run_store
 from tests.conftest import ConfigWriter
+from tests.integration.test_cli import cli
 from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, wait_until, write_world_config
 
 
@@ -57,6 +60,38 @@ async def test_a_failed_upload_is_loaded_again_from_fresh_links(
     assert (after["status"], after["snowflake_status"], after["snowflake_rows"]) == ("succeeded", "completed", 120)
     assert (after["error_message"], after["lease_token"], after["results_path"]) == (None, None, None)
     assert simulator.calls["create_execution"] == 1
+
+
+async def test_retry_upload_is_refused_naming_the_holder_while_another_holds_the_run(
+    pool: asyncpg.Pool,
+    db_dsn: str,
+    box: SecretBox,
+    simulator: AmcSimulator,
+    fakesnow_server: FakeSnowflake,
+    write_config: ConfigWriter,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amcA")
+    await add_due_schedule(pool, tenant, "daily", table="daily_results")  # no Snowflake config: the load fails
+    config_path = write_world_config(write_config, db_dsn, simulator)
+    assert await Daemon(load_config(config_path), once=True).run() == 1
+    run_id = await pool.fetchval("SELECT id FROM schedule_runs")
+    await add_snowflake(pool, box, tenant, fakesnow_server.host, fakesnow_server.port, f"DB_{uuid.uuid4().hex[:8]}")
+    held = await run_store.lease_for_upload(pool, run_id, "retry-upload:other-shell", 60)
+    assert held is not None
+    capsys.readouterr()
+    assert await cli(config_path, "runs", "retry-upload", str(run_id)) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert "held by retry-upload:other-shell" in error[0]
+    assert "Traceback" not in error[0]
+    # Nothing was loaded, and the holder's lease is untouched.
+    row = await pool.fetchrow(
+        "SELECT snowflake_status, lease_owner, lease_token FROM schedule_runs WHERE id = $1", run_id
+    )
+    assert row is not None
+    assert (row["snowflake_status"], row["lease_owner"]) == ("failed", "retry-upload:other-shell")
+    assert row["lease_token"] == held.token
 
 
 async def test_run_now_wakes_a_sleeping_daemon(
