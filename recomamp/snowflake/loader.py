@@ -18,6 +18,7 @@ A transient failure starts the whole load again on a fresh connection, with new 
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -127,7 +128,6 @@ class LoadResult:
     created_table: bool = False
     added_columns: list[str] = field(default_factory=list)
     widened_columns: list[str] = field(default_factory=list)
-    stage_names: list[str] = field(default_factory=list)
 
 
 StatementHook = Callable[[str, str], None]
@@ -278,12 +278,11 @@ class Loader:
                     # A new name on every attempt: reusing a staged name on retry is how other loaders
                     # duplicated rows.
                     prefix = f"b{batch_number:06d}_{uuid.uuid4().hex[:12]}"
-                    result.stage_names.append(prefix)
                     self._run(
                         cursor,
                         "put",
                         f"PUT file://{prefix}.parquet @{quote(stage)}/{prefix}/ AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
-                        file_stream=_Stream(batch.payload),
+                        file_stream=io.BytesIO(batch.payload),  # the connector's PUT reads a file object
                     )
                     self._run(
                         cursor,
@@ -484,21 +483,3 @@ def _cast(column: str, column_type: ColumnType) -> str:
     if column_type.kind is Kind.VARCHAR:
         return quote(column)
     return f"CAST({quote(column)} AS {column_type.sql()}) AS {quote(column)}"
-
-
-class _Stream:
-    """The connector's PUT reads a file object; a batch in memory is one, without a copy."""
-
-    def __init__(self, payload: bytes) -> None:
-        import io
-
-        self._buffer = io.BytesIO(payload)
-
-    def read(self, size: int = -1) -> bytes:
-        return self._buffer.read(size)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._buffer.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._buffer.tell()
