@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit integration bench soak demo clean install-systemd
+.PHONY: install test lint typecheck unit integration bench soak demo clean install-systemd service-venv systemd-check
 
 install: $(STAMP)
 
@@ -44,15 +44,38 @@ clean:
 demo: install
 	$(BIN)/recomamp demo
 
-# Installs this checkout as the service: the unit (pointing at this checkout's .venv), the example
-# config (kept if one exists), and the recomamp system user. Run as root. Secrets are yours to place.
-install-systemd: install
-	id -u recomamp >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin recomamp
+# The service runs from a venv of its own: a regular (not editable) install of this checkout, built from a
+# Python the service user can execute (systemd/check-python refuses one under /root, /home or /tmp).
+SERVICE_VENV ?= /opt/recomamp/venv
+
+# (Re)builds the service venv from this checkout: needs the package index. Upgrades use it too.
+service-venv:
+	systemd/check-python $(PYTHON)
+	test -x $(SERVICE_VENV)/bin/python || $(PYTHON) -m venv $(SERVICE_VENV)
+	$(SERVICE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVICE_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps . && \
+		$(SERVICE_VENV)/bin/python -m pip install --quiet .
+	$(SERVICE_VENV)/bin/recomamp --version
+
+# Installs the service: the venv (built when missing), the recomamp system user (home: its state
+# directory), /etc/recomamp with the example config (kept if one exists), and the unit. Run as root.
+# Secrets are yours to place. PYTHON=/usr/bin/python3 when the first python3 on the PATH is a pyenv one.
+install-systemd:
+	test -x $(SERVICE_VENV)/bin/recomamp || $(MAKE) service-venv PYTHON=$(PYTHON) SERVICE_VENV=$(SERVICE_VENV)
+	systemd/check-python $(SERVICE_VENV)/bin/python
+	id -u recomamp >/dev/null 2>&1 || useradd --system --home-dir /var/lib/recomamp --no-create-home \
+		--shell /usr/sbin/nologin recomamp
 	install -d -m 0750 -g recomamp /etc/recomamp
 	install -d -m 0700 /etc/recomamp/credentials
-	test -f /etc/recomamp/recomamp.toml || install -m 0640 -g recomamp systemd/recomamp.toml /etc/recomamp/recomamp.toml
-	sed 's#/opt/recomamp#$(CURDIR)#g' systemd/recomamp.service > /etc/systemd/system/recomamp.service
+	test -f /etc/recomamp/recomamp.toml || $(SERVICE_VENV)/bin/recomamp example-config > /etc/recomamp/recomamp.toml
+	chgrp recomamp /etc/recomamp/recomamp.toml && chmod 0640 /etc/recomamp/recomamp.toml
+	sed 's#/opt/recomamp/venv#$(SERVICE_VENV)#g' systemd/recomamp.service > /etc/systemd/system/recomamp.service
 	systemctl daemon-reload
 	@echo "Next: put token-key, amazon-client-secret and database-dsn in /etc/recomamp/credentials (mode 0600),"
-	@echo "      then: CREDENTIALS_DIRECTORY=/etc/recomamp/credentials $(BIN)/recomamp migrate up --config /etc/recomamp/recomamp.toml"
+	@echo "      then: CREDENTIALS_DIRECTORY=/etc/recomamp/credentials $(SERVICE_VENV)/bin/recomamp migrate up --config /etc/recomamp/recomamp.toml"
 	@echo "      then: systemctl enable --now recomamp"
+
+# The unit under a real systemd 252 (../shared/tools/systemd-sandbox): start, runs, journalctl recipes,
+# reload good and bad, restart, stop with a run in flight, a Postgres outage, the security score.
+systemd-check: install
+	$(BIN)/python -m tests.systemd.check

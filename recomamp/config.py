@@ -492,6 +492,17 @@ class Config(BaseSettings):
     notify: NotifySettings = NotifySettings()
     logging: LoggingSettings = LoggingSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_from_credentials(cls, data: Any) -> Any:
+        """[database] and [security] may be left out when their secrets come from systemd credentials: the
+        section's own check then says what is missing (not "required key is missing")."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for section in ("database", "security"):
+                data.setdefault(section, {})
+        return data
+
     @model_validator(mode="after")
     def _pool_fits_the_runs(self) -> Config:
         needed = pool_size_needed(self.daemon.max_concurrent_runs)
@@ -529,7 +540,7 @@ def _format_error(error: Mapping[str, Any]) -> str:
         # A check across sections names its own key at the start of the message.
         return message
     if error["type"] == "extra_forbidden":
-        message = "unknown key (a typo?); see systemd/recomamp.toml for the keys there are"
+        message = "unknown key (a typo?); see `recomamp example-config` for the keys there are"
     elif error["type"] == "missing":
         message = "required key is missing"
     return f"{location}: {message}"

@@ -19,6 +19,14 @@ from recomamp.cli.common import (
 from recomamp.config import ConfigError, load_config
 
 
+def cmd_example_config(args: argparse.Namespace) -> int:
+    """The example config shipped in the package: every key, documented (a wheel has no source tree)."""
+    from importlib.resources import files
+
+    sys.stdout.write(files("recomamp").joinpath("example.toml").read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -89,6 +97,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         "path", nargs="?", help="the file to check (default: --config, $RECOMAMP_CONFIG, the default path)"
     )
     add_command(commands, "keygen", "print a new token encryption key", cmd_keygen, common)
+    add_command(
+        commands,
+        "example-config",
+        "print the example config, every key documented (recomamp example-config > recomamp.toml)",
+        cmd_example_config,
+        common,
+    )
 
     migrate = commands.add_parser("migrate", parents=[common], help="apply or roll back the database schema")
     actions = migrate.add_subparsers(dest="migrate_command", required=True, metavar="ACTION")

@@ -36,7 +36,7 @@ from recomamp.domain.runs import Cancelled, Decision, Defer, Fail, Lost, Step, W
 from recomamp.logs import get_logger
 from recomamp.snowflake.connection import BadPrivateKey, spec_from_row
 from recomamp.snowflake.errors import SnowflakeLoadError
-from recomamp.snowflake.loader import LoadCancelled, LoadTarget, RunMetadata
+from recomamp.snowflake.loader import LoadCancelled, LoadSuperseded, LoadTarget, RunMetadata
 from recomamp.snowflake.sink import LoadTimedOut
 from recomamp.store import quota as quota_store
 from recomamp.store import runs as run_store
@@ -186,7 +186,10 @@ class RunPipeline:
             decision = classify(exc, quota_backoff_seconds=config.amc.quota_refusal_backoff_seconds)
             if isinstance(decision, Defer | Fail) and decision.kind == "unexpected":
                 log.error("run_unexpected_error", exc_info=exc)
-        return await self._record(run, lease, config, decision, attempt_number)
+        try:
+            return await self._record(run, lease, config, decision, attempt_number)
+        finally:
+            services.metrics.run_left(run.amc_instance_id)
 
     async def _record(
         self, run: RunRecord, lease: RunLease, config: Config, decision: Decision | _Succeeded, attempt: int
@@ -454,9 +457,19 @@ class RunPipeline:
                 log.error("amc_cancel_failed", amc_execution_id=execution_id, error=str(exc))
 
     async def upload(
-        self, run: RunRecord, lease: RunLease, files: ResultFiles, config: Config, execution: Execution | None = None
+        self,
+        run: RunRecord,
+        lease: RunLease,
+        files: ResultFiles,
+        config: Config,
+        execution: Execution | None = None,
+        *,
+        replace_loaded: bool = False,
     ) -> Fail | None:
-        """Load the run's files into its recorded table. Returns a failure for a person when it failed."""
+        """Load the run's files into its recorded table. Returns a failure for a person when it failed.
+
+        An adopted run whose result another claim already committed is not loaded twice (the Snowflake load
+        ledger says so); `replace_loaded` (an operator's retry-upload) loads it again all the same."""
         services = self._services
         pool = services.pool
 
@@ -507,6 +520,10 @@ class RunPipeline:
                         window_start=run.window_start,
                         window_end=run.window_end,
                         uploaded_at=datetime.now(UTC),
+                        claim=lease.claim,
+                        amc_execution_id=run.amc_execution_id
+                        or (execution.execution_id if execution is not None else ""),
+                        replace_loaded=replace_loaded,
                     ),
                     files.paths,
                     # AMC's outputColumns types: a STRING column of digits stays text, a LONG stays a number.
@@ -518,6 +535,9 @@ class RunPipeline:
                 )
         except LeaseLost:
             raise
+        except LoadSuperseded as exc:  # a later claim wrote first: this one is over, like a lost lease
+            log.warning("run_lease_lost", step="uploading", detail=str(exc))
+            raise LeaseLost(run.id) from None
         except (SnowflakeLoadError, BadPrivateKey, LoadTimedOut, LoadCancelled) as exc:
             transient = getattr(exc, "transient", isinstance(exc, LoadTimedOut | LoadCancelled))
             message = (

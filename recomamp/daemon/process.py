@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
@@ -131,11 +131,17 @@ class Daemon:
         self._signals = 0
         self.health = DatabaseHealth()
         self.metrics = Metrics()
+        # Read at each scrape: it says what the last database call found, not what it was 5 s ago.
+        self.metrics.database_up.set_function(lambda: 1.0 if self.health.healthy else 0.0)
         self.ready = False
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
         self._created_leased: list[RunLease] = []  # --once: runs the pass created leased, started after it
         self._created_at: list[float] = []
+
+    @property
+    def replica_name(self) -> str:
+        return self._owner
 
     @property
     def config(self) -> Config:
@@ -463,7 +469,6 @@ class Daemon:
         while True:
             if self.tasks_alive:
                 self._notifier.watchdog()
-                self.metrics.database_up.set(1 if self.health.healthy else 0)
                 if not self.health.healthy:
                     self._notifier.status(
                         f"database unreachable for {self.health.away_seconds:.0f} s; {len(self._runs)} runs held, "
@@ -560,11 +565,11 @@ class Daemon:
 
     # --- reload --------------------------------------------------------------------------------------
 
-    async def reload(self) -> tuple[bool, list[str]]:
-        """SIGHUP or `recomamp reload`: (applied, problems). A broken config is refused; the old one stays."""
+    async def reload(self) -> ReloadVerdict:
+        """SIGHUP or `recomamp reload`: validate and swap. A broken config is refused; the old one stays."""
         if self._config_path is None:
             log.warning("config_reload_skipped", reason="the daemon was started without a config file")
-            return False, ["the daemon was started without a config file"]
+            return ReloadVerdict(False, ("the daemon was started without a config file",))
         async with self._reload_lock:
             self._notifier.reloading()
             try:
@@ -572,7 +577,7 @@ class Daemon:
                     new = await asyncio.to_thread(load_config, self._config_path)
                 except ConfigError as exc:
                     log.error("config_reload_failed", problems=exc.problems, detail="keeping the running config")
-                    return False, exc.problems
+                    return ReloadVerdict(False, tuple(exc.problems))
                 old = self._config
                 keys = changed_keys(old, new)
                 needs_restart = restart_only(keys)
@@ -597,13 +602,19 @@ class Daemon:
                 if hasattr(self, "_services"):
                     self._services.reconfigure(effective)
                 set_level(effective.logging.level)
-                log.info(
-                    "config_reloaded",
-                    changed_keys=[key for key in keys if key not in needs_restart],
-                    needs_restart=needs_restart,
-                )
+                applied = [key for key in keys if key not in needs_restart]
+                log.info("config_reloaded", changed_keys=applied, needs_restart=needs_restart)
                 self._wake_poller.set()
                 self._wake_dispatcher.set()
-                return True, []
+                return ReloadVerdict(True, (), tuple(applied), tuple(needs_restart))
             finally:
                 self._notifier.ready()
+
+
+class ReloadVerdict(NamedTuple):
+    """What a reload did: `recomamp reload` prints it, and exits non-zero when it was refused."""
+
+    applied: bool
+    problems: tuple[str, ...]
+    changed_keys: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()

@@ -1,4 +1,4 @@
-"""The daemon's side tasks: housekeeping now; alerts, metrics and the reload socket are added by their modules.
+"""The daemon's side tasks: housekeeping, the control socket (`recomamp reload`), /metrics and its gauges.
 
 Each is a named, supervised task: if one dies, the daemon exits non-zero and systemd restarts it.
 """
@@ -24,7 +24,71 @@ HOUSEKEEPING_EVERY_SECONDS = 300.0
 
 
 def sidecar_tasks(daemon: Daemon) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
-    return {"housekeeping": lambda: housekeeping(daemon)}
+    from recomamp.daemon.control import serve_control
+
+    tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+        "housekeeping": lambda: housekeeping(daemon),
+        "control": lambda: serve_control(daemon),
+        "gauges": lambda: refresh_gauges(daemon),
+        "notifier": lambda: send_notifications(daemon),
+    }
+    if daemon.config.metrics.listen:
+        tasks["metrics"] = lambda: serve_metrics(daemon)
+    return tasks
+
+
+async def serve_metrics(daemon: Daemon) -> None:
+    """/metrics, /healthz, /readyz on [metrics] listen, until the daemon stops (a reload keeps the address)."""
+    from recomamp.observe.http import MetricsServer
+
+    def alive() -> tuple[bool, str]:
+        dead = [name for name, task in daemon._tasks.items() if task.done()]
+        return (not dead, "every task is alive" if not dead else f"tasks ended: {', '.join(dead)}")
+
+    def ready() -> tuple[bool, str]:
+        if not daemon.ready:
+            return False, "starting: waiting for the database or for pending migrations"
+        if not daemon.health.healthy:
+            return False, f"the database has been unreachable for {daemon.health.away_seconds:.0f} s"
+        return True, "the database answers and the schema is current"
+
+    server = MetricsServer(daemon.metrics, alive=alive, ready=ready)
+    await server.start(daemon.config.metrics.listen)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+async def send_notifications(daemon: Daemon) -> None:
+    """Alerts from the outbox to the [[notify.webhook]] targets (a reload applies new targets at once)."""
+    from recomamp.notify.sender import run_sender
+
+    await run_sender(
+        daemon._services.control_pool,
+        lambda: daemon.config,
+        observe=daemon.metrics.webhook_delivery,
+        on_database_error=lambda exc: daemon.health.failed(exc, "notifications"),
+    )
+
+
+async def refresh_gauges(daemon: Daemon) -> None:
+    """The gauges that come from the database (re-authentication, paused schedules, quota, lag, last success)."""
+    from recomamp.services.status import read_status
+    from recomamp.store.db import is_connection_error
+
+    while True:
+        config = daemon.config
+        try:
+            snapshot = await read_status(
+                daemon._services.control_pool, quota_window_seconds=config.amc.quota_window_seconds
+            )
+            daemon.metrics.set_database_gauges(snapshot, config.amc.adhoc_executions_per_day)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            daemon.health.failed(exc, "metrics gauges")
+        await asyncio.sleep(config.metrics.refresh_seconds)
 
 
 async def housekeeping(daemon: Daemon) -> None:

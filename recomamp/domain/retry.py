@@ -146,8 +146,8 @@ def token_failure_message(failure: AttemptFailure, attempts: int, email: str = "
     if failure.kind is FailureKind.REAUTH_REQUIRED:
         return True, (
             f"User needs to re-authenticate via Amazon OAuth. Login with Amazon rejected the refresh token "
-            f"({cause}). Permanent: the user must sign in with Amazon again; until an operator stores the new "
-            f"token with `recomamp users set-token {email}`, this user's runs fail without calling Amazon."
+            f"({cause}). Permanent: the user must sign in with Amazon again (`recomamp users authorize {email} "
+            f"--rerun-failed`); until then this user's runs fail without calling Amazon."
         )
     if failure.kind is FailureKind.CLIENT_CREDENTIALS:
         return True, (

@@ -43,7 +43,7 @@ class Metrics:
             registry=r,
         )
         self.amc_submissions = Counter(
-            "recomamp_amc_executions_submitted", "AMC executions created, per instance", ["instance"], registry=r
+            "recomamp_amc_executions_submitted", "AMC executions created, per instance", ["amc_instance"], registry=r
         )
         self.rows_loaded_total = Counter("recomamp_snowflake_rows_loaded", "Rows loaded into Snowflake", registry=r)
         self.webhook_deliveries = Counter(
@@ -59,12 +59,12 @@ class Metrics:
             "recomamp_run_start_lag_seconds", "From a run's due time to its first step", buckets=LAG_BUCKETS, registry=r
         )
         self.in_flight = Gauge(
-            "recomamp_runs_in_flight", "Runs this replica works on, per instance", ["instance"], registry=r
+            "recomamp_runs_in_flight", "Runs this replica works on, per instance", ["amc_instance"], registry=r
         )
         self.quota = Gauge(
             "recomamp_amc_quota_used",
             "AMC ad-hoc executions in the current quota window, per instance",
-            ["instance"],
+            ["amc_instance"],
             registry=r,
         )
         self.quota_limit = Gauge("recomamp_amc_quota_limit", "AMC ad-hoc executions allowed per window", registry=r)
@@ -89,7 +89,6 @@ class Metrics:
         self.database_up = Gauge("recomamp_database_up", "1 when the database answered last time", registry=r)
         self.kept_results = Gauge("recomamp_kept_results_bytes", "Result files kept under the spool", registry=r)
         self.outbox_pending = Gauge("recomamp_notifications_pending", "Alerts not yet delivered", registry=r)
-        self.database_up.set(1)
         self._in_flight_counts: dict[str, int] = {}
 
     # --- what the pipeline reports ------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def start_fakesnow(port: int | None = None, log_path: Path | None = None, timeou
     log_file = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child, closed below
     try:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-            [sys.executable, "-m", "fakesnow", "-s", "-p", str(port)],
+            [sys.executable, "-m", "recomamp.sandbox.snowflake_emulator", "-s", "-p", str(port)],
             stdout=log_file if log_file is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONWARNINGS": "ignore"},

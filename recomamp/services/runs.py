@@ -134,7 +134,7 @@ async def retry_upload(services: Services, config: Config, run_id: int, *, owner
                 amc_target(run, config), tokens, run.amc_execution_id, directory
             )
         pipeline = RunPipeline(services, owner, lambda: config, once=True)
-        problem = await pipeline.upload(run, lease, files, config)
+        problem = await pipeline.upload(run, lease, files, config, replace_loaded=True)
         if problem is not None:
             raise SnowflakeLoadError(problem.message, transient=False, step="retry-upload")
         loaded = True

@@ -39,6 +39,11 @@ _PERMANENT: dict[int, str] = {
 }
 # errno values that mean "try again later".
 _TRANSIENT = frozenset({250001, 250003, 390114, 604, 251012})
+# An HTTP 5xx the connector retried until its network timeout (the service failed for a while, or the
+# emulator met a transaction conflict): the whole load starts again on a fresh connection.
+_HTTP_5XX = frozenset({"InternalServerError", "BadGatewayError", "ServiceUnavailableError", "GatewayTimeoutError"})
+# Statement aborted on a lock: too many waiters, or LOCK_TIMEOUT passed.
+_LOCK_CONFLICT = frozenset({625})
 
 
 def classify(exc: BaseException) -> SnowflakeFailure:
@@ -51,6 +56,22 @@ def classify(exc: BaseException) -> SnowflakeFailure:
     lowered = text.lower()
     if "warehouse" in lowered and ("suspended" in lowered or "resuming" in lowered):
         return SnowflakeFailure(True, code, f"the Snowflake warehouse is suspended or resuming: {text}")
-    if code in _TRANSIENT or name in ("OperationalError", "InterfaceError") or isinstance(exc, OSError | TimeoutError):
+    if is_lock_conflict(exc):
+        # Another session holds the rows (a load of the same run by another claim, or a reader's lock):
+        # the whole load starts again, and its ledger check sees what the other one committed.
+        return SnowflakeFailure(True, code, f"another Snowflake transaction holds the rows this load writes: {text}")
+    if (
+        code in _TRANSIENT
+        or name in ("OperationalError", "InterfaceError")
+        or name in _HTTP_5XX
+        or isinstance(exc, OSError | TimeoutError)
+    ):
         return SnowflakeFailure(True, code, f"Snowflake could not be reached or failed for a moment ({name}: {text})")
     return SnowflakeFailure(False, code, f"Snowflake refused the load ({name}: {text})")
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Another open transaction holds the rows this statement writes (Snowflake's 000625, past LOCK_TIMEOUT)."""
+    errno = getattr(exc, "errno", None)
+    text = str(getattr(exc, "msg", None) or exc).lower()
+    return errno in _LOCK_CONFLICT or "conflict on" in text or "lock wait" in text

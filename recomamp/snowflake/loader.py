@@ -9,10 +9,12 @@ How a run lands (the way dlt, Airbyte and Fivetran load):
 3. DDL first (DDL commits any open transaction): create the table, add new columns, and widen a column whose
    new values no longer fit (a number to a wider number or FLOAT, a DATE to a TIMESTAMP, else to VARCHAR;
    every value is kept).
-4. The run applies at once: DELETE the schedule's rows for this window and INSERT the new ones in one
-   transaction (a re-run replaces its window), or, with key columns, one MERGE with the source
-   deduplicated on them (the last row of a key wins). The fence (the run's lease) is checked inside the
-   transaction, immediately before the COMMIT, or before the MERGE.
+4. The run applies at once, in one transaction: the load ledger's row for the run first (ledger.py: it
+   orders this run's claims inside Snowflake), then DELETE the schedule's rows for this window and INSERT
+   the new ones (a re-run replaces its window), or, with key columns, DELETE the rows of the keys the run
+   brings and INSERT the source deduplicated on them (the last row of a key wins; dbt's delete+insert,
+   as MERGE cannot share a transaction with the ledger on the emulator). The fence (the run's lease in
+   Postgres) is checked inside the transaction, immediately before the COMMIT.
 A transient failure starts the whole load again on a fresh connection, with new stage and table names.
 """
 
@@ -30,7 +32,8 @@ from typing import Any, Protocol
 from recomamp.domain.columns import ColumnType, Kind, fits, from_snowflake, widened
 from recomamp.domain.identifiers import qualified, quote, validate_identifier
 from recomamp.logs import get_logger
-from recomamp.snowflake.errors import SnowflakeLoadError, classify
+from recomamp.snowflake.errors import SnowflakeLoadError, classify, is_lock_conflict
+from recomamp.snowflake.ledger import AlreadyLoaded, Ledger, LedgerSuperseded, decide
 from recomamp.snowflake.staging import (
     SEQ_COLUMN,
     BatchProducer,
@@ -44,6 +47,9 @@ log = get_logger(__name__)
 WIDENING_SUFFIX = "__RECOMAMP_WIDEN"
 LEGACY_WIDENING_SUFFIX = "__RECOMAMP_TEXT"  # what earlier releases left behind when a widening was cut short
 STAGING_PREFIX = "RECOMAMP_STAGING_"
+# How long a load waits for another claim's open transaction on the run's ledger row, and how often it asks.
+LEDGER_PATIENCE_SECONDS = 10.0
+LEDGER_RETRY_SECONDS = 0.5
 ORPHAN_STAGING_SECONDS = 86_400  # a staging table older than this belongs to a load that died
 METADATA_COLUMNS: tuple[tuple[str, str], ...] = (
     ("UPLOADED_AT", "TIMESTAMP_NTZ"),
@@ -107,6 +113,13 @@ class RunMetadata:
     window_start: datetime  # UTC, naive or aware
     window_end: datetime
     uploaded_at: datetime
+    # The claim that loads (the run's claim count, which only grows) and the AMC execution it loads: the
+    # load ledger orders claims by it, and knows a result that another claim already committed.
+    claim: int = 0
+    amc_execution_id: str = ""
+    # An adopted run whose result another claim committed is not loaded again; an operator's
+    # retry-upload loads it again (replace_loaded=True).
+    replace_loaded: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,8 @@ class LoadResult:
     created_table: bool = False
     added_columns: list[str] = field(default_factory=list)
     widened_columns: list[str] = field(default_factory=list)
+    # Another claim of this run had committed this execution's rows: nothing was written this time.
+    already_loaded: bool = False
 
 
 StatementHook = Callable[[str, str], None]
@@ -139,6 +154,10 @@ Fence = Callable[[], None]
 
 class LoadCancelled(Exception):
     """The load was cut off (its deadline passed, or the run stopped): nothing was committed."""
+
+
+class LoadSuperseded(LoadCancelled):
+    """A later claim of the run wrote to Snowflake first: this claim commits nothing."""
 
 
 def _utc_text(value: datetime) -> str:
@@ -264,6 +283,17 @@ class Loader:
             self._run(cursor, "ddl", f"CREATE SCHEMA IF NOT EXISTS {qualified(database, schema)}")
             self._run(cursor, "ddl", f"USE SCHEMA {qualified(database, schema)}")
             self._drop_orphaned_staging(cursor, database, schema)
+            live = cursor
+            ledger = Ledger(
+                lambda kind, sql, params: self._run(live, kind, sql, params),
+                database,
+                schema,
+                table,
+                metadata.run_id,
+            )
+            ledger.ensure_row()
+            # Before any work: a result another claim committed is not staged again.
+            self._decide(ledger.read(), metadata)
             self._run(cursor, "ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {quote(stage)}")
             staging = staging_table_name(metadata.run_id)
             staging_columns = ", ".join(
@@ -294,7 +324,9 @@ class Loader:
             step[0] = "prepare table"
             target_types = self._ensure_table(cursor, (database, schema, table), tracker.types, result)
             step[0] = "apply"
-            self._apply(cursor, (database, schema, table), staging, columns, target_types, target, metadata)
+            self._apply(
+                cursor, (database, schema, table), staging, columns, target_types, target, metadata, ledger, result.rows
+            )
             log.info(
                 "snowflake_load_completed",
                 table=target.display,
@@ -305,6 +337,17 @@ class Loader:
                 widened_columns=result.widened_columns,
             )
             return result
+        except AlreadyLoaded as done:
+            rows = done.entry.rows or 0
+            log.info(
+                "snowflake_load_already_committed",
+                table=target.display,
+                rows=rows,
+                loaded_by_claim=done.entry.loaded_claim,
+                claim=metadata.claim,
+                detail="another claim of this run committed this AMC execution's rows; nothing written again",
+            )
+            return LoadResult(table=target.display, rows=rows, batches=0, already_loaded=True)
         finally:
             if staging is not None and cursor is not None:
                 try:
@@ -404,6 +447,54 @@ class Loader:
         self._run(cursor, "ddl", f"ALTER TABLE {table} DROP COLUMN {quote(column)}")
         self._run(cursor, "ddl", f"ALTER TABLE {table} RENAME COLUMN {quote(temporary)} TO {quote(column)}")
 
+    def _begin_with_ledger(self, cursor: Cursor, ledger: Ledger, metadata: RunMetadata) -> bool:
+        """BEGIN, and take the run's ledger row. While another claim's open transaction holds the row, wait
+        (each try ends at Snowflake's LOCK_TIMEOUT, or at once on the emulator) up to LEDGER_PATIENCE_SECONDS:
+        a stalled claim that resumes commits, and this one then finds its load and writes nothing. Past that
+        the holder is taken for dead (a killed process leaves its transaction open for hours): this load
+        goes on without the ledger's ordering, and the window replace keeps the rows exact."""
+        deadline = time.monotonic() + LEDGER_PATIENCE_SECONDS
+        while True:
+            self._run(cursor, "txn", "BEGIN")
+            try:
+                ledger.take(metadata.claim)
+                return True
+            except RETRYABLE_ERRORS as exc:
+                if not is_lock_conflict(exc):
+                    raise
+                self._rollback(cursor)
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "snowflake_ledger_row_held",
+                        waited_seconds=LEDGER_PATIENCE_SECONDS,
+                        detail="an open transaction of an earlier claim of this run holds its ledger row "
+                        "(the process died mid-load?): loading without it; the window replace keeps rows exact. "
+                        "In Snowflake, SYSTEM$ABORT_TRANSACTION ends it.",
+                    )
+                    self._run(cursor, "txn", "BEGIN")
+                    return False
+                log.info("snowflake_ledger_row_busy", detail="another claim of this run is loading it; waiting")
+                self._policy.sleep(LEDGER_RETRY_SECONDS)
+
+    @staticmethod
+    def _rollback(cursor: Cursor) -> None:
+        try:
+            cursor.execute("ROLLBACK")
+        except Exception as rollback_error:  # the original error is the one to report
+            log.warning("snowflake_rollback_failed", exception_class=type(rollback_error).__name__)
+
+    @staticmethod
+    def _decide(entry: Any, metadata: RunMetadata) -> None:
+        try:
+            decide(
+                entry,
+                claim=metadata.claim,
+                amc_execution_id=metadata.amc_execution_id,
+                replace_loaded=metadata.replace_loaded,
+            )
+        except LedgerSuperseded as exc:
+            raise LoadSuperseded(str(exc)) from None
+
     def _check_fence(self) -> None:
         if self._cancelled():
             raise LoadCancelled("the load was cut off before its commit")
@@ -419,7 +510,11 @@ class Loader:
         types: dict[str, ColumnType],
         target: LoadTarget,
         metadata: RunMetadata,
+        ledger: Ledger,
+        rows: int,
     ) -> None:
+        """One explicit transaction: the ledger first (it orders claims of this run), then the rows, then the
+        fence (the lease in Postgres), then COMMIT. Readers see all of the run or none of it."""
         name = qualified(*parts)
         casts = [_cast(c, types[c]) for c in columns]
         meta_values = (
@@ -433,49 +528,48 @@ class Loader:
         all_columns = [*columns, *(c for c, _ in METADATA_COLUMNS)]
         # Each attempt stages into a table of its own, so every staged row is there once.
         source = f"SELECT {quote(SEQ_COLUMN)}, {', '.join([*casts, *meta_casts])} FROM {quote(staging)}"
-        if target.key_columns:
-            keys = [k.upper() for k in target.key_columns]
-            partition = ", ".join(quote(k) for k in keys)
-            deduplicated = (
-                f"SELECT * FROM ({source}) "
-                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1"
-            )
-            matches = " AND ".join(f"t.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
-            updates = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in all_columns if c not in keys)
-            inserted = ", ".join(quote(c) for c in all_columns)
-            values = ", ".join(f"s.{quote(c)}" for c in all_columns)
-            # One statement is one transaction (autocommit): readers see all of the run or none of it.
-            self._check_fence()
-            self._run(
-                cursor,
-                "dml",
-                f"MERGE INTO {name} AS t USING ({deduplicated}) AS s ON {matches} "
-                f"WHEN MATCHED THEN UPDATE SET {updates} "
-                f"WHEN NOT MATCHED THEN INSERT ({inserted}) VALUES ({values})",
-                meta_values,
-            )
-            return
-        # Two statements: one explicit transaction, so readers never see the window half replaced.
-        self._run(cursor, "txn", "BEGIN")
+        ledger_held = self._begin_with_ledger(cursor, ledger, metadata)
         try:
-            self._run(
-                cursor,
-                "dml",
-                f"DELETE FROM {name} WHERE {quote('RECOMAMP_SCHEDULE_ID')} = %s "
-                f"AND {quote('RECOMAMP_WINDOW_START')} = CAST(%s AS TIMESTAMP_NTZ) "
-                f"AND {quote('RECOMAMP_WINDOW_END')} = CAST(%s AS TIMESTAMP_NTZ)",
-                (metadata.schedule_id, meta_values[3], meta_values[4]),
-            )
+            # After our write on the ledger row: a claim that wrote before us has committed (or we would
+            # have waited, or failed on the conflict), so what we read now is final.
+            self._decide(ledger.read(), metadata)
             inserted = ", ".join(quote(c) for c in all_columns)
-            self._run(cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM ({source})", meta_values)
+            if target.key_columns:
+                # An upsert as DELETE of the keys the run brings, then INSERT (dbt's delete+insert): unlike
+                # MERGE it can share the transaction with the ledger on every engine we load into.
+                keys = [k.upper() for k in target.key_columns]
+                partition = ", ".join(quote(k) for k in keys)
+                deduplicated = (
+                    f"SELECT * FROM ({source}) "
+                    f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1"
+                )
+                matches = " AND ".join(f"{name}.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
+                self._run(cursor, "dml", f"DELETE FROM {name} USING ({deduplicated}) AS s WHERE {matches}", meta_values)
+                self._run(
+                    cursor,
+                    "dml",
+                    f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM ({deduplicated})",
+                    meta_values,
+                )
+            else:
+                self._run(
+                    cursor,
+                    "dml",
+                    f"DELETE FROM {name} WHERE {quote('RECOMAMP_SCHEDULE_ID')} = %s "
+                    f"AND {quote('RECOMAMP_WINDOW_START')} = CAST(%s AS TIMESTAMP_NTZ) "
+                    f"AND {quote('RECOMAMP_WINDOW_END')} = CAST(%s AS TIMESTAMP_NTZ)",
+                    (metadata.schedule_id, meta_values[3], meta_values[4]),
+                )
+                self._run(
+                    cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM ({source})", meta_values
+                )
+            if ledger_held:
+                ledger.mark_loaded(metadata.claim, metadata.amc_execution_id, rows, meta_values[0])
             # Inside the transaction, before the COMMIT: a claim that was lost commits nothing.
             self._check_fence()
             self._run(cursor, "txn", "COMMIT")
         except BaseException:
-            try:
-                cursor.execute("ROLLBACK")
-            except Exception as rollback_error:  # the original error is the one to report
-                log.warning("snowflake_rollback_failed", exception_class=type(rollback_error).__name__)
+            self._rollback(cursor)
             raise
 
 

@@ -29,7 +29,8 @@ RETURNING id, event, subject, payload, created_at, attempts, delivered_to
 """
 
 RECORD_DELIVERED = """
-UPDATE notifications SET delivered_to = (SELECT array_agg(DISTINCT t) FROM unnest(delivered_to || $2::text[]) t),
+UPDATE notifications
+SET delivered_to = COALESCE((SELECT array_agg(DISTINCT t) FROM unnest(delivered_to || $2::text[]) t), '{}'),
     done_at = CASE WHEN $3 THEN now() ELSE done_at END, last_error = $4,
     next_attempt_at = CASE WHEN $3 THEN next_attempt_at ELSE now() + make_interval(secs => $5) END,
     failed_at = CASE WHEN NOT $3 AND $6 THEN now() ELSE failed_at END

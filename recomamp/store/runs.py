@@ -35,6 +35,9 @@ class RunLease:
 
     run_id: int
     token: uuid.UUID
+    # The run's claim count when this claim was taken: it only grows, so it orders claims. Snowflake's load
+    # ledger keeps the highest claim that wrote, and a lower one cannot commit after it.
+    claim: int = 0
 
 
 # Claims are serialised across replicas for a few milliseconds, so that the counts of runs in flight
@@ -86,7 +89,7 @@ SET lease_token = gen_random_uuid(), lease_owner = $2, lease_expires_at = now() 
     interruptions = interruptions + CASE WHEN lease_token IS NOT NULL AND lease_worked THEN 1 ELSE 0 END,
     lease_worked = FALSE, not_before = NULL, wait_reason = NULL, updated_at = now()
 WHERE id IN (SELECT id FROM schedule_runs WHERE id = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED)
-RETURNING id, lease_token
+RETURNING id, lease_token, claims
 """
 
 RENEW_LEASES = """
@@ -304,7 +307,7 @@ async def claim_runs(
         if not chosen:
             return []
         rows = await connection.fetch(TAKE_LEASES, chosen, owner, lease_seconds)
-        return [RunLease(row["id"], row["lease_token"]) for row in rows]
+        return [RunLease(row["id"], row["lease_token"], row["claims"]) for row in rows]
 
 
 async def renew_leases(connection: Queryable, leases: Sequence[RunLease], lease_seconds: float) -> set[int]:
@@ -546,7 +549,7 @@ async def insert_runs(
             row["schedule_id"],
             row["window_start"],
             row["status"],
-            RunLease(row["id"], row["lease_token"]) if row["lease_token"] is not None else None,
+            RunLease(row["id"], row["lease_token"], 1) if row["lease_token"] is not None else None,
         )
         for row in rows
     ]
@@ -669,9 +672,9 @@ SELECT id FROM schedule_runs WHERE schedule_id = $1 AND status IN ('pending', 'r
 LEASE_FOR_UPLOAD = """
 UPDATE schedule_runs
 SET lease_token = gen_random_uuid(), lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
-    updated_at = now()
+    claims = claims + 1, updated_at = now()
 WHERE id = $1 AND status IN ('succeeded', 'failed') AND (lease_token IS NULL OR lease_expires_at <= now())
-RETURNING lease_token
+RETURNING lease_token, claims
 """
 FINISH_UPLOAD = """
 UPDATE schedule_runs
@@ -760,8 +763,8 @@ async def active_runs_of_schedule(connection: Queryable, schedule_id: int) -> li
 
 
 async def lease_for_upload(connection: Queryable, run_id: int, owner: str, lease_seconds: float) -> RunLease | None:
-    token = await connection.fetchval(LEASE_FOR_UPLOAD, run_id, owner, lease_seconds)
-    return RunLease(run_id, token) if token is not None else None
+    row = await connection.fetchrow(LEASE_FOR_UPLOAD, run_id, owner, lease_seconds)
+    return RunLease(run_id, row["lease_token"], row["claims"]) if row is not None else None
 
 
 async def finish_upload(connection: Queryable, lease: RunLease, *, loaded: bool) -> None:

@@ -51,12 +51,15 @@ RETURNING email
 """
 
 # A new refresh token from the user's fresh sign-in: it clears the re-authentication mark.
+# Returns when the mark it clears was set (the value before the update), so --rerun-failed knows since when.
 SET_REFRESH_TOKEN = """
-UPDATE users
+WITH before AS (SELECT id, needs_reauth_at FROM users WHERE id = $1 FOR UPDATE)
+UPDATE users u
 SET refresh_token_encrypted = $2, access_token_encrypted = NULL, access_token_expires_at = NULL,
     needs_reauth = FALSE, needs_reauth_reason = NULL, needs_reauth_at = NULL, updated_at = now()
-WHERE id = $1
-RETURNING needs_reauth_at
+FROM before b
+WHERE u.id = b.id
+RETURNING b.needs_reauth_at
 """
 
 LIST_USERS = """
@@ -173,3 +176,12 @@ async def replace_secret(connection: Queryable, table: str, column: str, row_id:
         f"UPDATE {table} SET {column} = $3 WHERE id = $1 AND {column} = $2", row_id, old, new
     )
     return not status.endswith(" 0")
+
+
+async def region_of(connection: Queryable, user_id: int) -> str | None:
+    """The region of the user's AMC instances (the most common one), for their consent page."""
+    value = await connection.fetchval(
+        "SELECT region FROM amc_instances WHERE owner_id = $1 GROUP BY region ORDER BY count(*) DESC, region LIMIT 1",
+        user_id,
+    )
+    return str(value) if value is not None else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,14 +237,55 @@ async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
             'dsn = "', 'dsn = "postgresql://changed@h/db" \n#"'
         )
     )
-    assert (await daemon.reload())[0] is True
+    assert (await daemon.reload()).applied is True
     assert daemon.config.daemon.poll_interval_seconds == 0.7
     assert daemon.config.database.dsn.get_secret_value() == db_dsn  # restart-only: not half-applied
     path.write_text(text.replace("[daemon]", "[daemon]\nmax_concurrent_runs = -4"))
-    assert (await daemon.reload())[0] is False
+    assert (await daemon.reload()).applied is False
     assert daemon.config.daemon.poll_interval_seconds == 0.7
     daemon.request_stop()
     assert await serving == 0
+
+
+async def test_recomamp_reload_over_the_control_socket_reports_the_verdict(
+    pool: asyncpg.Pool, db_dsn: str, simulator: AmcSimulator, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    """What `systemctl reload` runs (ExecReload=recomamp reload): exit 0 and the changed keys when applied;
+    exit 1 with the daemon's problems when refused, the running config kept. It needs no credential."""
+    socket_path = tmp_path / "run" / "control.sock"
+    path = write_world_config(write_config, db_dsn, simulator, control_socket=str(socket_path))
+    daemon = Daemon(load_config(path), config_path=path)
+    serving = asyncio.create_task(daemon.run())
+    await wait_until(socket_path.exists, what="the control socket")
+    assert oct(socket_path.stat().st_mode & 0o777) == "0o600"
+
+    async def reload_cli(*extra: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "recomamp", "reload", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={"PATH": os.environ["PATH"], **(env or {})},  # no credentials, no config: like ExecReload= on 252
+        )  # fmt: skip
+        out, err = await process.communicate()
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    text = path.read_text()
+    path.write_text(text.replace("poll_interval_seconds = 0.2", "poll_interval_seconds = 0.7"))
+    code, out, err = await reload_cli(env={"RUNTIME_DIRECTORY": str(socket_path.parent)})
+    assert (code, out.strip(), err) == (0, "reloaded: daemon.poll_interval_seconds", "")
+    assert daemon.config.daemon.poll_interval_seconds == 0.7
+
+    path.write_text(text.replace("[daemon]", "[daemon]\nmax_concurrent_runs = -4"))
+    code, out, err = await reload_cli("--socket", str(socket_path))
+    assert code == 1 and out == ""
+    assert "refused" in err and "max_concurrent_runs" in err and "Traceback" not in err
+    assert daemon.config.daemon.poll_interval_seconds == 0.7  # the old config stays in force
+
+    code, _, err = await reload_cli("--socket", str(tmp_path / "nobody.sock"))
+    assert code == 1 and "no daemon listens on" in err and len(err.strip().splitlines()) == 1
+    daemon.request_stop()
+    assert await serving == 0
+    assert not socket_path.exists()
 
 
 async def test_a_run_whose_lease_another_replica_took_is_stopped_here(

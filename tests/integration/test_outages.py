@@ -294,14 +294,14 @@ async def test_keys_rotate_while_the_daemon_runs_and_every_user_still_refreshes_
         # 1. The new key first, the old one kept; reload.
         new_key = Fernet.generate_key().decode()
         key_file.write_text(f"{new_key}\n{token_key}\n")
-        assert (await daemon.reload()) == (True, [])
+        assert (await daemon.reload()).applied is True
         # 2. Re-encrypt everything with the new key.
         async with pool.acquire() as connection:
             report = await rotate(connection, SecretBox([SecretStr(new_key), SecretStr(token_key)]))
         assert report.unreadable == 0 and report.reencrypted >= 6  # a refresh and an access token per user
         # 3. Drop the old key; reload. Every user must still refresh (their access tokens are gone at Amazon).
         key_file.write_text(f"{new_key}\n")
-        assert (await daemon.reload()) == (True, [])
+        assert (await daemon.reload()).applied is True
         simulator.expire_access_tokens()
         await pool.execute("UPDATE users SET access_token_expires_at = now() - interval '1 second'")
         for tenant in tenants:

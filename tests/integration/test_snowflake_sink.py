@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from recomamp.snowflake.loader import (
     LEGACY_WIDENING_SUFFIX,
     STAGING_PREFIX,
     WIDENING_SUFFIX,
+    LoadSuperseded,
     LoadTarget,
     RunMetadata,
 )
@@ -379,3 +383,116 @@ async def test_a_widening_interrupted_midway_is_finished_by_the_next_load(
         "WHERE table_name = 'HALF_WIDENED' AND column_name LIKE 'CODE%'",
     )
     assert columns == [("CODE",)]
+
+
+# --- the load ledger: claims of one run are ordered inside Snowflake -------------------------------------
+
+
+def claimed(run_id: int, claim: int, execution: str = "exec-1", *, replace_loaded: bool = False) -> RunMetadata:
+    return replace(metadata(run_id), claim=claim, amc_execution_id=execution, replace_loaded=replace_loaded)
+
+
+def loads_of(run_id: int, spec: SnowflakeConnectionSpec, table: str = "LEDGERED") -> list[tuple[Any, ...]]:
+    return query(
+        spec,
+        f'SELECT recomamp_run_id, uploaded_at FROM "{spec.database}".AMC.{table} WHERE recomamp_run_id = {run_id}',
+    )
+
+
+async def test_a_claim_stalled_between_its_fence_and_its_commit_is_the_only_one_that_loads(
+    spec: SnowflakeConnectionSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gap a Postgres lease cannot close: claim 1 passed its fence and stalls before COMMIT; claim 2
+    (an adopter) loads meanwhile. The ledger row serialises them: claim 2 waits or meets a conflict and
+    starts again, then finds claim 1's commit of the same execution and writes nothing."""
+    from recomamp.logs import configure_logging
+
+    await create_database(spec)
+    configure_logging("info")
+    target = LoadTarget(spec.database, "AMC", "ledgered")
+    files = [write_csv(tmp_path, "part-00000.csv", FIRST)]
+    loop = asyncio.get_running_loop()
+    fence_passed = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def stalled_fence() -> None:  # the fence passes, then the process "freezes" before the COMMIT
+        fence_passed.set()
+        await resume.wait()
+
+    stalled = SnowflakeSink(SETTINGS, RETRY)
+    adopter = SnowflakeSink(SETTINGS, RETRY)
+    first = asyncio.create_task(stalled.load(spec, target, claimed(41, 1), files, fence=stalled_fence))
+    await asyncio.wait_for(fence_passed.wait(), 30)
+    second = asyncio.create_task(adopter.load(spec, target, claimed(41, 2), files))
+    await asyncio.sleep(2.0)  # the adopter is blocked on (or retrying against) the stalled claim's ledger row
+    assert not second.done()
+    loop.call_soon(resume.set)
+    first_result, second_result = await asyncio.wait_for(asyncio.gather(first, second), 60)
+    await stalled.close(5)
+    await adopter.close(5)
+    assert (first_result.already_loaded, second_result.already_loaded) == (False, True)
+    assert second_result.rows == first_result.rows == 3
+    assert len(loads_of(41, spec)) == 3
+    events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert events.count("snowflake_load_completed") == 1
+    assert events.count("snowflake_load_already_committed") == 1
+
+
+async def test_a_lower_claim_that_resumes_after_a_higher_one_loaded_commits_nothing(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "ledgered")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(spec, target, claimed(42, 2), [write_csv(tmp_path / "a", "part-00000.csv", FIRST)])
+    before = loads_of(42, spec)
+    with pytest.raises(LoadSuperseded, match="claim 2"):
+        await sink.load(spec, target, claimed(42, 1), [write_csv(tmp_path / "b", "part-00000.csv", SECOND)])
+    await sink.close(5)
+    assert loads_of(42, spec) == before  # the stale claim's rows never landed
+
+
+async def test_retry_upload_loads_again_and_a_new_execution_is_never_skipped(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "ledgered")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    files = [write_csv(tmp_path, "part-00000.csv", FIRST)]
+    await sink.load(spec, target, claimed(43, 1), files)
+    first = {row[1] for row in loads_of(43, spec)}
+    again = await sink.load(spec, target, claimed(43, 2, replace_loaded=True), files)
+    assert not again.already_loaded and {row[1] for row in loads_of(43, spec)} != first
+    other = await sink.load(spec, target, claimed(43, 3, "exec-2"), [write_csv(tmp_path / "b", "p.csv", SECOND)])
+    await sink.close(5)
+    assert not other.already_loaded and len(loads_of(43, spec)) == 2
+
+
+async def test_a_ledger_row_held_by_a_dead_claims_transaction_delays_the_load_but_does_not_stop_it(
+    spec: SnowflakeConnectionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A process killed mid-transaction leaves it open (in Snowflake for hours): the next claim waits its
+    patience, then loads without the ledger's ordering, saying so; the window replace keeps rows exact."""
+    from recomamp.logs import configure_logging
+    from recomamp.snowflake import loader as loader_module
+
+    await create_database(spec)
+    configure_logging("info")
+    monkeypatch.setattr(loader_module, "LEDGER_PATIENCE_SECONDS", 2.0)
+    target = LoadTarget(spec.database, "AMC", "ledgered")
+    files = [write_csv(tmp_path, "part-00000.csv", FIRST)]
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(spec, target, claimed(44, 1), files)
+    dead = spec.connect(SETTINGS)  # the killed claim: its transaction stays open on the ledger row
+    cursor = dead.cursor()
+    cursor.execute(f'USE SCHEMA "{spec.database}"."AMC"')
+    cursor.execute("BEGIN")
+    cursor.execute('UPDATE RECOMAMP_LOADS SET "CLAIM" = 2 WHERE "RUN_ID" = 44')
+    try:
+        result = await sink.load(spec, target, claimed(44, 3, "exec-3"), [write_csv(tmp_path / "b", "p.csv", SECOND)])
+    finally:
+        dead.close()
+    await sink.close(5)
+    assert not result.already_loaded and len(loads_of(44, spec)) == 2
+    out = capsys.readouterr().out
+    assert '"snowflake_ledger_row_held"' in out and '"snowflake_ledger_row_busy"' in out

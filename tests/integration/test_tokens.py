@@ -127,7 +127,7 @@ async def test_a_revoked_token_marks_the_user_and_later_runs_fail_fast(
     with pytest.raises(TokenError) as again:
         await service.access_token(user_id)
     assert again.value.message.startswith("User needs to re-authenticate via Amazon OAuth")
-    assert "recomamp users set-token bob@example.com" in again.value.message
+    assert "recomamp users authorize bob@example.com --rerun-failed" in again.value.message
     assert simulator.calls["lwa_token"] == 1  # no call to LWA while the mark stands
 
     async with pool.acquire() as connection:

@@ -42,7 +42,7 @@ def test_a_malformed_url_names_the_key(write_config: ConfigWriter) -> None:
 def test_an_unknown_key_is_reported_as_a_typo(write_config: ConfigWriter) -> None:
     problems = _problems(write_config(daemon={"poll_intervall_seconds": 5}))
     assert problems == [
-        "daemon.poll_intervall_seconds: unknown key (a typo?); see systemd/recomamp.toml for the keys there are"
+        "daemon.poll_intervall_seconds: unknown key (a typo?); see `recomamp example-config` for the keys there are"
     ]
 
 

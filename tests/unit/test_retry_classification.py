@@ -119,7 +119,7 @@ async def test_invalid_grant_says_the_user_must_re_authenticate(lwa: LwaClient, 
             await _refresh(lwa, RecordingSleep())
     assert excinfo.value.message.startswith("User needs to re-authenticate via Amazon OAuth")
     assert "HTTP 400 invalid_grant: revoked" in excinfo.value.message
-    assert "`recomamp users set-token ada@example.com`" in excinfo.value.message
+    assert "`recomamp users authorize ada@example.com --rerun-failed`" in excinfo.value.message
 
 
 async def test_invalid_client_blames_the_operator_not_the_user(lwa: LwaClient, logs: io.StringIO) -> None:

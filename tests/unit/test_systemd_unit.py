@@ -32,8 +32,9 @@ def test_the_unit_has_what_operators_rely_on() -> None:
     assert settings["KillMode"] == ["mixed"]
     assert settings["Restart"] == ["on-failure"]
     assert settings["SyslogIdentifier"] == ["recomamp"]
-    # No credential reaches ExecReload= on systemd 252: the daemon validates on SIGHUP itself.
-    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # No credential reaches ExecReload= on systemd 252: the reload client asks the daemon, which has them.
+    assert settings["ExecReload"] == ["/opt/recomamp/venv/bin/recomamp reload"]
+    assert settings["RuntimeDirectory"] == ["recomamp"]  # where the control socket lives
     assert settings["LimitCORE"] == ["0"]  # no core dump of decrypted secrets on a watchdog abort
     assert settings["TimeoutStartSec"] == ["infinity"]  # it waits for the database before READY=1
     assert "HOME=/var/lib/recomamp" in settings["Environment"][1].split()
@@ -61,7 +62,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     # verify checks that ExecStart= exists: point it at this checkout's installed command.
     installed = Path(sys.executable).parent / "recomamp"
     unit = tmp_path / "recomamp.service"
-    unit.write_text(UNIT.read_text().replace("/opt/recomamp/.venv/bin/recomamp", str(installed)))
+    unit.write_text(UNIT.read_text().replace("/opt/recomamp/venv/bin/recomamp", str(installed)))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr

@@ -1,0 +1,1 @@
+"""Alerts that reach a person: webhook deliveries from the durable outbox."""

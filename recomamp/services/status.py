@@ -1,0 +1,58 @@
+"""`recomamp status` and the metrics' database gauges: one reading of the installation, and what needs a person."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from recomamp.domain.schedules import cadence_seconds
+from recomamp.store import status as status_store
+from recomamp.store.db import Queryable
+from recomamp.store.schedules import cadence_from_row
+
+# A replica whose heartbeat is older than this is not counted as alive.
+REPLICA_ALIVE_SECONDS = 120.0
+
+
+async def read_status(connection: Queryable, *, quota_window_seconds: float) -> dict[str, Any]:
+    snapshot = await status_store.snapshot(connection, quota_window_seconds=quota_window_seconds)
+    now = datetime.now(UTC)
+    schedules = []
+    for row in snapshot.pop("schedules"):
+        try:
+            cadence = cadence_seconds(cadence_from_row(row), now)
+        except ValueError:  # a schedule the daemon could not fire either: it is reported elsewhere
+            cadence = 0.0
+        schedules.append(
+            {
+                "id": row["id"],
+                "seconds_since_success": float(row["seconds_since_success"] or 0.0),
+                "ever_succeeded": row["ever_succeeded"],
+                "cadence_seconds": cadence,
+            }
+        )
+    snapshot["schedules"] = schedules
+    snapshot["users_needing_reauth"] = len(snapshot["users_needing_reauth_list"])
+    snapshot["replicas_alive"] = [
+        r
+        for r in snapshot["replicas"]
+        if r["stopped_at"] is None and r["seconds_since_heartbeat"] < REPLICA_ALIVE_SECONDS
+    ]
+    snapshot["attention"] = needs_attention(snapshot)
+    return snapshot
+
+
+def needs_attention(snapshot: dict[str, Any]) -> list[str]:
+    """What a person must act on, each with the command that fixes it."""
+    reasons = [
+        f"{user['email']} needs to re-authenticate via Amazon OAuth: `recomamp users authorize {user['email']}`"
+        for user in snapshot["users_needing_reauth_list"]
+    ]
+    reasons += [
+        f"schedule {s['id']} ({s['name']}, {s['user_email']}) is paused: {s['paused_reason'] or 'paused'}; "
+        f"`recomamp schedules resume {s['id']}`"
+        for s in snapshot["paused_schedules_list"]
+    ]
+    if not snapshot["replicas_alive"]:
+        reasons.append("no replica is alive: `systemctl status recomamp` on each host")
+    return reasons
