@@ -39,7 +39,7 @@ soak: install
 	$(BIN)/python -m bench.soak
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .recomamp-demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .recomamp-demo .recomamp-standalone
 
 demo: install
 	$(BIN)/recomamp demo

@@ -45,6 +45,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_standalone(args: argparse.Namespace) -> int:
+    from recomamp.sandbox.standalone import run_standalone
+
+    return run_standalone(Path(args.dir))
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     sandbox = add_command(commands, "sandbox", "serve the AMC/LWA simulator on loopback", cmd_sandbox, common)
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -57,3 +63,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         commands, "demo", "run the whole pipeline on embedded servers and print what happened", cmd_demo, common
     )
     demo.add_argument("--workdir", default=".recomamp-demo", help="where the embedded Postgres keeps its data")
+    standalone = add_command(
+        commands,
+        "standalone",
+        "Postgres, the simulators and the daemon, up in the foreground to try the CLI on (Ctrl-C stops all)",
+        cmd_standalone,
+        common,
+    )
+    standalone.add_argument("--dir", default=".recomamp-standalone", help="where its config, data and logs live")

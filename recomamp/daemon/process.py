@@ -378,6 +378,9 @@ class Daemon:
             if self._runs:
                 await self._wait(self._wake_dispatcher, self._config.daemon.poll_interval_seconds)
         await self._drain()
+        from recomamp.daemon.sidecars import send_notifications_once
+
+        await send_notifications_once(self)  # --once has no notifier task: this pass's alerts go out now
         return 0 if self._tally.failed == 0 and self._tally.other == 0 else 1
 
     # --- the long-running daemon ---------------------------------------------------------------------

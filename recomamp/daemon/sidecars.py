@@ -72,6 +72,26 @@ async def send_notifications(daemon: Daemon) -> None:
     )
 
 
+async def send_notifications_once(daemon: Daemon) -> None:
+    """One try at every due alert (`run --once`); what fails stays in the outbox for the next run."""
+    import aiohttp
+
+    from recomamp.notify.sender import BATCH, send_due
+    from recomamp.store.db import is_connection_error
+
+    config = daemon.config
+    if not config.notify.webhook:
+        return
+    try:
+        async with aiohttp.ClientSession() as session, daemon._services.control_pool.acquire() as connection:
+            while await send_due(connection, session, config, observe=daemon.metrics.webhook_delivery) >= BATCH:
+                pass
+    except Exception as exc:
+        if not is_connection_error(exc):
+            raise
+        log.error("notifications_not_sent", error=str(exc), detail="they stay in the outbox for the next run")
+
+
 async def refresh_gauges(daemon: Daemon) -> None:
     """The gauges that come from the database (re-authentication, paused schedules, quota, lag, last success)."""
     from recomamp.services.status import read_status

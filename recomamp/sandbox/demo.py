@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from aiohttp import web
 
 from recomamp.crypto import SecretBox, generate_key
 from recomamp.domain.models import ScheduleCreatePreset
@@ -25,6 +26,8 @@ from recomamp.sandbox.seed import add_sandbox_user
 from recomamp.sandbox.simulator import AmcSimulator, Fault, InstanceProfile
 from recomamp.services import schedules
 from recomamp.store import migrations
+from recomamp.store import runs as run_store
+from recomamp.store import schedules as schedule_store
 from recomamp.store.db import init_connection
 from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
 
@@ -39,8 +42,13 @@ USERS = (
 )
 
 
-def _config_text(dsn: str, simulator: AmcSimulator, secret_dir: Path) -> str:
-    return f"""# Written by `recomamp demo`: embedded Postgres, the AMC/LWA simulator, fakesnow.
+def config_text(
+    dsn: str, simulator: AmcSimulator, secret_dir: Path, *, alerts_url: str | None, metrics_listen: str = ""
+) -> str:
+    webhook = (
+        f'\n[[notify.webhook]]\nname = "demo-receiver"\nurl = "{alerts_url}"\nformat = "json"\n' if alerts_url else ""
+    )
+    return f"""# Written by `recomamp demo` / `recomamp standalone`: embedded Postgres, the AMC/LWA simulator, fakesnow.
 [database]
 dsn_file = "{secret_dir / "dsn"}"
 
@@ -54,6 +62,11 @@ request_timeout_seconds = 10.0
 na = "{simulator.base_url}"
 eu = "{simulator.base_url}"
 fe = "{simulator.base_url}"
+
+[amazon.consent_url]
+na = "{simulator.consent_url}"
+eu = "{simulator.consent_url}"
+fe = "{simulator.consent_url}"
 
 [security]
 token_key_file = "{secret_dir / "token.key"}"
@@ -74,82 +87,119 @@ amc_poll_max_seconds = 1.0
 [snowflake]
 batch_rows = 500
 
+[metrics]
+listen = "{metrics_listen}"
+
 [logging]
 level = "info"
-"""
+{webhook}"""
 
 
-async def _prepare(admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake, workdir: Path) -> tuple[str, Path]:
-    dsn = await recreate_database(admin_dsn, DEMO_DATABASE)
+async def write_installation(
+    admin_dsn: str,
+    simulator: AmcSimulator,
+    workdir: Path,
+    *,
+    database: str,
+    alerts_url: str | None,
+    metrics_listen: str = "",
+) -> tuple[str, Path, SecretBox]:
+    """A fresh database, its secrets (mode 0600) and a config file pointing at the embedded servers; migrated."""
+    from pydantic import SecretStr
+
+    dsn = await recreate_database(admin_dsn, database)
     secret_dir = workdir / "secrets"
     secret_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = generate_key()  # the demo's own throwaway key; the daemon itself never makes one
+    key = generate_key()  # a throwaway key of its own; the daemon itself never makes one
     for name, value in (("dsn", dsn), ("client_secret", simulator.client_secret), ("token.key", key)):
         path = secret_dir / name
         path.write_text(value + "\n")
         path.chmod(0o600)
     config_path = workdir / "recomamp.toml"
-    config_path.write_text(_config_text(dsn, simulator, secret_dir))
-
-    from pydantic import SecretStr
-
-    box = SecretBox([SecretStr(key)])
+    config_path.write_text(
+        config_text(dsn, simulator, secret_dir, alerts_url=alerts_url, metrics_listen=metrics_listen)
+    )
     connection = await asyncpg.connect(dsn)
     await init_connection(connection)
     try:
         await migrations.migrate_up(connection)
-        now = datetime.now(UTC)
+    finally:
+        await connection.close()
+    return dsn, config_path, SecretBox([SecretStr(key)])
+
+
+async def seed_user(
+    connection: asyncpg.Connection,
+    box: SecretBox,
+    simulator: AmcSimulator,
+    snow: FakeSnowflake,
+    email: str,
+    instance: str,
+    number: int,
+    schedule_kinds: tuple[str, ...] = ("daily", "weekly"),
+    *,
+    due_now: bool = True,
+) -> None:
+    """A user with a simulator token and instance, a Snowflake config, and Snowflake-enabled schedules due now."""
+    name = email.split("@")[0]
+    user_id = await add_sandbox_user(
+        connection, box, simulator, email, instance, advertiser_id=f"ENTITY{number}", instance_name=f"{name} US"
+    )
+    # What discovery (GET /amc/accounts, /amc/instances) shows for the user at "Amazon".
+    simulator.add_instance(email, instance, account_id=f"ENTITY{number}", name=f"{name} US")
+    await save_config(
+        connection,
+        user_id,
+        SnowflakeConfigInput(
+            account="demo-account",
+            username=f"LOADER_{number}",
+            database=SNOWFLAKE_DATABASE,
+            default_schema=f"AMC_{name.upper()}",
+            password="demo-password",
+            host=snow.host,
+            port=snow.port,
+            protocol="http",
+        ),
+        encrypt=box.encrypt,
+    )
+    now = datetime.now(UTC)
+    kinds = {
+        "daily": ("daily campaign traffic", "daily_campaign_traffic", None),
+        "weekly": ("weekly reach by campaign", "weekly_reach", ["event_date", "campaign_id"]),
+    }
+    for preset in schedule_kinds:
+        title, table, keys = kinds[preset]
+        schedule_id = await schedules.create(
+            connection,
+            ScheduleCreatePreset(
+                name=title,
+                user_email=email,
+                instance_id=instance,
+                preset=preset,
+                time_of_day="06:00",
+                day_of_week="monday" if preset == "weekly" else None,
+                timezone="America/New_York",
+                sql_query=DEMO_SQL,
+                snowflake_table_name=table,
+                snowflake_key_columns=keys,
+            ),
+            now,
+        )
+        if due_now:  # due a minute ago, as if the fire time had just passed
+            await schedule_store.make_due(connection, schedule_id, now - timedelta(minutes=1))
+
+
+async def _prepare(
+    admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake, workdir: Path, alerts_url: str
+) -> tuple[str, Path]:
+    dsn, config_path, box = await write_installation(
+        admin_dsn, simulator, workdir, database=DEMO_DATABASE, alerts_url=alerts_url
+    )
+    connection = await asyncpg.connect(dsn)
+    await init_connection(connection)
+    try:
         for index, (email, _, instance) in enumerate(USERS):
-            user_id = await add_sandbox_user(
-                connection,
-                box,
-                simulator,
-                email,
-                instance,
-                advertiser_id=f"ENTITY{index + 1}",
-                instance_name=f"{email.split('@')[0]} US",
-            )
-            await save_config(
-                connection,
-                user_id,
-                SnowflakeConfigInput(
-                    account="demo-account",
-                    username=f"LOADER_{index + 1}",
-                    database=SNOWFLAKE_DATABASE,
-                    default_schema=f"AMC_{email.split('@')[0].upper()}",
-                    password="demo-password",
-                    host=snow.host,
-                    port=snow.port,
-                    protocol="http",
-                ),
-                encrypt=box.encrypt,
-            )
-            for name, preset, table, keys in (
-                ("daily campaign traffic", "daily", "daily_campaign_traffic", None),
-                ("weekly reach by campaign", "weekly", "weekly_reach", ["event_date", "campaign_id"]),
-            ):
-                schedule_id = await schedules.create(
-                    connection,
-                    ScheduleCreatePreset(
-                        name=name,
-                        user_email=email,
-                        instance_id=instance,
-                        preset=preset,
-                        time_of_day="06:00",
-                        day_of_week="monday" if preset == "weekly" else None,
-                        timezone="America/New_York",
-                        sql_query=DEMO_SQL,
-                        snowflake_table_name=table,
-                        snowflake_key_columns=keys,
-                    ),
-                    now,
-                )
-                # Due a minute ago, as if the fire time had just passed.
-                await connection.execute(
-                    "UPDATE workflow_schedules SET next_run_at = $2 WHERE id = $1",
-                    schedule_id,
-                    now - timedelta(minutes=1),
-                )
+            await seed_user(connection, box, simulator, snow, email, instance, index + 1)
     finally:
         await connection.close()
     simulator.revoke("bob@example.com")
@@ -157,8 +207,69 @@ async def _prepare(admin_dsn: str, simulator: AmcSimulator, snow: FakeSnowflake,
     return dsn, config_path
 
 
+class AlertReceiver:
+    """The demo's webhook receiver: prints each alert as it arrives, as a chat channel would show it."""
+
+    def __init__(self) -> None:
+        from recomamp.sandbox.embedded import free_port
+
+        self.port = free_port()
+        self.received: list[dict[str, object]] = []
+        self._app = web.Application()
+        self._app.router.add_post("/alerts", self._alert)
+        self._runner = web.AppRunner(self._app, access_log=None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/alerts"
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def _alert(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.received.append(body)
+        print(f"  [webhook receiver] {body.get('event')}: {body.get('text')}")
+        return web.Response(text="ok")
+
+
+async def _authorize_bob(config_path: Path, simulator: AmcSimulator) -> int:
+    """What an operator does for bob: `users authorize --paste --rerun-failed`; the demo plays bob's browser."""
+    import aiohttp
+
+    simulator.consent_user = "bob@example.com"  # bob is signed in at amazon.com and approves
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recomamp", "users", "authorize", "bob@example.com", "--paste", "--rerun-failed",
+        "--config", str(config_path),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    consent = ""
+    while not consent:
+        line = (await process.stdout.readline()).decode()
+        if not line:
+            break
+        if line.strip().startswith("http"):
+            consent = line.strip()
+    if not consent:
+        return await process.wait()
+    async with aiohttp.ClientSession() as session, session.get(consent, allow_redirects=False) as page:
+        redirected = page.headers.get("Location", "")
+    print("  (the demo approves on Amazon's consent page and pastes the URL the browser is sent to)")
+    out, _ = await process.communicate((redirected + "\n").encode())
+    for line in out.decode().splitlines():
+        if line.strip() and not line.startswith("Then paste"):
+            print(f"  {line}")
+    return process.returncode if process.returncode is not None else 1
+
+
 async def _run_daemon(config_path: Path, log_path: Path) -> int:
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -218,25 +329,34 @@ async def _demo(workdir: Path) -> int:
     )
     await simulator.start()
     snow = await asyncio.to_thread(start_fakesnow, None, workdir / "fakesnow.log")
+    receiver = AlertReceiver()
+    await receiver.start()
     try:
-        dsn, config_path = await _prepare(admin_dsn, simulator, snow, workdir)
+        dsn, config_path = await _prepare(admin_dsn, simulator, snow, workdir, receiver.url)
         print("users:")
         for email, story, instance in USERS:
             print(f"  {email:<18} {story:<36} instance {instance}, 2 Snowflake-enabled schedules")
         print(f"running the daemon once: recomamp run --once --config {config_path}")
         log_path = workdir / "daemon.log"
+        log_path.unlink(missing_ok=True)
         code = await _run_daemon(config_path, log_path)
         print(f"the daemon exited with {code} (1: some runs failed, as they should here); its JSON log: {log_path}\n")
+        print("bob must re-authenticate: recomamp users authorize bob@example.com --paste --rerun-failed")
+        authorized = await _authorize_bob(config_path, simulator)
+        print("running the daemon once more: bob's runs, queued again for their own windows")
+        again = await _run_daemon(config_path, log_path)
+        print(f"the daemon exited with {again}\n")
 
         connection = await asyncpg.connect(dsn)
+        await init_connection(connection)
         try:
-            runs = await connection.fetch(
-                "SELECT r.id, u.email, s.name, r.status, r.attempt, r.snowflake_rows, r.snowflake_table, "
-                "r.error_message FROM schedule_runs r JOIN workflow_schedules s ON s.id = r.schedule_id "
-                "JOIN users u ON u.id = s.owner_id ORDER BY u.email, s.name"
-            )
+            listed = await run_store.list_runs(connection, limit=1000)
         finally:
             await connection.close()
+        runs = sorted(
+            ({**run, "email": run["user_email"], "name": run["schedule_name"]} for run in listed),
+            key=lambda run: (run["email"], run["name"], run["id"]),
+        )
         table_rows = []
         for run in runs:
             token_calls = simulator.calls_by_user[("lwa_token", run["email"])]
@@ -274,18 +394,20 @@ async def _demo(workdir: Path) -> int:
             by_user.setdefault(run["email"], set()).add(run["status"])
         expected = {
             "ada@example.com": {"succeeded"},
-            "bob@example.com": {"failed"},
+            "bob@example.com": {"failed", "succeeded"},
             "cy@example.com": {"succeeded"},
         }
-        if by_user != expected:
-            print(f"unexpected outcome: {by_user}", file=sys.stderr)
+        alerts = [body.get("event") for body in receiver.received]
+        if by_user != expected or authorized != 0 or again != 0 or "user_needs_reauth" not in alerts:
+            print(f"unexpected outcome: {by_user}, authorize exit {authorized}, alerts {alerts}", file=sys.stderr)
             return 1
         print(
-            "as expected: ada's and cy's runs landed in Snowflake (cy's after two 503s), "
-            "bob's failed fast and says he must re-authenticate."
+            "as expected: ada's and cy's runs landed in Snowflake (cy's after two 503s); bob's failed fast, "
+            "the webhook receiver got the alert naming the command, and after `users authorize` his reruns landed."
         )
         return 0
     finally:
+        await receiver.stop()
         await simulator.stop()
         snow.stop()
 

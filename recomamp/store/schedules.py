@@ -423,3 +423,8 @@ async def delete_schedule(connection: Queryable, schedule_id: int) -> None:
 
 async def loaded_windows(connection: Queryable, schedule_id: int) -> list[tuple[datetime, datetime]]:
     return [(row["window_start"], row["window_end"]) for row in await connection.fetch(LOADED_WINDOWS, schedule_id)]
+
+
+async def make_due(connection: Queryable, schedule_id: int, at: datetime) -> None:
+    """Set when a schedule next fires (the sandbox makes its schedules due, as if their fire time had passed)."""
+    await connection.execute("UPDATE workflow_schedules SET next_run_at = $2 WHERE id = $1", schedule_id, at)
