@@ -1,20 +1,22 @@
 """The Snowflake write: staged UPSERT of a run's result, on the calling (worker) thread.
 
 How a run lands (the way dlt, Airbyte and Fivetran load):
-1. One session; create the schema if missing; `USE SCHEMA`; a temporary stage and a transient staging table
-   of text columns (named with its creation time, so a table a crashed load left behind is dropped later).
+1. One session; create the schema if missing; `USE SCHEMA`; a temporary stage.
 2. staging.BatchProducer reads the result files in C (pyarrow), checks types, and writes each batch of
-   `batch_rows` rows as one Parquet file, on a thread of its own; each is PUT under a new name and COPYed
-   into the staging table by column name.
+   `batch_rows` rows as one typed Parquet file, on a thread of its own; each is PUT under the attempt's own
+   prefix while the next is made. Then a transient staging table with each column's type over the whole
+   result (named with its creation time, so one a crashed load left behind is dropped later), and one COPY
+   of every file into it by column name (one COPY of many files: fewer round trips, loaded in parallel).
 3. DDL first (DDL commits any open transaction): create the table, add new columns, and widen a column whose
    new values no longer fit (a number to a wider number or FLOAT, a DATE to a TIMESTAMP, else to VARCHAR;
-   every value is kept).
+   every value is kept). With key columns, the staged rows deduplicated on them (the last row of a key
+   wins) become a table of their own.
 4. The run applies at once, in one transaction: the load ledger's row for the run first (ledger.py: it
    orders this run's claims inside Snowflake), then DELETE the schedule's rows for this window and INSERT
    the new ones (a re-run replaces its window), or, with key columns, DELETE the rows of the keys the run
-   brings and INSERT the source deduplicated on them (the last row of a key wins; dbt's delete+insert,
-   as MERGE cannot share a transaction with the ledger on the emulator). The fence (the run's lease in
-   Postgres) is checked inside the transaction, immediately before the COMMIT.
+   brings and INSERT the deduplicated ones (dbt's delete+insert, as MERGE cannot share a transaction with
+   the ledger on the emulator). The fence (the run's lease in Postgres) is checked inside the transaction,
+   immediately before the COMMIT.
 A transient failure starts the whole load again on a fresh connection, with new stage and table names.
 """
 
@@ -156,6 +158,10 @@ class LoadCancelled(Exception):
     """The load was cut off (its deadline passed, or the run stopped): nothing was committed."""
 
 
+class _StageAsText(Exception):
+    """A column ended as text after earlier batches staged it typed: stage the result again, all as text."""
+
+
 class LoadSuperseded(LoadCancelled):
     """A later claim of the run wrote to Snowflake first: this claim commits nothing."""
 
@@ -170,6 +176,11 @@ def _utc_text(value: datetime) -> str:
 def staging_table_name(run_id: int, now: float | None = None) -> str:
     """Unique, and saying when it was made: a later load drops it if its own load died."""
     return f"{STAGING_PREFIX}{int(now if now is not None else time.time())}_{run_id}_{uuid.uuid4().hex[:8].upper()}"
+
+
+def keyed_table_name(staging: str) -> str:
+    """The staged rows deduplicated on the key columns (a keyed load's source); dropped with the staging table."""
+    return f"{staging}_KEYED"
 
 
 def orphaned(name: str, now: float) -> bool:
@@ -237,11 +248,15 @@ class Loader:
             if raw.strip().lower() in by_raw
         }
         attempt = 0
+        as_text = False
         while True:
             attempt += 1
             step = ["connect"]
             try:
-                return self._load_once(target, metadata, files, header, columns, declared, step)
+                return self._load_once(target, metadata, files, header, columns, declared, step, as_text)
+            except _StageAsText:
+                log.info("snowflake_restaged_as_text", detail="a column turned text after batches staged it typed")
+                as_text, attempt = True, attempt - 1  # not a failure: the same load, staged as text
             except (SnowflakeLoadError, LoadCancelled):
                 raise
             except RETRYABLE_ERRORS as exc:
@@ -269,6 +284,7 @@ class Loader:
         columns: list[str],
         declared: Mapping[str, str],
         step: list[str],
+        as_text: bool = False,
     ) -> LoadResult:
         database, schema, table = target.parts
         if self._cancelled():
@@ -295,32 +311,37 @@ class Loader:
             # Before any work: a result another claim committed is not staged again.
             self._decide(ledger.read(), metadata)
             self._run(cursor, "ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {quote(stage)}")
-            staging = staging_table_name(metadata.run_id)
-            staging_columns = ", ".join(
-                [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} VARCHAR" for c in columns)]
-            )
-            self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(staging)} ({staging_columns})")
-            tracker = TypeTracker(columns, declared)
+            tracker = TypeTracker(columns, declared, text=as_text)
             result = LoadResult(table=target.display, rows=0, batches=0)
+            # A new prefix on every attempt: reusing a staged name on retry is how other loaders duplicated rows.
+            prefix = f"a{uuid.uuid4().hex[:12]}"
             with BatchProducer(files, header, columns, self._policy.batch_rows, tracker) as batches:
                 for batch_number, batch in enumerate(batches):
                     step[0] = f"stage batch {batch_number + 1}"
-                    # A new name on every attempt: reusing a staged name on retry is how other loaders
-                    # duplicated rows.
-                    prefix = f"b{batch_number:06d}_{uuid.uuid4().hex[:12]}"
                     self._run(
                         cursor,
                         "put",
-                        f"PUT file://{prefix}.parquet @{quote(stage)}/{prefix}/ AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
+                        f"PUT file://b{batch_number:06d}.parquet @{quote(stage)}/{prefix}/ "
+                        "AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
                         file_stream=io.BytesIO(batch.payload),  # the connector's PUT reads a file object
-                    )
-                    self._run(
-                        cursor,
-                        "copy",
-                        f"COPY INTO {quote(staging)} FROM @{quote(stage)}/{prefix}/ {PARQUET_COPY} PURGE=TRUE",
                     )
                     result.rows += batch.rows
                     result.batches += 1
+            if tracker.restage_as_text:
+                raise _StageAsText
+            # The staging table takes each column's type over the whole result; one COPY loads every file.
+            step[0] = "copy"
+            staging = staging_table_name(metadata.run_id)
+            staging_columns = ", ".join(
+                [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} {t.sql()}" for c, t in tracker.types.items())]
+            )
+            self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(staging)} ({staging_columns})")
+            if result.batches:
+                self._run(
+                    cursor,
+                    "copy",
+                    f"COPY INTO {quote(staging)} FROM @{quote(stage)}/{prefix}/ {PARQUET_COPY} PURGE=TRUE",
+                )
             step[0] = "prepare table"
             target_types = self._ensure_table(cursor, (database, schema, table), tracker.types, result)
             step[0] = "apply"
@@ -350,10 +371,13 @@ class Loader:
             return LoadResult(table=target.display, rows=rows, batches=0, already_loaded=True)
         finally:
             if staging is not None and cursor is not None:
-                try:
-                    cursor.execute(f"DROP TABLE IF EXISTS {quote(staging)}")
-                except Exception as exc:  # a later load drops it as an orphan
-                    log.warning("snowflake_staging_not_dropped", table=staging, exception_class=type(exc).__name__)
+                for table_name in (staging, keyed_table_name(staging)):
+                    try:
+                        cursor.execute(f"DROP TABLE IF EXISTS {quote(table_name)}")
+                    except Exception as exc:  # a later load drops it as an orphan
+                        log.warning(
+                            "snowflake_staging_not_dropped", table=table_name, exception_class=type(exc).__name__
+                        )
             try:
                 connection.close()
             except Exception as exc:  # the load's outcome stands; a failed close loses nothing
@@ -528,29 +552,31 @@ class Loader:
         all_columns = [*columns, *(c for c, _ in METADATA_COLUMNS)]
         # Each attempt stages into a table of its own, so every staged row is there once.
         source = f"SELECT {quote(SEQ_COLUMN)}, {', '.join([*casts, *meta_casts])} FROM {quote(staging)}"
+        inserted = ", ".join(quote(c) for c in all_columns)
+        keyed = keyed_table_name(staging)
+        if target.key_columns:
+            # The rows to upsert, deduplicated on the keys (the last row of a key wins), made once before the
+            # transaction: both statements inside it then read a plain table.
+            keys = [k.upper() for k in target.key_columns]
+            partition = ", ".join(quote(k) for k in keys)
+            self._run(
+                cursor,
+                "ddl",
+                f"CREATE TRANSIENT TABLE {quote(keyed)} AS SELECT * FROM ({source}) "
+                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1",
+                meta_values,
+            )
         ledger_held = self._begin_with_ledger(cursor, ledger, metadata)
         try:
             # After our write on the ledger row: a claim that wrote before us has committed (or we would
             # have waited, or failed on the conflict), so what we read now is final.
             self._decide(ledger.read(), metadata)
-            inserted = ", ".join(quote(c) for c in all_columns)
             if target.key_columns:
                 # An upsert as DELETE of the keys the run brings, then INSERT (dbt's delete+insert): unlike
                 # MERGE it can share the transaction with the ledger on every engine we load into.
-                keys = [k.upper() for k in target.key_columns]
-                partition = ", ".join(quote(k) for k in keys)
-                deduplicated = (
-                    f"SELECT * FROM ({source}) "
-                    f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1"
-                )
                 matches = " AND ".join(f"{name}.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
-                self._run(cursor, "dml", f"DELETE FROM {name} USING ({deduplicated}) AS s WHERE {matches}", meta_values)
-                self._run(
-                    cursor,
-                    "dml",
-                    f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM ({deduplicated})",
-                    meta_values,
-                )
+                self._run(cursor, "dml", f"DELETE FROM {name} USING {quote(keyed)} AS s WHERE {matches}")
+                self._run(cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM {quote(keyed)}")
             else:
                 self._run(
                     cursor,

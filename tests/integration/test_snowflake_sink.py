@@ -313,10 +313,11 @@ async def test_a_lost_copy_answer_is_retried_under_a_new_name_without_duplicates
     result = await sink.load(spec, LoadTarget(spec.database, "AMC", "retried"), metadata(1), files)
     await sink.close(5)
     assert result.rows == 5
-    # The load started again on a fresh connection: batch 1 twice (under two names), then batch 2.
-    assert len(copies) == 3
-    first, retried = (sql.split("/")[1] for sql in copies[:2])
-    assert first != retried and first[:8] == retried[:8] == "b000000_"
+    # The load started again on a fresh connection, under a new stage and prefix: one COPY of every batch
+    # each time, and the first one's rows never reach the target.
+    assert len(copies) == 2
+    first, retried = (sql.split(" FROM ")[1].split(" ")[0] for sql in copies)
+    assert first != retried
     assert query(spec, f'SELECT COUNT(*) FROM "{spec.database}".AMC.RETRIED') == [(5,)]
 
 
@@ -496,3 +497,26 @@ async def test_a_ledger_row_held_by_a_dead_claims_transaction_delays_the_load_bu
     assert not result.already_loaded and len(loads_of(44, spec)) == 2
     out = capsys.readouterr().out
     assert '"snowflake_ledger_row_held"' in out and '"snowflake_ledger_row_busy"' in out
+
+
+async def test_a_column_that_turns_text_in_a_later_batch_keeps_every_spelling(
+    spec: SnowflakeConnectionSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Batches are staged typed; when a later batch turns a column to text, the result is staged again as
+    text, so "007" lands as "007", not as 7."""
+    from recomamp.logs import configure_logging
+
+    await create_database(spec)
+    configure_logging("info")
+    lines = ["code,amount", *(f"00{n},{n}.5" for n in range(1, 9)), "A12,3"]  # 4 rows a batch: text in the 3rd
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    result = await sink.load(
+        spec, LoadTarget(spec.database, "AMC", "codes"), metadata(45), [write_csv(tmp_path, "p.csv", lines)]
+    )
+    await sink.close(5)
+    assert (result.rows, result.batches) == (9, 3)
+    codes = [row[0] for row in query(spec, f'SELECT code FROM "{spec.database}".AMC.CODES ORDER BY amount')]
+    assert sorted(codes) == sorted(["001", "002", "003", "004", "005", "006", "007", "008", "A12"])
+    amounts = query(spec, f'SELECT SUM(amount) FROM "{spec.database}".AMC.CODES')
+    assert float(amounts[0][0]) == sum(n + 0.5 for n in range(1, 9)) + 3
+    assert '"snowflake_restaged_as_text"' in capsys.readouterr().out

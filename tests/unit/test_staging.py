@@ -7,6 +7,8 @@ import csv
 import gzip
 import io
 import random
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -209,4 +211,41 @@ def test_the_producer_stops_cleanly_when_the_consumer_leaves_early(tmp_path: Pat
     with BatchProducer([path], ["a"], ["A"], 100, tracker) as batches:
         first = next(batches)
     assert first.rows == 100
-    assert pq.read_table(io.BytesIO(first.payload)).column("A").to_pylist()[:2] == ["0", "1"]
+    # Staged typed: integers as NUMBER(38,0)'s Parquet twin.
+    assert pq.read_table(io.BytesIO(first.payload)).column("A").to_pylist()[:2] == [Decimal(0), Decimal(1)]
+
+
+def test_each_batch_is_staged_typed_where_its_values_allow_and_text_elsewhere() -> None:
+    tracker = TypeTracker(["N", "D", "T", "B", "F", "S", "E"], {"S": "STRING"})
+    staged = tracker.observe(
+        pa.table(
+            {
+                "N": ["7", "-12"],
+                "D": ["2026-11-01", None],
+                "T": ["2026-11-01T10:00:00Z", "2026-11-02 11:30:00.5"],
+                "B": ["TRUE", "false"],
+                "F": ["1.5e3", "2.25"],
+                "S": ["007", "8"],  # AMC says text: its spelling is kept
+                "E": pa.array([None, None], pa.string()),
+            }
+        )
+    )
+    assert staged.column("N").to_pylist() == [Decimal(7), Decimal(-12)]
+    assert staged.column("D").to_pylist() == [date(2026, 11, 1), None]
+    assert staged.column("T").to_pylist() == [datetime(2026, 11, 1, 10), datetime(2026, 11, 2, 11, 30, 0, 500000)]
+    assert staged.column("B").to_pylist() == [True, False]
+    assert staged.column("F").to_pylist() == [1500.0, 2.25]
+    assert staged.column("S").to_pylist() == ["007", "8"]
+    assert staged.column("E").type == pa.string()
+    assert not tracker.restage_as_text
+
+
+def test_a_column_that_turns_text_after_a_typed_batch_asks_for_a_restage_as_text() -> None:
+    tracker = TypeTracker(["CODE"])
+    tracker.observe(pa.table({"CODE": ["007", "8"]}))  # numbers so far: staged as such, "007" as 7
+    tracker.observe(pa.table({"CODE": ["A12"]}))  # now text: the first batch's spelling must come back
+    assert tracker.types == {"CODE": VARCHAR}
+    assert tracker.restage_as_text
+    again = TypeTracker(["CODE"], text=True)
+    assert again.observe(pa.table({"CODE": ["007"]})).column("CODE").to_pylist() == ["007"]
+    assert not again.restage_as_text
