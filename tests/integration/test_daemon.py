@@ -376,3 +376,37 @@ async def test_once_mode_asked_to_stop_drains_within_the_timeout(
     row = await pool.fetchrow("SELECT status, step, lease_owner FROM schedule_runs")
     assert row is not None
     assert (row["status"], row["step"], row["lease_owner"]) == ("pending", "submitted", None)  # released: resumes there
+
+
+async def test_a_drain_longer_than_the_lease_keeps_heartbeating_so_runs_finish_as_theirs(
+    pool: asyncpg.Pool,
+    db_dsn: str,
+    box: SecretBox,
+    simulator: AmcSimulator,
+    write_config: ConfigWriter,
+) -> None:
+    """SIGTERM: stop claiming, keep the heartbeat while runs finish, then release, then stop the heartbeat. With
+    a 1.5 s lease, 4 s of AMC left and another replica serving, a drain that stopped the heartbeat first would
+    let that replica adopt every run (a second claim each)."""
+    simulator.default_profile.running_seconds = 4
+    tenant = await add_tenant(pool, box, simulator, "ida@example.com", "amcI")
+    for n in range(3):
+        await add_due_schedule(pool, tenant, f"ida {n}")
+
+    def replica(name: str) -> Daemon:
+        path = write_world_config(
+            write_config, db_dsn, simulator, lease_seconds=1.5, drain_timeout_seconds=15.0, replica_name=name
+        )
+        return Daemon(load_config(path))
+
+    draining, other = replica("draining"), replica("other")
+    first = asyncio.create_task(draining.run())
+    await wait_until(lambda: execution_submitted(pool, 3), what="three runs to be submitted")
+    second = asyncio.create_task(other.run())
+    await asyncio.sleep(0.5)
+    draining.request_stop()
+    assert await asyncio.wait_for(first, 30) == 0
+    other.request_stop()
+    assert await asyncio.wait_for(second, 30) == 0
+    rows = await pool.fetch("SELECT status, claims, lease_owner FROM schedule_runs")
+    assert [(r["status"], r["claims"]) for r in rows] == [("succeeded", 1)] * 3  # each finished by its one claim
