@@ -178,6 +178,22 @@ def staging_table_name(run_id: int, now: float | None = None) -> str:
     return f"{STAGING_PREFIX}{int(now if now is not None else time.time())}_{run_id}_{uuid.uuid4().hex[:8].upper()}"
 
 
+def metadata_constants(metadata: RunMetadata) -> dict[str, tuple[object, str]]:
+    """The time-series columns every staged file carries when it is COPYed straight into the table:
+    name → (value, Parquet type)."""
+    return {
+        "UPLOADED_AT": (_naive_utc(metadata.uploaded_at), "timestamp"),
+        "RECOMAMP_SCHEDULE_ID": (metadata.schedule_id, "int64"),
+        "RECOMAMP_RUN_ID": (metadata.run_id, "int64"),
+        "RECOMAMP_WINDOW_START": (_naive_utc(metadata.window_start), "timestamp"),
+        "RECOMAMP_WINDOW_END": (_naive_utc(metadata.window_end), "timestamp"),
+    }
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
 def keyed_table_name(staging: str) -> str:
     """The staged rows deduplicated on the key columns (a keyed load's source); dropped with the staging table."""
     return f"{staging}_KEYED"
@@ -311,43 +327,53 @@ class Loader:
             # Before any work: a result another claim committed is not staged again.
             self._decide(ledger.read(), metadata)
             self._run(cursor, "ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {quote(stage)}")
-            tracker = TypeTracker(columns, declared, text=as_text)
+            # A column the table already has as text stays text: staged typed, "007" would come back as "7".
+            existing = self._existing_columns(cursor, database, schema, table)
+            text_columns = [c for c in columns if c in existing and existing[c].kind is Kind.VARCHAR]
+            tracker = TypeTracker(columns, declared, text=as_text, text_columns=text_columns)
             result = LoadResult(table=target.display, rows=0, batches=0)
             # A new prefix on every attempt: reusing a staged name on retry is how other loaders duplicated rows.
             prefix = f"a{uuid.uuid4().hex[:12]}"
-            with BatchProducer(files, header, columns, self._policy.batch_rows, tracker) as batches:
+            location = f"@{quote(stage)}/{prefix}/"
+            # Without key columns the files carry the time-series columns too and are COPYed straight into the
+            # table; with them they go through a staging table, where the rows are deduplicated on the keys.
+            direct = not target.key_columns
+            constants = metadata_constants(metadata) if direct else None
+            with BatchProducer(files, header, columns, self._policy.batch_rows, tracker, constants) as batches:
                 for batch_number, batch in enumerate(batches):
                     step[0] = f"stage batch {batch_number + 1}"
                     self._run(
                         cursor,
                         "put",
-                        f"PUT file://b{batch_number:06d}.parquet @{quote(stage)}/{prefix}/ "
-                        "AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
+                        f"PUT file://b{batch_number:06d}.parquet {location} AUTO_COMPRESS=FALSE OVERWRITE=TRUE",
                         file_stream=io.BytesIO(batch.payload),  # the connector's PUT reads a file object
                     )
                     result.rows += batch.rows
                     result.batches += 1
             if tracker.restage_as_text:
                 raise _StageAsText
-            # The staging table takes each column's type over the whole result; one COPY loads every file.
-            step[0] = "copy"
-            staging = staging_table_name(metadata.run_id)
-            staging_columns = ", ".join(
-                [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} {t.sql()}" for c, t in tracker.types.items())]
-            )
-            self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(staging)} ({staging_columns})")
-            if result.batches:
-                self._run(
-                    cursor,
-                    "copy",
-                    f"COPY INTO {quote(staging)} FROM @{quote(stage)}/{prefix}/ {PARQUET_COPY} PURGE=TRUE",
+            if not direct:
+                # The staging table takes each column's type over the whole result; one COPY loads every file.
+                step[0] = "copy"
+                staging = staging_table_name(metadata.run_id)
+                staging_columns = ", ".join(
+                    [
+                        f"{quote(SEQ_COLUMN)} NUMBER(38,0)",
+                        *(f"{quote(c)} {t.sql()}" for c, t in tracker.types.items()),
+                    ]
                 )
+                self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(staging)} ({staging_columns})")
+                if result.batches:
+                    self._run(cursor, "copy", f"COPY INTO {quote(staging)} FROM {location} {PARQUET_COPY} PURGE=TRUE")
             step[0] = "prepare table"
             target_types = self._ensure_table(cursor, (database, schema, table), tracker.types, result)
             step[0] = "apply"
-            self._apply(
-                cursor, (database, schema, table), staging, columns, target_types, target, metadata, ledger, result.rows
-            )
+            if staging is None:
+                self._apply_copy(cursor, (database, schema, table), location, metadata, ledger, result)
+            else:
+                self._apply(
+                    cursor, (database, schema, table), staging, columns, target_types, target, metadata, ledger, result
+                )
             log.info(
                 "snowflake_load_completed",
                 table=target.display,
@@ -525,6 +551,45 @@ class Loader:
         if self._fence is not None:
             self._fence()
 
+    def _apply_copy(
+        self,
+        cursor: Cursor,
+        parts: tuple[str, str, str],
+        location: str,
+        metadata: RunMetadata,
+        ledger: Ledger,
+        result: LoadResult,
+    ) -> None:
+        """The window replace, in one explicit transaction: the ledger first (it orders claims of this run),
+        DELETE the schedule's rows for this window, one COPY of every staged file straight into the table,
+        then the fence (the lease in Postgres), then COMMIT. Readers see all of the window or none of it."""
+        name = qualified(*parts)
+        ledger_held = self._begin_with_ledger(cursor, ledger, metadata)
+        try:
+            # After our write on the ledger row: a claim that wrote before us has committed (or we would
+            # have waited, or failed on the conflict), so what we read now is final.
+            self._decide(ledger.read(), metadata)
+            self._run(
+                cursor,
+                "dml",
+                f"DELETE FROM {name} WHERE {quote('RECOMAMP_SCHEDULE_ID')} = %s "
+                f"AND {quote('RECOMAMP_WINDOW_START')} = CAST(%s AS TIMESTAMP_NTZ) "
+                f"AND {quote('RECOMAMP_WINDOW_END')} = CAST(%s AS TIMESTAMP_NTZ)",
+                (metadata.schedule_id, _utc_text(metadata.window_start), _utc_text(metadata.window_end)),
+            )
+            if result.batches:
+                self._run(cursor, "copy", f"COPY INTO {name} FROM {location} {PARQUET_COPY} PURGE=TRUE")
+            if ledger_held:
+                ledger.mark_loaded(
+                    metadata.claim, metadata.amc_execution_id, result.rows, _utc_text(metadata.uploaded_at)
+                )
+            # Inside the transaction, before the COMMIT: a claim that was lost commits nothing.
+            self._check_fence()
+            self._run(cursor, "txn", "COMMIT")
+        except BaseException:
+            self._rollback(cursor)
+            raise
+
     def _apply(
         self,
         cursor: Cursor,
@@ -535,10 +600,12 @@ class Loader:
         target: LoadTarget,
         metadata: RunMetadata,
         ledger: Ledger,
-        rows: int,
+        result: LoadResult,
     ) -> None:
-        """One explicit transaction: the ledger first (it orders claims of this run), then the rows, then the
-        fence (the lease in Postgres), then COMMIT. Readers see all of the run or none of it."""
+        """The keyed upsert, in one explicit transaction: the ledger first, then DELETE the rows of the keys
+        the run brings and INSERT the deduplicated ones (dbt's delete+insert: unlike MERGE it can share the
+        transaction with the ledger on every engine we load into), the fence, COMMIT."""
+        assert target.key_columns
         name = qualified(*parts)
         casts = [_cast(c, types[c]) for c in columns]
         meta_values = (
@@ -554,43 +621,25 @@ class Loader:
         source = f"SELECT {quote(SEQ_COLUMN)}, {', '.join([*casts, *meta_casts])} FROM {quote(staging)}"
         inserted = ", ".join(quote(c) for c in all_columns)
         keyed = keyed_table_name(staging)
-        if target.key_columns:
-            # The rows to upsert, deduplicated on the keys (the last row of a key wins), made once before the
-            # transaction: both statements inside it then read a plain table.
-            keys = [k.upper() for k in target.key_columns]
-            partition = ", ".join(quote(k) for k in keys)
-            self._run(
-                cursor,
-                "ddl",
-                f"CREATE TRANSIENT TABLE {quote(keyed)} AS SELECT * FROM ({source}) "
-                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1",
-                meta_values,
-            )
+        # The rows to upsert, deduplicated on the keys (the last row of a key wins), made once before the
+        # transaction: both statements inside it then read a plain table.
+        keys = [k.upper() for k in target.key_columns]
+        partition = ", ".join(quote(k) for k in keys)
+        self._run(
+            cursor,
+            "ddl",
+            f"CREATE TRANSIENT TABLE {quote(keyed)} AS SELECT * FROM ({source}) "
+            f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1",
+            meta_values,
+        )
         ledger_held = self._begin_with_ledger(cursor, ledger, metadata)
         try:
-            # After our write on the ledger row: a claim that wrote before us has committed (or we would
-            # have waited, or failed on the conflict), so what we read now is final.
             self._decide(ledger.read(), metadata)
-            if target.key_columns:
-                # An upsert as DELETE of the keys the run brings, then INSERT (dbt's delete+insert): unlike
-                # MERGE it can share the transaction with the ledger on every engine we load into.
-                matches = " AND ".join(f"{name}.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
-                self._run(cursor, "dml", f"DELETE FROM {name} USING {quote(keyed)} AS s WHERE {matches}")
-                self._run(cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM {quote(keyed)}")
-            else:
-                self._run(
-                    cursor,
-                    "dml",
-                    f"DELETE FROM {name} WHERE {quote('RECOMAMP_SCHEDULE_ID')} = %s "
-                    f"AND {quote('RECOMAMP_WINDOW_START')} = CAST(%s AS TIMESTAMP_NTZ) "
-                    f"AND {quote('RECOMAMP_WINDOW_END')} = CAST(%s AS TIMESTAMP_NTZ)",
-                    (metadata.schedule_id, meta_values[3], meta_values[4]),
-                )
-                self._run(
-                    cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM ({source})", meta_values
-                )
+            matches = " AND ".join(f"{name}.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
+            self._run(cursor, "dml", f"DELETE FROM {name} USING {quote(keyed)} AS s WHERE {matches}")
+            self._run(cursor, "dml", f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM {quote(keyed)}")
             if ledger_held:
-                ledger.mark_loaded(metadata.claim, metadata.amc_execution_id, rows, meta_values[0])
+                ledger.mark_loaded(metadata.claim, metadata.amc_execution_id, result.rows, meta_values[0])
             # Inside the transaction, before the COMMIT: a claim that was lost commits nothing.
             self._check_fence()
             self._run(cursor, "txn", "COMMIT")

@@ -17,7 +17,7 @@ import contextlib
 import io
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,10 +169,16 @@ class TypeTracker:
     """Folds each batch's values into each column's type; AMC's declared types win where the values fit."""
 
     def __init__(
-        self, columns: Sequence[str], declared: Mapping[str, str] | None = None, *, text: bool = False
+        self,
+        columns: Sequence[str],
+        declared: Mapping[str, str] | None = None,
+        *,
+        text: bool = False,
+        text_columns: Collection[str] = (),
     ) -> None:
         self.columns = list(columns)
-        self._declared = [from_amc((declared or {}).get(c)) for c in self.columns]
+        # A column the target table already has as text is text here too, whatever its values look like.
+        self._declared = [VARCHAR if c in text_columns else from_amc((declared or {}).get(c)) for c in self.columns]
         self._observed: list[ColumnType | None] = [None] * len(self.columns)
         self._staged_typed = [False] * len(self.columns)
         self._text = text  # stage every column as text (after a restage)
@@ -308,6 +314,15 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
+_CONSTANT_TYPES = {"timestamp": pa.timestamp("us"), "int64": pa.int64(), "string": pa.string()}
+
+
+def with_constants(table: pa.Table, constants: Mapping[str, tuple[object, str]]) -> pa.Table:
+    for name, (value, kind) in constants.items():
+        table = table.append_column(name, pa.repeat(pa.scalar(value, _CONSTANT_TYPES[kind]), table.num_rows))
+    return table
+
+
 @dataclass(frozen=True)
 class StagedBatch:
     rows: int
@@ -329,7 +344,11 @@ class BatchProducer:
         columns: Sequence[str],
         batch_rows: int,
         tracker: TypeTracker,
+        constants: Mapping[str, tuple[object, str]] | None = None,
     ) -> None:
+        """`constants`: columns every file carries (name → (value, Parquet type)), instead of the sequence
+        number: for files COPYed straight into the table."""
+        self._constants = constants
         self._files = files
         self._header = header
         self._columns = columns
@@ -363,6 +382,8 @@ class BatchProducer:
         try:
             for table in read_batches(self._files, self._header, self._columns, self._batch_rows):
                 staged = self._tracker.observe(table)
+                if self._constants is not None:
+                    staged = with_constants(staged.drop_columns([SEQ_COLUMN]), self._constants)
                 batch = StagedBatch(staged.num_rows, parquet_bytes(staged))
                 del table, staged
                 # Arrow's allocator keeps freed pages for reuse; hand them back so the peak follows one batch.

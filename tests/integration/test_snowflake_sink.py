@@ -520,3 +520,18 @@ async def test_a_column_that_turns_text_in_a_later_batch_keeps_every_spelling(
     amounts = query(spec, f'SELECT SUM(amount) FROM "{spec.database}".AMC.CODES')
     assert float(amounts[0][0]) == sum(n + 0.5 for n in range(1, 9)) + 3
     assert '"snowflake_restaged_as_text"' in capsys.readouterr().out
+
+
+async def test_a_column_the_table_has_as_text_keeps_the_spelling_of_later_numbers(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "zips")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    other_window = (datetime(2026, 11, 8, 5, tzinfo=UTC), datetime(2026, 11, 15, 5, tzinfo=UTC))
+    await sink.load(spec, target, metadata(46), [write_csv(tmp_path / "a", "p.csv", ["zip", "A1B 2C3"])])
+    # The next window's zips are all digits: staged typed, "02134" would come back as "2134".
+    await sink.load(spec, target, metadata(47, other_window), [write_csv(tmp_path / "b", "p.csv", ["zip", "02134"])])
+    await sink.close(5)
+    rows = query(spec, f'SELECT zip FROM "{spec.database}".AMC.ZIPS ORDER BY recomamp_run_id')
+    assert rows == [("A1B 2C3",), ("02134",)]
