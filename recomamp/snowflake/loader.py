@@ -4,19 +4,19 @@ How a run lands (the way dlt, Airbyte and Fivetran load):
 1. One session; create the schema if missing; `USE SCHEMA`; a temporary stage.
 2. staging.BatchProducer reads the result files in C (pyarrow), checks types, and writes each batch of
    `batch_rows` rows as one typed Parquet file, on a thread of its own; each is PUT under the attempt's own
-   prefix while the next is made. Then a transient staging table with each column's type over the whole
-   result (named with its creation time, so one a crashed load left behind is dropped later), and one COPY
-   of every file into it by column name (one COPY of many files: fewer round trips, loaded in parallel).
+   prefix while the next is made. Without key columns the files also carry the time-series columns; with
+   them, one COPY loads every file into a transient staging table typed over the whole result (named with
+   its creation time, so one a crashed load left behind is dropped later).
 3. DDL first (DDL commits any open transaction): create the table, add new columns, and widen a column whose
    new values no longer fit (a number to a wider number or FLOAT, a DATE to a TIMESTAMP, else to VARCHAR;
    every value is kept). With key columns, the staged rows deduplicated on them (the last row of a key
    wins) become a table of their own.
 4. The run applies at once, in one transaction: the load ledger's row for the run first (ledger.py: it
-   orders this run's claims inside Snowflake), then DELETE the schedule's rows for this window and INSERT
-   the new ones (a re-run replaces its window), or, with key columns, DELETE the rows of the keys the run
-   brings and INSERT the deduplicated ones (dbt's delete+insert, as MERGE cannot share a transaction with
-   the ledger on the emulator). The fence (the run's lease in Postgres) is checked inside the transaction,
-   immediately before the COMMIT.
+   orders this run's claims inside Snowflake), then DELETE the schedule's rows for this window and one COPY
+   of every file straight into the table (a re-run replaces its window), or, with key columns, DELETE the
+   rows of the keys the run brings and INSERT the deduplicated ones (dbt's delete+insert, as MERGE cannot
+   share a transaction with the ledger on the emulator). The fence (the run's lease in Postgres) is checked
+   inside the transaction, immediately before the COMMIT.
 A transient failure starts the whole load again on a fresh connection, with new stage and table names.
 """
 
