@@ -367,6 +367,10 @@ class Loader:
                     self._run(cursor, "copy", f"COPY INTO {quote(staging)} FROM {location} {PARQUET_COPY} PURGE=TRUE")
             step[0] = "prepare table"
             target_types = self._ensure_table(cursor, (database, schema, table), tracker.types, result)
+            if tracker.staged_typed_but_text(target_types):
+                # The table's column is (or was just widened to) text, and these files hold it typed: stage
+                # again, now that the table says text ("007" must not land as "7").
+                raise _StageAsText
             step[0] = "apply"
             if staging is None:
                 self._apply_copy(cursor, (database, schema, table), location, metadata, ledger, result)

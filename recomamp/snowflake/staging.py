@@ -233,10 +233,15 @@ class TypeTracker:
     @property
     def restage_as_text(self) -> bool:
         """A column ends as text after an earlier batch staged it typed: its spelling would not survive."""
-        return any(
-            staged and final.kind is Kind.VARCHAR
-            for staged, final in zip(self._staged_typed, self.types.values(), strict=True)
-        )
+        return bool(self.staged_typed_but_text(self.types))
+
+    def staged_typed_but_text(self, final: Mapping[str, ColumnType]) -> list[str]:
+        """The columns some batch staged typed whose final type (here, or the table's after widening) is text."""
+        return [
+            name
+            for name, staged in zip(self.columns, self._staged_typed, strict=True)
+            if staged and final[name].kind is Kind.VARCHAR
+        ]
 
     @property
     def types(self) -> dict[str, ColumnType]:

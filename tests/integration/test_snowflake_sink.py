@@ -535,3 +535,28 @@ async def test_a_column_the_table_has_as_text_keeps_the_spelling_of_later_number
     await sink.close(5)
     rows = query(spec, f'SELECT zip FROM "{spec.database}".AMC.ZIPS ORDER BY recomamp_run_id')
     assert rows == [("A1B 2C3",), ("02134",)]
+
+
+async def test_a_column_widened_to_text_by_the_table_keeps_the_spelling_of_this_load(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    """The table has FLAG as BOOLEAN; this load's values are numbers with leading zeros. The column widens to
+    text (the narrowest type for both), and this load's values land as they were written."""
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "flags")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    other_window = (datetime(2026, 11, 8, 5, tzinfo=UTC), datetime(2026, 11, 15, 5, tzinfo=UTC))
+    await sink.load(spec, target, metadata(48), [write_csv(tmp_path / "a", "p.csv", ["flag", "true"])])
+    result = await sink.load(
+        spec, target, metadata(49, other_window), [write_csv(tmp_path / "b", "p.csv", ["flag", "007", "10"])]
+    )
+    await sink.close(5)
+    assert result.rows == 2
+    kinds = query(
+        spec,
+        f'SELECT data_type FROM "{spec.database}".information_schema.columns '
+        "WHERE table_name = 'FLAGS' AND column_name = 'FLAG'",
+    )
+    assert kinds == [("TEXT",)]
+    rows = query(spec, f'SELECT flag FROM "{spec.database}".AMC.FLAGS ORDER BY recomamp_run_id, flag')
+    assert [r[0].lower() for r in rows] == ["true", "007", "10"]
