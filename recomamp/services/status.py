@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +17,22 @@ REPLICA_ALIVE_SECONDS = 120.0
 
 async def read_status(connection: Queryable, *, quota_window_seconds: float) -> dict[str, Any]:
     snapshot = await status_store.snapshot(connection, quota_window_seconds=quota_window_seconds)
-    now = datetime.now(UTC)
+    # Each schedule's cadence walks its next fires in Python: about 40 µs each, so 0.4 s for 10,000
+    # schedules, every refresh. Off the event loop, so runs and heartbeats never wait behind it.
+    snapshot["schedules"] = await asyncio.to_thread(schedule_gauges, snapshot.pop("schedules"), datetime.now(UTC))
+    snapshot["users_needing_reauth"] = len(snapshot["users_needing_reauth_list"])
+    snapshot["replicas_alive"] = [
+        r
+        for r in snapshot["replicas"]
+        if r["stopped_at"] is None and r["seconds_since_heartbeat"] < REPLICA_ALIVE_SECONDS
+    ]
+    snapshot["attention"] = needs_attention(snapshot)
+    return snapshot
+
+
+def schedule_gauges(rows: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
     schedules = []
-    for row in snapshot.pop("schedules"):
+    for row in rows:
         try:
             cadence = cadence_seconds(cadence_from_row(row), now)
         except ValueError:  # a schedule the daemon could not fire either: it is reported elsewhere
@@ -31,15 +45,7 @@ async def read_status(connection: Queryable, *, quota_window_seconds: float) -> 
                 "cadence_seconds": cadence,
             }
         )
-    snapshot["schedules"] = schedules
-    snapshot["users_needing_reauth"] = len(snapshot["users_needing_reauth_list"])
-    snapshot["replicas_alive"] = [
-        r
-        for r in snapshot["replicas"]
-        if r["stopped_at"] is None and r["seconds_since_heartbeat"] < REPLICA_ALIVE_SECONDS
-    ]
-    snapshot["attention"] = needs_attention(snapshot)
-    return snapshot
+    return schedules
 
 
 def needs_attention(snapshot: dict[str, Any]) -> list[str]:
