@@ -97,6 +97,7 @@ async def refresh_gauges(daemon: Daemon) -> None:
     from recomamp.services.status import read_status
     from recomamp.store.db import is_connection_error
 
+    failing = False
     while True:
         config = daemon.config
         try:
@@ -104,10 +105,17 @@ async def refresh_gauges(daemon: Daemon) -> None:
                 daemon._services.control_pool, quota_window_seconds=config.amc.quota_window_seconds
             )
             daemon.metrics.set_database_gauges(snapshot, config.amc.adhoc_executions_per_day)
+            if failing:
+                log.info("metrics_gauges_refreshed_again")
+            failing = False
         except Exception as exc:
-            if not is_connection_error(exc):
-                raise
-            daemon.health.failed(exc, "metrics gauges")
+            if is_connection_error(exc):
+                daemon.health.failed(exc, "metrics gauges")
+            elif not failing:
+                # Gauges are for people watching; a bug here must not stop runs (or restart-loop the unit).
+                # Logged once per change of state; the gauges keep their last values meanwhile.
+                log.error("metrics_gauges_failed", exc_info=exc, detail="the gauges keep their last values")
+                failing = True
         await asyncio.sleep(config.metrics.refresh_seconds)
 
 

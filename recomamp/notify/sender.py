@@ -111,6 +111,7 @@ async def run_sender(
     on_database_error: Callable[[BaseException], None],
 ) -> None:
     """The daemon's `notifier` task: forever, a pass every second (at once again while there is more)."""
+    failing = False
     async with aiohttp.ClientSession() as session:
         while True:
             taken = 0
@@ -119,9 +120,16 @@ async def run_sender(
                 try:
                     async with pool.acquire() as connection:
                         taken = await send_due(connection, session, current, observe=observe)
+                    if failing:
+                        log.info("notifications_sending_again")
+                    failing = False
                 except Exception as exc:
-                    if not is_connection_error(exc):
-                        raise
-                    on_database_error(exc)
+                    if is_connection_error(exc):
+                        on_database_error(exc)
+                    elif not failing:
+                        # Alerts must never stop runs: a bug here is logged once, and the events wait in the
+                        # outbox (each is held for HOLD_SECONDS, then due again).
+                        log.error("notifications_failed", exc_info=exc, detail="the alerts wait in the outbox")
+                        failing = True
             if taken < BATCH:
                 await asyncio.sleep(IDLE_SECONDS)

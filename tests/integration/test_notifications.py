@@ -197,3 +197,32 @@ async def test_notify_test_sends_to_every_target_and_says_what_each_answered(
     assert await cli(bad, "notify", "test") == 2
     err = capsys.readouterr().err
     assert "must be an http:// or https:// URL" in err and "ftp://example.com" not in err
+
+
+async def test_a_broken_sender_is_logged_once_and_never_stops_the_daemon(
+    db_dsn: str,
+    simulator: AmcSimulator,
+    write_config: ConfigWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from recomamp.logs import configure_logging
+    from recomamp.notify import sender
+
+    configure_logging("info")
+    calls = 0
+
+    async def broken(*_: object, **__: object) -> int:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug in the sender")
+
+    monkeypatch.setattr(sender, "send_due", broken)
+    path = with_webhook(write_world_config(write_config, db_dsn, simulator), Receiver())
+    daemon = Daemon(load_config(path), config_path=path)
+    serving = asyncio.create_task(daemon.run())
+    await wait_until(lambda: calls >= 3, seconds=15, what="the sender to fail a few times")
+    assert not serving.done() and daemon.tasks_alive  # runs go on; the unit is not restarted
+    daemon.request_stop()
+    assert await asyncio.wait_for(serving, 30) == 0
+    assert capsys.readouterr().out.count('"notifications_failed"') == 1  # once per change of state
