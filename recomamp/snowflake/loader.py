@@ -35,7 +35,7 @@ from recomamp.domain.columns import ColumnType, Kind, fits, from_snowflake, wide
 from recomamp.domain.identifiers import qualified, quote, validate_identifier
 from recomamp.logs import get_logger
 from recomamp.snowflake.errors import SnowflakeLoadError, classify, is_lock_conflict
-from recomamp.snowflake.ledger import AlreadyLoaded, Ledger, LedgerSuperseded, decide
+from recomamp.snowflake.ledger import AlreadyLoaded, Ledger, LedgerEntry, LedgerSuperseded, decide
 from recomamp.snowflake.staging import (
     SEQ_COLUMN,
     BatchProducer,
@@ -449,6 +449,7 @@ class Loader:
         """Create, extend or widen the target table. Returns each result column's type in the table."""
         database, schema, table = parts
         name = qualified(*parts)
+        # Read again, not reused from before staging: another run may have added or widened columns since.
         existing = self._existing_columns(cursor, database, schema, table)
         if any(column.endswith((WIDENING_SUFFIX, LEGACY_WIDENING_SUFFIX)) for column in existing):
             self._finish_interrupted_widening(cursor, name, existing)
@@ -538,7 +539,7 @@ class Loader:
             log.warning("snowflake_rollback_failed", exception_class=type(rollback_error).__name__)
 
     @staticmethod
-    def _decide(entry: Any, metadata: RunMetadata) -> None:
+    def _decide(entry: LedgerEntry | None, metadata: RunMetadata) -> None:
         try:
             decide(
                 entry,

@@ -22,7 +22,14 @@ from recomamp.store.db import create_pool
 from tests.conftest import ConfigWriter
 from tests.integration.conftest import add_user, make_lwa
 from tests.integration.processes import Replica, count_events, overlapping_coroutines, stop_all
-from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, wait_until, write_world_config
+from tests.integration.world import (
+    add_due_schedule,
+    add_snowflake,
+    add_tenant,
+    snowflake_rows,
+    wait_until,
+    write_world_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -97,20 +104,10 @@ def assert_exactly_once(simulator: AmcSimulator, replicas: list[Replica], runs: 
 
 
 async def rows_per_schedule(snow: FakeSnowflake, database: str) -> dict[int, int]:
-    import snowflake.connector
-
-    def query() -> dict[int, int]:
-        connection = snowflake.connector.connect(
-            account="x", user="x", password="x", host=snow.host, port=snow.port, protocol="http", database=database
-        )
-        try:
-            cursor = connection.cursor()
-            cursor.execute('SELECT "RECOMAMP_SCHEDULE_ID", COUNT(*) FROM AMC.FENCED_RESULTS GROUP BY 1')
-            return {int(k): int(v) for k, v in cursor.fetchall()}
-        finally:
-            connection.close()
-
-    return await asyncio.to_thread(query)
+    rows = await snowflake_rows(
+        snow, database, 'SELECT "RECOMAMP_SCHEDULE_ID", COUNT(*) FROM AMC.FENCED_RESULTS GROUP BY 1'
+    )
+    return {int(k): int(v) for k, v in rows}
 
 
 async def test_a_replica_paused_for_several_leases_alone_and_then_beside_another_never_doubles_a_run(

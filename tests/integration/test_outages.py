@@ -34,7 +34,14 @@ from recomamp.store.db import create_pool
 from recomamp.systemd import Notifier
 from tests.conftest import ConfigWriter
 from tests.integration.conftest import OwnPostgres, migrated_database
-from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, wait_until, write_world_config
+from tests.integration.world import (
+    add_due_schedule,
+    add_snowflake,
+    add_tenant,
+    snowflake_rows,
+    wait_until,
+    write_world_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -184,22 +191,10 @@ def own_fakesnow(tmp_path: Path) -> Iterator[FakeSnowflake]:
 
 
 async def _rows(snow: FakeSnowflake, database: str, table: str) -> tuple[int, int]:
-    import snowflake.connector
-
-    def query() -> tuple[int, int]:
-        connection = snowflake.connector.connect(
-            account="x", user="x", password="x", host=snow.host, port=snow.port, protocol="http", database=database
-        )
-        try:
-            cursor = connection.cursor()
-            cursor.execute(f'SELECT COUNT(*), COUNT(DISTINCT (EVENT_DATE, CAMPAIGN_ID)) FROM AMC."{table}"')
-            row = cursor.fetchone()
-            assert row is not None
-            return int(row[0]), int(row[1])
-        finally:
-            connection.close()
-
-    return await asyncio.to_thread(query)
+    (row,) = await snowflake_rows(
+        snow, database, f'SELECT COUNT(*), COUNT(DISTINCT (EVENT_DATE, CAMPAIGN_ID)) FROM AMC."{table}"'
+    )
+    return int(row[0]), int(row[1])
 
 
 async def test_a_snowflake_that_stops_answering_is_cut_off_at_the_deadline_then_retry_upload_lands_it(

@@ -25,27 +25,12 @@ from recomamp.services.schedules import ScheduleRefused
 from recomamp.store import schedules as schedule_store
 from tests.conftest import ConfigWriter
 from tests.integration.test_cli import cli
-from tests.integration.world import Tenant, add_snowflake, add_tenant, wait_until, write_world_config
-
-
-def snowflake_query(snow: FakeSnowflake, database: str, sql: str) -> list[tuple[Any, ...]]:
-    import snowflake.connector
-
-    connection = snowflake.connector.connect(
-        account="x", user="x", password="x", host=snow.host, port=snow.port, protocol="http", database=database
-    )
-    try:
-        cursor = connection.cursor()
-        cursor.execute(sql)
-        return list(cursor.fetchall())
-    finally:
-        connection.close()
+from tests.integration.world import Tenant, add_snowflake, add_tenant, snowflake_rows, wait_until, write_world_config
 
 
 async def key_counts(snow: FakeSnowflake, database: str, table: str) -> tuple[int, int, int]:
     """(rows, distinct natural keys, windows) in the schedule's table."""
-    rows = await asyncio.to_thread(
-        snowflake_query,
+    rows = await snowflake_rows(
         snow,
         database,
         "SELECT COUNT(*), COUNT(DISTINCT (event_date, campaign_id)), COUNT(DISTINCT recomamp_window_start) "
@@ -59,7 +44,7 @@ async def snowflake_tenant(
     pool: asyncpg.Pool, box: SecretBox, simulator: AmcSimulator, snow: FakeSnowflake, instance: str
 ) -> tuple[Tenant, str]:
     database = f"WIN_{uuid.uuid4().hex[:8].upper()}"
-    await asyncio.to_thread(snowflake_query, snow, "", f"CREATE DATABASE IF NOT EXISTS {database}")
+    await snowflake_rows(snow, "", f"CREATE DATABASE IF NOT EXISTS {database}")
     tenant = await add_tenant(pool, box, simulator, "ada@example.com", instance)
     await add_snowflake(pool, box, tenant, snow.host, snow.port, database)
     return tenant, database

@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from recomamp.config import Config, load_config
 from recomamp.crypto import SecretBox
 from recomamp.domain.models import ScheduleCreatePreset
+from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.seed import add_sandbox_user
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services import schedules
@@ -150,3 +152,21 @@ async def execution_submitted(pool: asyncpg.Pool, count: int = 1) -> bool:
 
 def config_from(path: Path) -> Config:
     return load_config(path)
+
+
+async def snowflake_rows(snow: FakeSnowflake, database: str, sql: str) -> list[tuple[Any, ...]]:
+    """What the Snowflake emulator holds: one query over the real connector, off the event loop."""
+    import snowflake.connector
+
+    def query() -> list[tuple[Any, ...]]:
+        connection = snowflake.connector.connect(
+            account="x", user="x", password="x", host=snow.host, port=snow.port, protocol="http", database=database
+        )
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql)
+            return list(cursor.fetchall())
+        finally:
+            connection.close()
+
+    return await asyncio.to_thread(query)
