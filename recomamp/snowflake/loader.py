@@ -122,6 +122,10 @@ class RunMetadata:
     # An adopted run whose result another claim committed is not loaded again; an operator's
     # retry-upload loads it again (replace_loaded=True).
     replace_loaded: bool = False
+    # Unix time until which a load waits for another claim's open transaction on the ledger row; None: the
+    # full LEDGER_PATIENCE_SECONDS. Counted from the run's first download, so the claims that follow one
+    # that died mid-transaction do not each wait anew (and burn an attempt apiece when they are cut short).
+    ledger_wait_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -508,7 +512,10 @@ class Loader:
         a stalled claim that resumes commits, and this one then finds its load and writes nothing. Past that
         the holder is taken for dead (a killed process leaves its transaction open for hours): this load
         goes on without the ledger's ordering, and the window replace keeps the rows exact."""
-        deadline = time.monotonic() + LEDGER_PATIENCE_SECONDS
+        patience = LEDGER_PATIENCE_SECONDS
+        if metadata.ledger_wait_until is not None:
+            patience = min(patience, max(0.0, metadata.ledger_wait_until - time.time()))
+        deadline = time.monotonic() + patience
         while True:
             self._run(cursor, "txn", "BEGIN")
             try:
@@ -521,7 +528,7 @@ class Loader:
                 if time.monotonic() >= deadline:
                     log.warning(
                         "snowflake_ledger_row_held",
-                        waited_seconds=LEDGER_PATIENCE_SECONDS,
+                        waited_seconds=round(patience, 1),
                         detail="an open transaction of an earlier claim of this run holds its ledger row "
                         "(the process died mid-load?): loading without it; the window replace keeps rows exact. "
                         "In Snowflake, SYSTEM$ABORT_TRANSACTION ends it.",

@@ -132,7 +132,7 @@ SELECT r.id, r.schedule_id, s.name AS schedule_name, r.trigger, r.status, r.step
        r.target_enabled, r.target_table_name, r.target_schema_name, r.target_key_columns, r.snowflake_table,
        r.results_path, r.error_message, r.lease_owner, r.lease_token, r.lease_expires_at, r.cancel_requested_at,
        s.owner_id, u.email AS user_email, r.instance_id AS instance_row_id, i.instance_id AS amc_instance_id,
-       i.advertiser_id, i.marketplace_id, i.region, i.api_endpoint
+       i.advertiser_id, i.marketplace_id, i.region, i.api_endpoint, r.downloaded_at
 FROM schedule_runs r
 JOIN workflow_schedules s ON s.id = r.schedule_id
 JOIN amc_instances i ON i.id = r.instance_id
@@ -164,7 +164,7 @@ WHERE id = $1 AND lease_token = $2
 """
 MARK_DOWNLOADED = """
 UPDATE schedule_runs SET step = 'downloading', result_files = $3, result_rows = $4, results_path = $5,
-    results_bytes = $6, downloaded_at = now(), updated_at = now()
+    results_bytes = $6, downloaded_at = COALESCE(downloaded_at, now()), updated_at = now()
 WHERE id = $1 AND lease_token = $2
 """
 SET_SNOWFLAKE = """
@@ -262,6 +262,7 @@ class RunRecord:
     marketplace_id: str
     region: str
     api_endpoint: str | None
+    downloaded_at: datetime | None  # when a claim first downloaded the result (later claims keep it)
 
     @classmethod
     def from_row(cls, row: Any) -> RunRecord:

@@ -560,3 +560,36 @@ async def test_a_column_widened_to_text_by_the_table_keeps_the_spelling_of_this_
     assert kinds == [("TEXT",)]
     rows = query(spec, f'SELECT flag FROM "{spec.database}".AMC.FLAGS ORDER BY recomamp_run_id, flag')
     assert [r[0].lower() for r in rows] == ["true", "007", "10"]
+
+
+async def test_a_claim_after_the_runs_patience_is_spent_does_not_wait_for_a_dead_holder_again(
+    spec: SnowflakeConnectionSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The patience counts from the run's first download, not from each claim: the claims after one that died
+    mid-transaction do not each wait the full time (and burn an attempt apiece if they are cut short)."""
+    import time
+
+    from recomamp.logs import configure_logging
+
+    await create_database(spec)
+    configure_logging("info")
+    target = LoadTarget(spec.database, "AMC", "ledgered")
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    await sink.load(spec, target, claimed(50, 1), [write_csv(tmp_path / "a", "p.csv", FIRST)])
+    dead = spec.connect(SETTINGS)
+    cursor = dead.cursor()
+    cursor.execute(f'USE SCHEMA "{spec.database}"."AMC"')
+    cursor.execute("BEGIN")
+    cursor.execute('UPDATE RECOMAMP_LOADS SET "CLAIM" = 2 WHERE "RUN_ID" = 50')
+    try:
+        started = time.monotonic()
+        late = replace(claimed(50, 3, "exec-3"), ledger_wait_until=time.time() - 1)
+        result = await sink.load(spec, target, late, [write_csv(tmp_path / "b", "p.csv", SECOND)])
+        took = time.monotonic() - started
+    finally:
+        dead.close()
+    await sink.close(5)
+    assert not result.already_loaded and len(loads_of(50, spec)) == 2
+    out = capsys.readouterr().out
+    assert '"snowflake_ledger_row_held"' in out and '"snowflake_ledger_row_busy"' not in out
+    assert took < 5  # not the 10 s patience
