@@ -17,23 +17,33 @@ from typing import Any
 from bench import scheduler
 from recomamp.sandbox.embedded import free_port, start_fakesnow
 
+VARIANTS = ("replace", "merge", "seed", "bare")
 
-def _bench(*arguments: str) -> Any:
-    output = subprocess.run(
-        [sys.executable, "-m", "bench.snowflake_load", *arguments], capture_output=True, text=True, check=True
-    )
+
+def _bench(*arguments: str, as_installed: bool = False) -> Any:
+    """One bench process; `as_installed`: without the bench-only libraries (bench/as_installed.py)."""
+    runner = ["-m", "bench.as_installed", "bench.snowflake_load"] if as_installed else ["-m", "bench.snowflake_load"]
+    output = subprocess.run([sys.executable, *runner, *arguments], capture_output=True, text=True, check=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def _median_run(variant: str, files: Path, snow_port: int, repeats: int) -> dict[str, Any]:
-    """The median time of `repeats` runs (each its own process), and the largest peak RSS among them."""
-    runs = [
-        _bench("--variant", variant, "--files", str(files), "--snowflake-port", str(snow_port)) for _ in range(repeats)
-    ]
-    runs.sort(key=lambda r: r["seconds"])
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median time of the runs, and the largest peak RSS among them."""
+    runs = sorted(runs, key=lambda r: r["seconds"])
     middle = dict(runs[len(runs) // 2])
     middle["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return middle
+
+
+def _rounds(files: Path, snow_port: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """Each variant once per round, each in its own process, rounds one after another: the variants take
+    turns on the same emulator, so a slower machine or emulator weighs on all of them alike."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    for _ in range(repeats):
+        for variant in VARIANTS:
+            arguments = ("--variant", variant, "--files", str(files), "--snowflake-port", str(snow_port))
+            runs[variant].append(_bench(*arguments, as_installed=variant != "seed"))
+    return {variant: _median(found) for variant, found in runs.items()}
 
 
 def snowflake_load() -> bool:
@@ -52,9 +62,7 @@ def snowflake_load() -> bool:
             for rows in (100_000, 1_000_000):
                 files = Path(root) / str(rows)
                 _bench("--rows", str(rows), "--sandbox", f"http://127.0.0.1:{port}", "--download", str(files))
-                results[rows] = {
-                    v: _median_run(v, files, snow.port, repeats) for v in ("replace", "merge", "seed", "bare")
-                }
+                results[rows] = _rounds(files, snow.port, repeats)
     finally:
         sandbox.terminate()
         snow.stop()

@@ -6,8 +6,8 @@
 - merge:   recomamp's sink with key columns (one MERGE);
 - seed:    what the seed application does, the path `write_pandas` takes: pandas reads the whole result,
            writes one Parquet file, PUT, COPY into a staging table, MERGE into the target;
-- bare:    the floor: a PUT + COPY of recomamp's own staged Parquet files (made beforehand, untimed) into a
-           table of text columns, with nothing else (no inference, no upsert).
+- bare:    the floor: a PUT + COPY of recomamp's own staged Parquet file (made beforehand, untimed) into a
+           table of the result's types, with nothing else (no inference, no upsert, no time-series columns).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from recomamp.sandbox.results_data import RESULT_SCHEMA
 from recomamp.snowflake.connection import SnowflakeConnectionSpec
 from recomamp.snowflake.loader import LoadTarget, RunMetadata
 from recomamp.snowflake.sink import SnowflakeSink
-from recomamp.snowflake.staging import parquet_bytes, read_batches, result_columns, result_header
+from recomamp.snowflake.staging import SEQ_COLUMN, TypeTracker, read_batches, result_columns, result_header, stage_files
 
 # The production defaults, but for the timeouts.
 SETTINGS = SnowflakeSettings(login_timeout_seconds=30, network_timeout_seconds=600)
@@ -153,23 +153,21 @@ def seed_load(spec: SnowflakeConnectionSpec, files: list[Path]) -> int:
     return len(frame)
 
 
-def staged_files(files: list[Path], directory: Path) -> tuple[list[Path], list[str]]:
-    """recomamp's own staged batches, as the sink makes them, written to disk (untimed)."""
+def staged_files(files: list[Path], directory: Path) -> tuple[list[Path], dict[str, str]]:
+    """recomamp's own staged files, as the sink makes them (untimed), and a Snowflake type for each column."""
     header = result_header(files)
     columns = result_columns(header)
-    paths = []
-    for number, table in enumerate(read_batches(files, header, columns, SETTINGS.batch_rows)):
-        path = directory / f"b{number:06d}.parquet"
-        path.write_bytes(parquet_bytes(table))
-        paths.append(path)
-    return paths, columns
+    tracker = TypeTracker(columns, {name: data_type for name, data_type, _ in RESULT_SCHEMA})
+    staged = list(stage_files(read_batches(files, header, columns, SETTINGS.batch_rows), tracker, directory))
+    types = {name: column_type.sql() for name, column_type in tracker.types.items()}
+    return [s.path for s in staged], {SEQ_COLUMN: "NUMBER(38,0)", **types}
 
 
-def bare_load(spec: SnowflakeConnectionSpec, staged: list[Path], columns: list[str]) -> None:
+def bare_load(spec: SnowflakeConnectionSpec, staged: list[Path], types: dict[str, str]) -> None:
     connection, cursor = _cursor(spec)
     try:
         cursor.execute("CREATE TEMPORARY STAGE BARE_STAGE")
-        definitions = ", ".join(['"_RECOMAMP_SEQ" NUMBER(38,0)', *(f'"{c}" VARCHAR' for c in columns)])
+        definitions = ", ".join(f'"{c}" {t}' for c, t in types.items())
         cursor.execute(f"CREATE TRANSIENT TABLE BARE_TABLE ({definitions})")
         for path in staged:
             cursor.execute(f"PUT file://{path} @BARE_STAGE/all/ AUTO_COMPRESS=FALSE")
@@ -186,18 +184,22 @@ def run_variant(variant: str, files: list[Path], snow_port: int) -> dict[str, An
     connection, _ = _cursor(spec)  # the database exists before the clock starts
     connection.close()
     with tempfile.TemporaryDirectory(prefix="recomamp-bench-") as directory:
-        staged, columns = staged_files(files, Path(directory)) if variant == "bare" else ([], [])
+        staged, types = staged_files(files, Path(directory)) if variant == "bare" else ([], {})
         baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.perf_counter()
         if variant == "seed":
             rows = seed_load(spec, files)
         elif variant == "bare":
-            bare_load(spec, staged, columns)
+            bare_load(spec, staged, types)
             rows = -1
         else:
             rows = asyncio.run(recomamp_load(spec, files, merge=variant == "merge"))
         seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Untimed: the emulator keeps every database in memory, and a fuller emulator is a slower one.
+    connection, cursor = _cursor(spec)
+    cursor.execute(f'DROP SCHEMA IF EXISTS "{spec.database}"."AMC" CASCADE')
+    connection.close()
     return {
         "variant": variant,
         "rows": rows,

@@ -368,7 +368,7 @@ class RetrySettings(_Section):
 
 
 class SnowflakeSettings(_Section):
-    batch_rows: int = Field(default=100_000, ge=1, le=10_000_000)
+    batch_rows: int = Field(default=50_000, ge=1, le=10_000_000)
     thread_pool_size: int = Field(default=4, ge=1, le=64)
     login_timeout_seconds: int = Field(default=30, ge=1, le=3600)
     network_timeout_seconds: int = Field(default=300, ge=1, le=3600)

@@ -34,6 +34,7 @@ from recomamp.snowflake.loader import (
     RunMetadata,
     StatementHook,
 )
+from recomamp.snowflake.staging import configure_arrow_memory
 
 log = get_logger(__name__)
 
@@ -54,6 +55,7 @@ class SnowflakeSink:
     ) -> None:
         self._settings = settings
         self._retry = retry
+        configure_arrow_memory()
         self._after_statement = after_statement
         self._slots: asyncio.Semaphore | None = None
         self._size = settings.thread_pool_size

@@ -260,6 +260,25 @@ async def test_key_columns_merge_overlapping_windows_without_duplicates(
     ]
 
 
+async def test_keys_staged_narrower_than_the_tables_columns_still_match(
+    spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    """No key repeats in the second result, so it is upserted straight from the staging table, where its
+    dates are DATE while the table's column is TIMESTAMP: midnight must still be the same key."""
+    await create_database(spec)
+    target = LoadTarget(spec.database, "AMC", "keyed_wide", key_columns=("event_date", "campaign_id"))
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    header = "event_date,campaign_id,impressions"
+    first = [header, "2026-11-01 00:00:00,1001,5", "2026-11-01 06:00:00,1001,6"]
+    await sink.load(spec, target, metadata(1), [write_csv(tmp_path / "a", "p.csv", first)])
+    await sink.load(spec, target, metadata(2), [write_csv(tmp_path / "b", "p.csv", [header, "2026-11-01,1001,7"])])
+    await sink.close(5)
+    rows = query(spec, f'SELECT event_date, campaign_id, impressions FROM "{spec.database}".AMC.KEYED_WIDE ORDER BY 1')
+    assert rows == [(datetime(2026, 11, 1, 0), 1001, 7), (datetime(2026, 11, 1, 6), 1001, 6)]
+    # The staged files were written beside the kept result and are gone.
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["p.csv", "p.csv"]
+
+
 async def test_a_key_pair_config_is_accepted(fakesnow_server: FakeSnowflake, database: str) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(

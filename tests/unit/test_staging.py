@@ -7,6 +7,7 @@ import csv
 import gzip
 import io
 import random
+import threading
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,13 +20,13 @@ from recomamp.domain.columns import VARCHAR, ColumnType, Kind, combine, infer_va
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.snowflake.staging import (
     SEQ_COLUMN,
-    BatchProducer,
     TypeTracker,
     infer_arrow_column,
-    parquet_bytes,
     read_batches,
     result_columns,
     result_header,
+    stage_files,
+    staged_file_producer,
 )
 
 AWKWARD = [
@@ -79,8 +80,13 @@ def test_random_rows_survive_batches_and_parquet_in_order(tmp_path: Path) -> Non
     ]
     header = result_header(paths)
     columns = result_columns(header)
-    tables = [pq.read_table(io.BytesIO(parquet_bytes(t))) for t in read_batches(paths, header, columns, batch_rows=333)]
-    assert [t.num_rows for t in tables] == [333] * 6 + [2]
+    staged = list(
+        stage_files(read_batches(paths, header, columns, batch_rows=333), TypeTracker(columns, text=True), tmp_path)
+    )
+    assert len(staged) == 1 and (staged[0].rows, staged[0].batches) == (2000, 7)
+    parquet = pq.ParquetFile(staged[0].path)
+    assert [parquet.metadata.row_group(n).num_rows for n in range(parquet.num_row_groups)] == [333] * 6 + [2]
+    tables = [parquet.read_row_group(n) for n in range(parquet.num_row_groups)]
     assert _cells(tables, columns) == rows
     sequence = [n for t in tables for n in t.column(SEQ_COLUMN).to_pylist()]
     assert sequence == list(range(2000))
@@ -92,6 +98,20 @@ def test_a_kept_part_cut_short_is_an_error_naming_it(tmp_path: Path) -> None:
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(SnowflakeLoadError, match=r"part-00003\.csv\.gz"):
         list(read_batches([cut], ["a", "b"], ["A", "B"], batch_rows=1000))
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"\x1f\x8b\x08\x00" + b"garbage" * 100, "a damaged deflate stream"),
+        (b"plain text, not gzip" * 10, "not gzip at all"),
+    ],
+)
+def test_a_damaged_part_is_an_error_naming_it(tmp_path: Path, content: bytes, what: str) -> None:
+    damaged = tmp_path / "part-00001.csv.gz"
+    damaged.write_bytes(content)
+    with pytest.raises(SnowflakeLoadError, match=r"part-00001\.csv\.gz.*running the window again"):
+        list(read_batches([damaged], ["a"], ["A"], batch_rows=10))
 
 
 def test_a_header_only_file_has_no_batches(tmp_path: Path) -> None:
@@ -206,13 +226,40 @@ def test_a_declared_type_the_values_break_is_widened_not_trusted() -> None:
 
 
 def test_the_producer_stops_cleanly_when_the_consumer_leaves_early(tmp_path: Path) -> None:
-    path = _write(tmp_path / "r.csv", ["a"], [[str(n)] for n in range(5000)])
     tracker = TypeTracker(["A"])
-    with BatchProducer([path], ["a"], ["A"], 100, tracker) as batches:
-        first = next(batches)
+    # A file a batch: the second batch's "x" makes the column text there, a schema of its own.
+    rows = [[str(n)] for n in range(100)] + [["x"]] + [[str(n)] for n in range(99)] + [[str(n)] for n in range(4800)]
+    path = _write(tmp_path / "r.csv", ["a"], rows)
+    with staged_file_producer([path], ["a"], ["A"], 100, tracker, tmp_path) as staged:
+        first = next(staged)
     assert first.rows == 100
-    # Staged typed: integers as NUMBER(38,0)'s Parquet twin.
-    assert pq.read_table(io.BytesIO(first.payload)).column("A").to_pylist()[:2] == [Decimal(0), Decimal(1)]
+    # Staged typed: integers as int64, which NUMBER(38,0) takes.
+    assert pq.read_table(first.path).column("A").to_pylist()[:2] == [0, 1]
+    assert [t.name for t in threading.enumerate() if t.name.startswith("snowflake-")] == []
+
+
+def test_a_file_is_closed_when_a_batch_stages_a_column_with_another_type(tmp_path: Path) -> None:
+    batches = [
+        pa.table({"A": ["1", "2"], SEQ_COLUMN: pa.array([0, 1], pa.int64())}),
+        pa.table({"A": ["3", "4"], SEQ_COLUMN: pa.array([2, 3], pa.int64())}),
+        pa.table({"A": ["99999999999999999999", "5"], SEQ_COLUMN: pa.array([4, 5], pa.int64())}),  # past int64
+        pa.table({"A": ["6", "7"], SEQ_COLUMN: pa.array([6, 7], pa.int64())}),
+    ]
+    staged = list(stage_files(iter(batches), TypeTracker(["A"]), tmp_path))
+    assert [(s.rows, s.batches) for s in staged] == [(4, 2), (2, 1), (2, 1)]
+    types = [pq.read_schema(s.path).field("A").type for s in staged]
+    assert types == [pa.int64(), pa.decimal128(38, 0), pa.int64()]
+    assert pq.read_table(staged[1].path).column("A").to_pylist() == [Decimal("99999999999999999999"), Decimal(5)]
+
+
+def test_a_file_is_closed_past_its_size_and_the_rest_go_to_the_next(tmp_path: Path) -> None:
+    batches = [pa.table({"A": [f"row {n}-{m}" for m in range(200)]}) for n in range(5)]
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    staged = list(stage_files(iter(batches), TypeTracker(["A"]), tmp_path / "small", file_bytes=1))
+    assert [(s.rows, s.batches) for s in staged] == [(200, 1)] * 5
+    staged_once = list(stage_files(iter(batches), TypeTracker(["A"]), tmp_path / "large"))
+    assert [(s.rows, s.batches) for s in staged_once] == [(1000, 5)]
 
 
 def test_each_batch_is_staged_typed_where_its_values_allow_and_text_elsewhere() -> None:
@@ -230,7 +277,7 @@ def test_each_batch_is_staged_typed_where_its_values_allow_and_text_elsewhere() 
             }
         )
     )
-    assert staged.column("N").to_pylist() == [Decimal(7), Decimal(-12)]
+    assert staged.column("N").to_pylist() == [7, -12]
     assert staged.column("D").to_pylist() == [date(2026, 11, 1), None]
     assert staged.column("T").to_pylist() == [datetime(2026, 11, 1, 10), datetime(2026, 11, 2, 11, 30, 0, 500000)]
     assert staged.column("B").to_pylist() == [True, False]
