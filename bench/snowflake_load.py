@@ -2,8 +2,9 @@
 
 `--download DIR`: fetch an N-row, 10-column result from the simulator (served by another process) into DIR.
 `--variant V --files DIR`: load those files into fakesnow and print one JSON object. Variants:
-- replace: recomamp's sink, the window replace (DELETE + INSERT in one transaction);
-- merge:   recomamp's sink with key columns (one MERGE);
+- replace: recomamp's sink, the window replace (DELETE + COPY in one transaction);
+- merge:   recomamp's sink with key columns, the issue's "MERGE variant" (an upsert on the keys: DELETE of
+           the keys the run brings + COPY, in one transaction);
 - seed:    what the seed application does, the path `write_pandas` takes: pandas reads the whole result,
            writes one Parquet file, PUT, COPY into a staging table, MERGE into the target;
 - bare:    the floor: a PUT + COPY of recomamp's own staged Parquet file (made beforehand, untimed) into a

@@ -32,7 +32,17 @@ from recomamp.config import Config
 from recomamp.daemon.classify import QuotaWait, classify
 from recomamp.daemon.services import Services
 from recomamp.domain.alerts import RunNotice
-from recomamp.domain.runs import Cancelled, Decision, Defer, Fail, Lost, Step, Wait, give_up_message
+from recomamp.domain.runs import (
+    LOAD_QUEUED_ATTEMPT_STEP,
+    Cancelled,
+    Decision,
+    Defer,
+    Fail,
+    Lost,
+    Step,
+    Wait,
+    give_up_message,
+)
 from recomamp.logs import get_logger
 from recomamp.snowflake.connection import BadPrivateKey, spec_from_row
 from recomamp.snowflake.errors import SnowflakeLoadError
@@ -511,9 +521,13 @@ class RunPipeline:
             await record("failed", None, None, message)
             return Fail("snowflake", message)
         await record("uploading", target.display, None, None)
+        await self._db("queue the load", lambda: run_store.set_attempt_step(pool, lease, LOAD_QUEUED_ATTEMPT_STEP))
 
         async def fence() -> None:
             await self._ensure_lease(lease)
+
+        async def load_started() -> None:
+            await self._db("start the load", lambda: run_store.set_attempt_step(pool, lease, Step.UPLOADING.value))
 
         try:
             with services.metrics.step("snowflake_load"):
@@ -541,6 +555,7 @@ class RunPipeline:
                     else None,
                     fence=fence,
                     deadline_seconds=config.snowflake.load_timeout_seconds,
+                    started=load_started,
                 )
         except LeaseLost:
             raise

@@ -30,6 +30,12 @@ class Step(StrEnum):
     FINISHED = "finished"
 
 
+# attempt_step while a load waits for one of the replica's Snowflake threads. A claim that dies then never
+# started the load, and the next claim, seeing another step than its own, counts no attempt: a restart loop
+# must not use up the attempts of the runs queued behind a small thread pool.
+LOAD_QUEUED_ATTEMPT_STEP = "uploading, queued for a Snowflake thread"
+
+
 class RunStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"

@@ -3,27 +3,26 @@
 How a run lands (the way dlt, Airbyte and Fivetran load):
 1. One session; create the schema if missing; `USE SCHEMA`; a temporary stage.
 2. staging.staged_file_producer reads the result files in C (pyarrow), checks types, and appends each batch
-   of `batch_rows` rows to a typed Parquet file on local disk as a row group, on threads of their own; each
+   of `batch_rows` rows to a typed Parquet file on local disk as a row group, on a thread of its own; each
    file (one, unless the result passes 128 MB or a column's staged type changes) is PUT under the attempt's
-   own prefix while the next is made. Without key columns the files also carry the time-series columns; with
-   them, one COPY loads every file into a transient staging table typed over the whole result (named with
-   its creation time, so one a crashed load left behind is dropped later).
+   own prefix while the next is made. Every file carries the time-series columns. With key columns it
+   carries each row's position too, and one COPY loads the keys of every file into a transient staging
+   table (named with its creation time, so one a crashed load left behind is dropped later).
 3. DDL first (DDL commits any open transaction): create the table, add new columns, and widen a column whose
    new values no longer fit (a number to a wider number or FLOAT, a DATE to a TIMESTAMP, else to VARCHAR;
-   every value is kept). With key columns, the staged rows deduplicated on them (the last row of a key
-   wins) become a table of their own.
+   every value is kept). With key columns, the keys are counted in the staging table; only when one
+   repeats are all the staged rows COPYed into a table of their own, to load the last row of each key.
 4. The run applies at once, in one transaction: the load ledger's row for the run first (ledger.py: it
-   orders this run's claims inside Snowflake), then DELETE the schedule's rows for this window and one COPY
-   of every file straight into the table (a re-run replaces its window), or, with key columns, DELETE the
-   rows of the keys the run brings and INSERT the deduplicated ones (dbt's delete+insert, as MERGE cannot
-   share a transaction with the ledger on the emulator). The fence (the run's lease in Postgres) is checked
-   inside the transaction, immediately before the COMMIT.
+   orders this run's claims inside Snowflake), then DELETE the schedule's rows for this window (with key
+   columns: the rows of the keys the run brings; dbt's delete+insert, as MERGE cannot share a transaction
+   with the ledger on the emulator) and one COPY of every file straight into the table (or, when keys
+   repeat, an INSERT of the last row of each). The fence (the run's lease in Postgres) is checked inside
+   the transaction, immediately before the COMMIT.
 A transient failure starts the whole load again on a fresh connection, with new stage and table names.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from recomamp.snowflake.staging import (
     result_columns,
     result_header,
     staged_file_producer,
+    staging_directory,
 )
 
 log = get_logger(__name__)
@@ -206,7 +206,8 @@ def _naive_utc(value: datetime) -> datetime:
 
 
 def keyed_table_name(staging: str) -> str:
-    """The staged rows deduplicated on the key columns (a keyed load's source); dropped with the staging table."""
+    """Every staged row of a keyed load whose keys repeat, to load the last row of each key from; dropped
+    with the staging table."""
     return f"{staging}_KEYED"
 
 
@@ -346,16 +347,22 @@ class Loader:
             # A new prefix on every attempt: reusing a staged name on retry is how other loaders duplicated rows.
             prefix = f"a{uuid.uuid4().hex[:12]}"
             location = f"@{quote(stage)}/{prefix}/"
-            # Without key columns the files carry the time-series columns too and are COPYed straight into the
-            # table; with them they go through a staging table, where the rows are deduplicated on the keys.
-            direct = not target.key_columns
-            constants = metadata_constants(metadata) if direct else None
-            # The staged files are written beside the kept result (on disk, where the result already fits),
-            # each PUT while the next is made, and removed once PUT.
+            # Every file carries the time-series columns and is COPYed straight into the table. With key columns
+            # it keeps each row's position in the result too, and its keys are COPYed first into a staging
+            # table: which rows of the table the run replaces, and whether a key repeats.
+            keys = [k.upper() for k in target.key_columns or ()]
+            # Each staged file is PUT while the next is made, and removed once PUT.
             with (
-                tempfile.TemporaryDirectory(prefix=".staging-", dir=files[0].parent) as directory,
+                staging_directory(files[0].parent) as directory,
                 staged_file_producer(
-                    files, header, columns, self._policy.batch_rows, tracker, Path(directory), constants
+                    files,
+                    header,
+                    columns,
+                    self._policy.batch_rows,
+                    tracker,
+                    directory,
+                    metadata_constants(metadata),
+                    sequence=bool(keys),
                 ) as staged_files,
             ):
                 for file_number, staged in enumerate(staged_files, start=1):
@@ -368,19 +375,12 @@ class Loader:
                     result.batches += staged.batches
             if tracker.restage_as_text:
                 raise _StageAsText
-            if not direct:
-                # The staging table takes each column's type over the whole result; one COPY loads every file.
-                step[0] = "copy"
+            if keys:
+                step[0] = "copy keys"
                 staging = staging_table_name(metadata.run_id)
-                staging_columns = ", ".join(
-                    [
-                        f"{quote(SEQ_COLUMN)} NUMBER(38,0)",
-                        *(f"{quote(c)} {t.sql()}" for c, t in tracker.types.items()),
-                    ]
-                )
-                self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(staging)} ({staging_columns})")
-                if result.batches:
-                    self._run(cursor, "copy", f"COPY INTO {quote(staging)} FROM {location} {PARQUET_COPY} PURGE=TRUE")
+                self._create_staging(cursor, staging, {k: tracker.types[k] for k in keys})
+                if result.batches:  # the files stay on the stage: the apply COPYs them into the table
+                    self._run(cursor, "copy", f"COPY INTO {quote(staging)} FROM {location} {PARQUET_COPY}")
             step[0] = "prepare table"
             target_types = self._ensure_table(cursor, (database, schema, table), tracker.types, result)
             if tracker.staged_typed_but_text(target_types):
@@ -391,8 +391,16 @@ class Loader:
             if staging is None:
                 self._apply_copy(cursor, (database, schema, table), location, metadata, ledger, result)
             else:
-                self._apply(
-                    cursor, (database, schema, table), staging, columns, target_types, target, metadata, ledger, result
+                self._apply_keyed(
+                    cursor,
+                    (database, schema, table),
+                    staging,
+                    location,
+                    keys,
+                    (tracker.types, target_types),
+                    metadata,
+                    ledger,
+                    result,
                 )
             log.info(
                 "snowflake_load_completed",
@@ -614,43 +622,33 @@ class Loader:
             self._rollback(cursor)
             raise
 
-    def _apply(
+    def _create_staging(self, cursor: Cursor, name: str, types: Mapping[str, ColumnType]) -> None:
+        definitions = [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} {t.sql()}" for c, t in types.items())]
+        self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(name)} ({', '.join(definitions)})")
+
+    def _apply_keyed(
         self,
         cursor: Cursor,
         parts: tuple[str, str, str],
         staging: str,
-        columns: list[str],
-        types: dict[str, ColumnType],
-        target: LoadTarget,
+        location: str,
+        keys: list[str],
+        types: tuple[Mapping[str, ColumnType], Mapping[str, ColumnType]],
         metadata: RunMetadata,
         ledger: Ledger,
         result: LoadResult,
     ) -> None:
         """The keyed upsert, in one explicit transaction: the ledger first, then DELETE the rows of the keys
-        the run brings and INSERT the deduplicated ones (dbt's delete+insert: unlike MERGE it can share the
-        transaction with the ledger on every engine we load into), the fence, COMMIT."""
-        assert target.key_columns
+        the run brings and COPY the staged files into the table (dbt's delete+insert: unlike MERGE it can
+        share the transaction with the ledger on every engine we load into), the fence, COMMIT.
+
+        `types`: each result column's type as staged, and in the table."""
+        staged_types, table_types = types
         name = qualified(*parts)
-        casts = [_cast(c, types[c]) for c in columns]
-        meta_values = (
-            _utc_text(metadata.uploaded_at),
-            metadata.schedule_id,
-            metadata.run_id,
-            _utc_text(metadata.window_start),
-            _utc_text(metadata.window_end),
-        )
-        meta_casts = [f"CAST(%s AS {sql_type}) AS {quote(c)}" for c, sql_type in METADATA_COLUMNS]
-        all_columns = [*columns, *(c for c, _ in METADATA_COLUMNS)]
-        # Each attempt stages into a table of its own, so every staged row is there once.
-        source = f"SELECT {quote(SEQ_COLUMN)}, {', '.join([*casts, *meta_casts])} FROM {quote(staging)}"
-        inserted = ", ".join(quote(c) for c in all_columns)
-        keys = [k.upper() for k in target.key_columns]
         partition = ", ".join(quote(k) for k in keys)
-        rows_of = staging  # the table whose rows the run upserts
-        insert = f"INSERT INTO {name} ({inserted}) SELECT {', '.join([*casts, *meta_casts])} FROM {quote(staging)}"
-        insert_params: tuple[object, ...] | None = meta_values
-        # Rows sharing a key are rare, and deduplicating costs a window over every row (1M rows: 0.35 s in
-        # the emulator, against 0.09 s to count them): only a result that has them pays for it.
+        # Rows sharing a key are rare, and choosing the last of each costs a window over every row (1M rows:
+        # 0.35 s in the emulator, against 0.1 s to count them on the keys alone): only a result that has
+        # them pays for it.
         self._run(
             cursor,
             "select",
@@ -658,6 +656,7 @@ class Loader:
             f"GROUP BY {partition} HAVING COUNT(*) > 1)",
         )
         shared_keys, sharing_rows = cursor.fetchone() or (0, 0)
+        insert: str | None = None
         if shared_keys:
             log.info(
                 "snowflake_duplicate_keys",
@@ -666,33 +665,41 @@ class Loader:
                 key_columns=keys,
                 detail="rows share a key in this result; the last row of each key is loaded",
             )
-            # Deduplicated once before the transaction (the last row of a key wins): both statements inside
-            # it then read a plain table.
-            rows_of = keyed_table_name(staging)
-            self._run(
-                cursor,
-                "ddl",
-                f"CREATE TRANSIENT TABLE {quote(rows_of)} AS SELECT * FROM ({source}) "
-                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1",
-                meta_values,
+            every_row = keyed_table_name(staging)
+            self._create_staging(cursor, every_row, {**staged_types, **_metadata_types()})
+            self._run(cursor, "copy", f"COPY INTO {quote(every_row)} FROM {location} {PARQUET_COPY}")
+            loaded = [*staged_types, *(c for c, _ in METADATA_COLUMNS)]
+            values = [_cast(c, table_types[c]) for c in staged_types] + [quote(c) for c, _ in METADATA_COLUMNS]
+            insert = (
+                f"INSERT INTO {name} ({', '.join(quote(c) for c in loaded)}) SELECT {', '.join(values)} "
+                f"FROM {quote(every_row)} "
+                f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1"
             )
-            insert, insert_params = f"INSERT INTO {name} ({inserted}) SELECT {inserted} FROM {quote(rows_of)}", None
         ledger_held = self._begin_with_ledger(cursor, ledger, metadata)
         try:
             self._decide(ledger.read(), metadata)
-            # Without repeated keys the staging table is the source, in the result's own types: a key the
-            # table holds wider (a DATE there as TIMESTAMP) compares by value, as Snowflake casts implicitly.
+            # The staging table holds the keys in the result's own types: a key the table holds wider (a DATE
+            # there as TIMESTAMP) compares by value, as Snowflake casts implicitly.
             matches = " AND ".join(f"{name}.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
-            self._run(cursor, "dml", f"DELETE FROM {name} USING {quote(rows_of)} AS s WHERE {matches}")
-            self._run(cursor, "dml", insert, insert_params)
+            self._run(cursor, "dml", f"DELETE FROM {name} USING {quote(staging)} AS s WHERE {matches}")
+            if insert is not None:
+                self._run(cursor, "dml", insert)
+            elif result.batches:
+                self._run(cursor, "copy", f"COPY INTO {name} FROM {location} {PARQUET_COPY} PURGE=TRUE")
             if ledger_held:
-                ledger.mark_loaded(metadata.claim, metadata.amc_execution_id, result.rows, meta_values[0])
+                ledger.mark_loaded(
+                    metadata.claim, metadata.amc_execution_id, result.rows, _utc_text(metadata.uploaded_at)
+                )
             # Inside the transaction, before the COMMIT: a claim that was lost commits nothing.
             self._check_fence()
             self._run(cursor, "txn", "COMMIT")
         except BaseException:
             self._rollback(cursor)
             raise
+
+
+def _metadata_types() -> dict[str, ColumnType]:
+    return {name: from_snowflake(sql_type.split("(")[0], 0) for name, sql_type in METADATA_COLUMNS}
 
 
 def _cast(column: str, column_type: ColumnType) -> str:

@@ -83,7 +83,9 @@ class SnowflakeSink:
         declared_types: Mapping[str, str] | None = None,
         fence: Callable[[], Coroutine[Any, Any, None]] | None = None,
         deadline_seconds: float | None = None,
+        started: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> LoadResult:
+        """`started`: awaited once one of the sink's threads is this load's, before the load begins."""
         settings, retry = self._settings, self._retry
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._size)
@@ -116,6 +118,8 @@ class SnowflakeSink:
         )
         deadline = deadline_seconds if deadline_seconds is not None else settings.load_timeout_seconds
         async with self._slots:
+            if started is not None:
+                await started()
             future: asyncio.Future[LoadResult] = loop.create_future()
             context = contextvars.copy_context()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -384,6 +385,27 @@ def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=False)
 
 
+def _unwritable(directory: Path, exc: OSError) -> SnowflakeLoadError:
+    return SnowflakeLoadError(
+        f"the staged copy of the result cannot be written in {directory} ({exc}): the disk that holds the "
+        "kept results is full or not writable. Free space there; the run's load is tried again",
+        transient=True,
+        step="stage",
+    )
+
+
+@contextlib.contextmanager
+def staging_directory(beside: Path) -> Iterator[Path]:
+    """A directory for a load's staged files beside the kept result (on disk, where the result already
+    fits; not /tmp, which may be memory), removed with what is left in it."""
+    try:
+        made = tempfile.TemporaryDirectory(prefix=".staging-", dir=beside)
+    except OSError as exc:
+        raise _unwritable(beside, exc) from exc
+    with made as directory:
+        yield Path(directory)
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """A Parquet file ready to PUT: one row group per batch, all of one schema."""
@@ -399,21 +421,26 @@ def stage_files(
     directory: Path,
     constants: Mapping[str, tuple[object, str]] | None = None,
     file_bytes: int = STAGED_FILE_BYTES,
+    *,
+    sequence: bool = True,
 ) -> Iterator[StagedFile]:
     """Each batch typed by `tracker` and appended to the open file as a row group. A file is handed on when
     it reaches `file_bytes`, or when a batch stages a column differently from the file's earlier batches (a
     Parquet file has one schema; the COPY converts each file to the table's types).
 
-    `constants`: columns every row carries (name → (value, Parquet type)), instead of the sequence number:
-    for files COPYed straight into the table."""
+    `constants`: columns every row carries (name → (value, Parquet type)): the time-series columns, for
+    files COPYed straight into the table. `sequence`: keep each row's position in the result (the keyed
+    load's "last row of a key wins"); a COPY by column name into a table without it ignores it."""
     writer: pq.ParquetWriter | None = None
     current = StagedFile(directory / "unused", 0, 0)
     made = 0
     try:
         for table in tables:
             staged = tracker.observe(table)
+            if not sequence:
+                staged = staged.drop_columns([SEQ_COLUMN])
             if constants is not None:
-                staged = with_constants(staged.drop_columns([SEQ_COLUMN]), constants)
+                staged = with_constants(staged, constants)
             if writer is not None and (
                 not staged.schema.equals(writer.schema) or current.path.stat().st_size >= file_bytes
             ):
@@ -434,6 +461,8 @@ def stage_files(
             writer.close()
             writer = None
             yield current
+    except OSError as exc:  # reading failures arrive as SnowflakeLoadError: this is the disk we write to
+        raise _unwritable(directory, exc) from exc
     finally:
         if writer is not None:
             writer.close()
@@ -509,12 +538,15 @@ def staged_file_producer(
     directory: Path,
     constants: Mapping[str, tuple[object, str]] | None = None,
     file_bytes: int = STAGED_FILE_BYTES,
+    *,
+    sequence: bool = True,
 ) -> ThreadedIterator[StagedFile]:
     """The staged files of a result, made on a thread of its own while the caller PUTs the previous ones.
     Memory follows the batch, not the result. Reading and encoding on two threads was 10% faster and held
     25 MB more (1M rows): not worth it on two cores the warehouse client shares."""
 
     def staged() -> Iterator[StagedFile]:
-        return stage_files(read_batches(files, header, columns, batch_rows), tracker, directory, constants, file_bytes)
+        tables = read_batches(files, header, columns, batch_rows)
+        return stage_files(tables, tracker, directory, constants, file_bytes, sequence=sequence)
 
     return ThreadedIterator(staged, name="snowflake-stage", depth=1)

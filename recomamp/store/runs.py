@@ -141,6 +141,8 @@ WHERE r.id = $1
 """
 
 SET_STEP = "UPDATE schedule_runs SET step = $3, updated_at = now() WHERE id = $1 AND lease_token = $2"
+# What the next claim compares its step with to count an attempt (BEGIN_ATTEMPT).
+SET_ATTEMPT_STEP = "UPDATE schedule_runs SET attempt_step = $3, updated_at = now() WHERE id = $1 AND lease_token = $2"
 
 # The marker is persisted before the POST: whoever adopts a run that died mid-POST searches AMC for
 # the execution instead of sending a second, billed one.
@@ -353,6 +355,10 @@ async def load_run(connection: Queryable, run_id: int) -> RunRecord | None:
 
 async def set_step(connection: Queryable, lease: RunLease, step: str) -> None:
     await _fenced(connection, SET_STEP, lease, step)
+
+
+async def set_attempt_step(connection: Queryable, lease: RunLease, attempt_step: str) -> None:
+    await _fenced(connection, SET_ATTEMPT_STEP, lease, attempt_step)
 
 
 async def mark_submitting(connection: Queryable, lease: RunLease, marker: str) -> tuple[str, datetime]:

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from recomamp.store.runs import claim_runs
+from recomamp.domain.runs import LOAD_QUEUED_ATTEMPT_STEP, Step
+from recomamp.store.runs import RunLease, begin_attempt, claim_runs, set_attempt_step, set_step
 
 
 async def _seed(
@@ -90,3 +91,32 @@ async def test_scheduled_runs_are_claimed_before_backfills(db: asyncpg.Connectio
     await db.execute("UPDATE schedule_runs SET trigger = 'backfill', priority = 10 WHERE id IN (1, 2)")
     claimed = await claim_runs(db, owner="a", lease_seconds=60, max_global=2, max_per_instance=2, limit=2)
     assert sorted(lease.run_id for lease in claimed) == [3, 4]
+
+
+async def _claim_after_the_last_one_died(db: asyncpg.Connection, owner: str) -> RunLease:
+    await db.execute("UPDATE schedule_runs SET lease_expires_at = now() - interval '1 second'")
+    (lease,) = await claim_runs(db, owner=owner, lease_seconds=60, max_global=5, max_per_instance=5, limit=5)
+    return lease
+
+
+async def test_a_claim_that_died_queued_for_a_snowflake_thread_uses_no_attempt(db: asyncpg.Connection) -> None:
+    await _seed(db, runs_per_instance=1, instances=("i1",))
+    started = datetime.now(UTC)
+    lease = await _claim_after_the_last_one_died(db, "a")
+    assert (await begin_attempt(db, lease, started)).number == 1
+    await set_step(db, lease, Step.UPLOADING.value)
+    # The next claim resumes the upload (progress since the first: not counted) and waits for a thread
+    # behind other loads; its replica dies there.
+    lease = await _claim_after_the_last_one_died(db, "b")
+    assert (await begin_attempt(db, lease, started)).number == 1
+    await set_attempt_step(db, lease, LOAD_QUEUED_ATTEMPT_STEP)
+    lease = await _claim_after_the_last_one_died(db, "c")
+    assert (await begin_attempt(db, lease, started)).number == 1  # it never started the load: not an attempt
+    # This claim gets a thread and starts the load, and its replica dies mid-load: the next claim counts.
+    await set_attempt_step(db, lease, LOAD_QUEUED_ATTEMPT_STEP)
+    await set_attempt_step(db, lease, Step.UPLOADING.value)
+    lease = await _claim_after_the_last_one_died(db, "d")
+    assert (await begin_attempt(db, lease, started)).number == 2
+    # And so does a claim after that one, if it dies at the same step again.
+    lease = await _claim_after_the_last_one_died(db, "e")
+    assert (await begin_attempt(db, lease, started)).number == 3

@@ -252,6 +252,14 @@ def test_a_file_is_closed_when_a_batch_stages_a_column_with_another_type(tmp_pat
     assert pq.read_table(staged[1].path).column("A").to_pylist() == [Decimal("99999999999999999999"), Decimal(5)]
 
 
+def test_a_disk_that_cannot_take_the_staged_file_is_a_clear_transient_error(tmp_path: Path) -> None:
+    gone = tmp_path / "removed"  # a directory that is not there fails as a full or read-only disk does
+    batches = [pa.table({"A": ["1"], SEQ_COLUMN: pa.array([0], pa.int64())})]
+    with pytest.raises(SnowflakeLoadError, match=r"cannot be written in .*removed.*Free space there") as raised:
+        list(stage_files(iter(batches), TypeTracker(["A"]), gone))
+    assert raised.value.transient and raised.value.step == "stage"
+
+
 def test_a_file_is_closed_past_its_size_and_the_rest_go_to_the_next(tmp_path: Path) -> None:
     batches = [pa.table({"A": [f"row {n}-{m}" for m in range(200)]}) for n in range(5)]
     (tmp_path / "small").mkdir()
