@@ -55,6 +55,7 @@ class SnowflakeSink:
     ) -> None:
         self._settings = settings
         self._retry = retry
+        # Arrow works in this process only to stage loads: its allocator is chosen for that, once.
         configure_arrow_memory()
         self._after_statement = after_statement
         self._slots: asyncio.Semaphore | None = None
