@@ -379,10 +379,12 @@ def with_constants(table: pa.Table, constants: Mapping[str, tuple[object, str]])
     return table
 
 
-def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
-    """Snappy (what Snowflake's own unloads write), no dictionaries: they made writing a third slower for
-    files a fifth smaller, and the emulator's COPY slower too (even for the columns of one value)."""
-    return pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=False)
+def parquet_writer(path: Path, schema: pa.Schema, constant_columns: Collection[str] = ()) -> pq.ParquetWriter:
+    """Snappy (what Snowflake's own unloads write). Dictionaries only for the columns of one value (the
+    time-series columns: a dictionary of one entry, the rest run-length encoded; the emulator's COPY of 1M
+    rows 0.35 s → 0.32 s): over the result's own columns they made writing a third slower for files a fifth
+    smaller."""
+    return pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=list(constant_columns) or False)
 
 
 def _unwritable(directory: Path, exc: OSError) -> SnowflakeLoadError:
@@ -450,7 +452,7 @@ def stage_files(
             if writer is None:
                 path = directory / f"s{made:06d}.parquet"
                 made += 1
-                writer = parquet_writer(path, staged.schema)
+                writer = parquet_writer(path, staged.schema, list(constants or ()))
                 current = StagedFile(path, 0, 0)
             writer.write_table(staged, row_group_size=max(staged.num_rows, 1))
             current = StagedFile(current.path, current.rows + staged.num_rows, current.batches + 1)

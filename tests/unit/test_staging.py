@@ -260,6 +260,22 @@ def test_a_disk_that_cannot_take_the_staged_file_is_a_clear_transient_error(tmp_
     assert raised.value.transient and raised.value.step == "stage"
 
 
+def test_files_for_the_table_carry_the_time_series_columns_and_only_they_are_dictionary_encoded(
+    tmp_path: Path,
+) -> None:
+    batches = [
+        pa.table({"A": [str(n), f"x{n}"], SEQ_COLUMN: pa.array([2 * n, 2 * n + 1], pa.int64())}) for n in range(3)
+    ]
+    constants = {"UPLOADED_AT": (datetime(2026, 11, 29, 6), "timestamp"), "RECOMAMP_RUN_ID": (42, "int64")}
+    (staged,) = stage_files(iter(batches), TypeTracker(["A"]), tmp_path, constants, sequence=False)
+    table = pq.read_table(staged.path)
+    assert table.column_names == ["A", "UPLOADED_AT", "RECOMAMP_RUN_ID"]  # no sequence number
+    assert set(table.column("RECOMAMP_RUN_ID").to_pylist()) == {42} and table.num_rows == 6
+    chunks = pq.ParquetFile(staged.path).metadata.row_group(0)
+    encodings = {chunks.column(n).path_in_schema: chunks.column(n).encodings for n in range(chunks.num_columns)}
+    assert "RLE_DICTIONARY" in encodings["RECOMAMP_RUN_ID"] and "RLE_DICTIONARY" not in encodings["A"]
+
+
 def test_a_file_is_closed_past_its_size_and_the_rest_go_to_the_next(tmp_path: Path) -> None:
     batches = [pa.table({"A": [f"row {n}-{m}" for m in range(200)]}) for n in range(5)]
     (tmp_path / "small").mkdir()
