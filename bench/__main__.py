@@ -23,7 +23,13 @@ VARIANTS = ("replace", "merge", "seed", "bare")
 def _bench(*arguments: str, as_installed: bool = False) -> Any:
     """One bench process; `as_installed`: without the bench-only libraries (bench/as_installed.py)."""
     runner = ["-m", "bench.as_installed", "bench.snowflake_load"] if as_installed else ["-m", "bench.snowflake_load"]
-    output = subprocess.run([sys.executable, *runner, *arguments], capture_output=True, text=True, check=True)
+    environment = dict(os.environ)
+    if as_installed:
+        # Set in this process by the connector, because pandas is here: not what the service's process sees.
+        environment.pop("ARROW_DEFAULT_MEMORY_POOL", None)
+    output = subprocess.run(
+        [sys.executable, *runner, *arguments], capture_output=True, text=True, check=True, env=environment
+    )
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
