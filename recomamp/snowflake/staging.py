@@ -1,7 +1,7 @@
 """Turning a run's result files into staged Parquet files, in C: pyarrow reads the gzip CSV parts, checks
 types with vectorized casts and regular expressions, and appends each batch to a Parquet file on local disk
-as one row group. Memory follows the batch, not the result: the reader streams blocks, two threads hold one
-batch each, and the encoded rows go to disk, not to memory.
+as one row group. Memory follows the batch, not the result: the reader streams blocks, one producer thread
+holds one batch, and the encoded rows go to disk, not to memory.
 
 One file, not one per batch: a COPY reads a file's row groups in parallel, and the emulator's COPY costs
 0.07 s a file besides (1M rows: 10 files PUT and COPYed in 1.7 s, one file in 0.7 s). A file is closed at
@@ -10,8 +10,8 @@ another type than the file's earlier batches, as a Parquet file has one schema.
 
 Each batch is staged typed: a column whose values in that batch all are numbers, dates, timestamps or
 booleans is written as that Parquet type (the check that found the type guarantees the conversion), the
-rest as text. Typed Parquet is smaller and loads in about half the time of text. The staging table takes
-each column's type over the whole result, so a later batch may widen an earlier one's (an integer column
+rest as text. Typed Parquet is smaller and loads in about half the time of text. The table takes each
+column's type over the whole result, so a later batch may widen an earlier one's (an integer column
 that turns decimal, a date that turns timestamp: Snowflake's COPY converts those without loss). Only a
 column that ends as text after an earlier batch staged it typed would lose its original spelling ("007"
 as 7); the loader then stages the whole result again as text (`TypeTracker.restage_as_text`).
@@ -544,8 +544,8 @@ def staged_file_producer(
     sequence: bool = True,
 ) -> ThreadedIterator[StagedFile]:
     """The staged files of a result, made on a thread of its own while the caller PUTs the previous ones.
-    Memory follows the batch, not the result. Reading and encoding on two threads was 10% faster and held
-    25 MB more (1M rows): not worth it on two cores the warehouse client shares."""
+    Memory follows the batch, not the result. Reading and encoding on two threads held 25 MB more at 1M rows
+    and was no faster beyond the noise, on two cores the load's other work shares."""
 
     def staged() -> Iterator[StagedFile]:
         tables = read_batches(files, header, columns, batch_rows)
