@@ -378,7 +378,7 @@ class Loader:
             if keys:
                 step[0] = "copy keys"
                 staging = staging_table_name(metadata.run_id)
-                self._create_staging(cursor, staging, {k: tracker.types[k] for k in keys})
+                self._create_staging(cursor, staging, {k: tracker.types[k].sql() for k in keys})
                 if result.batches:  # the files stay on the stage: the apply COPYs them into the table
                     self._run(cursor, "copy", f"COPY INTO {quote(staging)} FROM {location} {PARQUET_COPY}")
             step[0] = "prepare table"
@@ -389,9 +389,9 @@ class Loader:
                 raise _StageAsText
             step[0] = "apply"
             if staging is None:
-                self._apply_copy(cursor, (database, schema, table), location, metadata, ledger, result)
+                self._replace_window(cursor, (database, schema, table), location, metadata, ledger, result)
             else:
-                self._apply_keyed(
+                self._upsert_keys(
                     cursor,
                     (database, schema, table),
                     staging,
@@ -583,7 +583,7 @@ class Loader:
         if self._fence is not None:
             self._fence()
 
-    def _apply_copy(
+    def _replace_window(
         self,
         cursor: Cursor,
         parts: tuple[str, str, str],
@@ -592,41 +592,21 @@ class Loader:
         ledger: Ledger,
         result: LoadResult,
     ) -> None:
-        """The window replace, in one explicit transaction: the ledger first (it orders claims of this run),
-        DELETE the schedule's rows for this window, one COPY of every staged file straight into the table,
-        then the fence (the lease in Postgres), then COMMIT. Readers see all of the window or none of it."""
-        name = qualified(*parts)
-        ledger_held = self._begin_with_ledger(cursor, ledger, metadata)
-        try:
-            # After our write on the ledger row: a claim that wrote before us has committed (or we would
-            # have waited, or failed on the conflict), so what we read now is final.
-            self._decide(ledger.read(), metadata)
-            self._run(
-                cursor,
-                "dml",
-                f"DELETE FROM {name} WHERE {quote('RECOMAMP_SCHEDULE_ID')} = %s "
-                f"AND {quote('RECOMAMP_WINDOW_START')} = CAST(%s AS TIMESTAMP_NTZ) "
-                f"AND {quote('RECOMAMP_WINDOW_END')} = CAST(%s AS TIMESTAMP_NTZ)",
-                (metadata.schedule_id, _utc_text(metadata.window_start), _utc_text(metadata.window_end)),
-            )
-            if result.batches:
-                self._run(cursor, "copy", f"COPY INTO {name} FROM {location} {PARQUET_COPY} PURGE=TRUE")
-            if ledger_held:
-                ledger.mark_loaded(
-                    metadata.claim, metadata.amc_execution_id, result.rows, _utc_text(metadata.uploaded_at)
-                )
-            # Inside the transaction, before the COMMIT: a claim that was lost commits nothing.
-            self._check_fence()
-            self._run(cursor, "txn", "COMMIT")
-        except BaseException:
-            self._rollback(cursor)
-            raise
+        """The window replace: the schedule's rows for this window go, and the staged files come in, in one
+        transaction. Readers see all of the window or none of it."""
+        delete = (
+            f"DELETE FROM {qualified(*parts)} WHERE {quote('RECOMAMP_SCHEDULE_ID')} = %s "
+            f"AND {quote('RECOMAMP_WINDOW_START')} = CAST(%s AS TIMESTAMP_NTZ) "
+            f"AND {quote('RECOMAMP_WINDOW_END')} = CAST(%s AS TIMESTAMP_NTZ)",
+            (metadata.schedule_id, _utc_text(metadata.window_start), _utc_text(metadata.window_end)),
+        )
+        self._commit_run(cursor, qualified(*parts), location, metadata, ledger, result, delete)
 
-    def _create_staging(self, cursor: Cursor, name: str, types: Mapping[str, ColumnType]) -> None:
-        definitions = [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} {t.sql()}" for c, t in types.items())]
+    def _create_staging(self, cursor: Cursor, name: str, sql_types: Mapping[str, str]) -> None:
+        definitions = [f"{quote(SEQ_COLUMN)} NUMBER(38,0)", *(f"{quote(c)} {t}" for c, t in sql_types.items())]
         self._run(cursor, "ddl", f"CREATE TRANSIENT TABLE {quote(name)} ({', '.join(definitions)})")
 
-    def _apply_keyed(
+    def _upsert_keys(
         self,
         cursor: Cursor,
         parts: tuple[str, str, str],
@@ -638,9 +618,9 @@ class Loader:
         ledger: Ledger,
         result: LoadResult,
     ) -> None:
-        """The keyed upsert, in one explicit transaction: the ledger first, then DELETE the rows of the keys
-        the run brings and COPY the staged files into the table (dbt's delete+insert: unlike MERGE it can
-        share the transaction with the ledger on every engine we load into), the fence, COMMIT.
+        """The keyed upsert: the rows of the keys the run brings go, and the staged files come in, in one
+        transaction (dbt's delete+insert: unlike MERGE it can share the transaction with the ledger on every
+        engine we load into).
 
         `types`: each result column's type as staged, and in the table."""
         staged_types, table_types = types
@@ -666,7 +646,8 @@ class Loader:
                 detail="rows share a key in this result; the last row of each key is loaded",
             )
             every_row = keyed_table_name(staging)
-            self._create_staging(cursor, every_row, {**staged_types, **_metadata_types()})
+            staged_sql = {c: t.sql() for c, t in staged_types.items()}
+            self._create_staging(cursor, every_row, {**staged_sql, **dict(METADATA_COLUMNS)})
             self._run(cursor, "copy", f"COPY INTO {quote(every_row)} FROM {location} {PARQUET_COPY}")
             loaded = [*staged_types, *(c for c, _ in METADATA_COLUMNS)]
             values = [_cast(c, table_types[c]) for c in staged_types] + [quote(c) for c, _ in METADATA_COLUMNS]
@@ -675,13 +656,32 @@ class Loader:
                 f"FROM {quote(every_row)} "
                 f"QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY {quote(SEQ_COLUMN)} DESC) = 1"
             )
+        # The staging table holds the keys in the result's own types: a key the table holds wider (a DATE
+        # there as TIMESTAMP) compares by value, as Snowflake casts implicitly.
+        matches = " AND ".join(f"{name}.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
+        delete = (f"DELETE FROM {name} USING {quote(staging)} AS s WHERE {matches}", None)
+        self._commit_run(cursor, name, location, metadata, ledger, result, delete, insert)
+
+    def _commit_run(
+        self,
+        cursor: Cursor,
+        name: str,
+        location: str,
+        metadata: RunMetadata,
+        ledger: Ledger,
+        result: LoadResult,
+        delete: tuple[str, tuple[object, ...] | None],
+        insert: str | None = None,
+    ) -> None:
+        """One explicit transaction: the ledger first (it orders claims of this run), `delete` (the rows the
+        run replaces), the run's rows (one COPY of every staged file straight into the table, or `insert`),
+        the ledger's record of the load, the fence (the lease in Postgres), COMMIT."""
         ledger_held = self._begin_with_ledger(cursor, ledger, metadata)
         try:
+            # After our write on the ledger row: a claim that wrote before us has committed (or we would
+            # have waited, or failed on the conflict), so what we read now is final.
             self._decide(ledger.read(), metadata)
-            # The staging table holds the keys in the result's own types: a key the table holds wider (a DATE
-            # there as TIMESTAMP) compares by value, as Snowflake casts implicitly.
-            matches = " AND ".join(f"{name}.{quote(k)} IS NOT DISTINCT FROM s.{quote(k)}" for k in keys)
-            self._run(cursor, "dml", f"DELETE FROM {name} USING {quote(staging)} AS s WHERE {matches}")
+            self._run(cursor, "dml", *delete)
             if insert is not None:
                 self._run(cursor, "dml", insert)
             elif result.batches:
@@ -696,10 +696,6 @@ class Loader:
         except BaseException:
             self._rollback(cursor)
             raise
-
-
-def _metadata_types() -> dict[str, ColumnType]:
-    return {name: from_snowflake(sql_type.split("(")[0], 0) for name, sql_type in METADATA_COLUMNS}
 
 
 def _cast(column: str, column_type: ColumnType) -> str:

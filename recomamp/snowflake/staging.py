@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -343,8 +343,8 @@ def read_batches(
 
 
 # A file that is gone or not gzip (OSError), cut short (EOFError), damaged (ISA-L's error), or not CSV.
-# isal's stub declares its error class as an instance of Exception.
-_ISAL_ERROR: type[Exception] = type(isal_zlib.error) if isinstance(isal_zlib.error, Exception) else isal_zlib.error
+# isal's stub declares its error class as an instance of Exception; it is a class.
+_ISAL_ERROR = cast(type[Exception], isal_zlib.error)
 _UNREADABLE: tuple[type[Exception], ...] = (pa.ArrowInvalid, OSError, EOFError, _ISAL_ERROR)
 
 
@@ -434,8 +434,7 @@ def stage_files(
     files COPYed straight into the table. `sequence`: keep each row's position in the result (the keyed
     load's "last row of a key wins"); a COPY by column name into a table without it ignores it."""
     writer: pq.ParquetWriter | None = None
-    current = StagedFile(directory / "unused", 0, 0)
-    made = 0
+    path, rows, batches, made = directory, 0, 0, 0  # the open file, and how many files were made
     try:
         for table in tables:
             staged = tracker.observe(table)
@@ -443,26 +442,23 @@ def stage_files(
                 staged = staged.drop_columns([SEQ_COLUMN])
             if constants is not None:
                 staged = with_constants(staged, constants)
-            if writer is not None and (
-                not staged.schema.equals(writer.schema) or current.path.stat().st_size >= file_bytes
-            ):
+            if writer is not None and (not staged.schema.equals(writer.schema) or path.stat().st_size >= file_bytes):
                 writer.close()
                 writer = None
-                yield current
+                yield StagedFile(path, rows, batches)
             if writer is None:
-                path = directory / f"s{made:06d}.parquet"
+                path, rows, batches = directory / f"s{made:06d}.parquet", 0, 0
                 made += 1
                 writer = parquet_writer(path, staged.schema, list(constants or ()))
-                current = StagedFile(path, 0, 0)
             writer.write_table(staged, row_group_size=max(staged.num_rows, 1))
-            current = StagedFile(current.path, current.rows + staged.num_rows, current.batches + 1)
+            rows, batches = rows + staged.num_rows, batches + 1
             del table, staged
             # Arrow's allocator keeps freed pages for reuse; hand them back so the peak follows one batch.
             pa.default_memory_pool().release_unused()
         if writer is not None:
             writer.close()
             writer = None
-            yield current
+            yield StagedFile(path, rows, batches)
     except OSError as exc:  # reading failures arrive as SnowflakeLoadError: this is the disk we write to
         raise _unwritable(directory, exc) from exc
     finally:
@@ -528,7 +524,7 @@ class ThreadedIterator(Generic[T]):
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            yield cast(T, item)
 
 
 def staged_file_producer(
