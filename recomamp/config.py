@@ -397,7 +397,15 @@ class MetricsSettings(_Section):
         return value
 
 
-WEBHOOK_EVENTS = ("user_needs_reauth", "schedule_auto_paused", "run_failed", "run_recovered", "quota_exhausted")
+WEBHOOK_EVENTS = (
+    "user_needs_reauth",
+    "schedule_auto_paused",
+    "run_failed",
+    "run_recovered",
+    "quota_exhausted",
+    "schedule_late",
+    "schedule_recovered",
+)
 
 
 class WebhookTarget(_Section):

@@ -373,3 +373,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     backfill.add_argument("--dry-run", action="store_true", help="show the windows; create nothing")
     backfill.add_argument("--wait", action="store_true", help="follow the runs until they end")
     backfill.add_argument("--cancel", action="store_true", help="cancel this schedule's backfill runs not yet started")
+    from recomamp.cli import coverage  # `schedules coverage`, `schedules grace`, `backfill --missing`, `coverage`
+
+    coverage.register(commands, common, actions)

@@ -18,6 +18,8 @@ class EventName(StrEnum):
     RUN_FAILED = "run_failed"
     RUN_RECOVERED = "run_recovered"
     QUOTA_EXHAUSTED = "quota_exhausted"
+    SCHEDULE_LATE = "schedule_late"
+    SCHEDULE_RECOVERED = "schedule_recovered"
     TEST = "test"
 
 
@@ -133,4 +135,56 @@ def quota_event(instance_key: str, used: int, limit: int, next_slot: datetime, w
         f"recomamp: AMC instance {instance_key} used its {limit} ad-hoc executions of the last 24 h ({used}); "
         f"runs wait for the next slot at {next_slot.isoformat()} (run {waiting_run} first).",
         {"instance": instance_key, "used": used, "limit": limit, "next_slot": next_slot.isoformat()},
+    )
+
+
+@dataclass(frozen=True)
+class LatenessNotice:
+    """What an alert about a schedule's freshness names."""
+
+    schedule_id: int
+    schedule_name: str
+    user_email: str
+    newest_end: datetime | None  # the newest loaded window's end (None: nothing loaded yet)
+    deadline: datetime | None
+
+
+def _lateness_details(notice: LatenessNotice) -> dict[str, Any]:
+    return {
+        "schedule_id": notice.schedule_id,
+        "schedule_name": notice.schedule_name,
+        "user_email": notice.user_email,
+        "newest_window_end": notice.newest_end.isoformat() if notice.newest_end else None,
+        "deadline": notice.deadline.isoformat() if notice.deadline else None,
+        "command": f"recomamp schedules coverage {notice.schedule_id}",
+    }
+
+
+def late_event(notice: LatenessNotice) -> Event:
+    """Once per lateness episode, at its start."""
+    label = f"schedule {notice.schedule_id} ({notice.schedule_name}) of {notice.user_email}"
+    newest = (
+        f"its newest loaded window ends {notice.newest_end:%Y-%m-%d %H:%M %Z}"
+        if notice.newest_end
+        else ("nothing of it is loaded yet")
+    )
+    return Event(
+        EventName.SCHEDULE_LATE,
+        f"schedule:{notice.schedule_id}",
+        f"recomamp: {label} is late: {newest}; see why with `recomamp schedules coverage {notice.schedule_id}`, "
+        f"fill the holes with `recomamp schedules backfill {notice.schedule_id} --missing`",
+        _lateness_details(notice),
+    )
+
+
+def recovered_event(notice: LatenessNotice, late_since: datetime) -> Event:
+    """Once per lateness episode, when a load ends it."""
+    label = f"schedule {notice.schedule_id} ({notice.schedule_name}) of {notice.user_email}"
+    newest = f"{notice.newest_end:%Y-%m-%d %H:%M %Z}" if notice.newest_end else "-"
+    return Event(
+        EventName.SCHEDULE_RECOVERED,
+        f"schedule:{notice.schedule_id}",
+        f"recomamp: {label} is fresh again (late since {late_since:%Y-%m-%d %H:%M %Z}); its newest loaded window "
+        f"ends {newest}",
+        {**_lateness_details(notice), "late_since": late_since.isoformat()},
     )

@@ -1,0 +1,239 @@
+"""Is my data complete and fresh? Coverage, `backfill --missing` and lateness against real Postgres, through
+the CLI a person types; lateness end to end through a running daemon, a webhook receiver and /metrics."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from recomamp.domain.models import ScheduleCreatePreset
+from recomamp.services import schedules
+from tests.integration.test_cli import cli
+
+CREATED = datetime(2026, 9, 28, 12, tzinfo=UTC)
+FIRST, LAST = date(2026, 10, 1), date(2026, 10, 30)
+
+
+@pytest.fixture
+def config_path(db_dsn: str, write_config: Any) -> Path:
+    path: Path = write_config(dsn=db_dsn)
+    return path
+
+
+def _day(d: int) -> datetime:
+    return datetime(2026, 10, d, tzinfo=UTC)
+
+
+async def daily_with_history(db: asyncpg.Connection) -> int:
+    """A daily 06:00 UTC schedule (two days of data lag) with 30 windows of mixed history, Oct 1-30:
+    1-10 loaded, 11 failed, 12 loaded, 13 skipped by a coalesced misfire, 14-20 never run (paused a week),
+    21 failed then loaded, 22-26 loaded, 27 cancelled, 28 running, 29 waiting for quota, 30 loaded."""
+    await db.execute("INSERT INTO users (email) VALUES ('ada@example.com')")
+    await db.execute(
+        "INSERT INTO amc_instances (owner_id, instance_id, advertiser_id, marketplace_id) VALUES (1, 'amc1', 'E', 'M')"
+    )
+    schedule = ScheduleCreatePreset(
+        name="ada daily",
+        user_email="ada@example.com",
+        instance_id="amc1",
+        sql_query="SELECT 1",
+        preset="daily",
+        time_of_day="06:00",
+        timezone="UTC",
+        data_lag_days=2,
+    )
+    schedule_id = await schedules.create(db, schedule, CREATED)
+    await db.execute("UPDATE workflow_schedules SET created_at = $2 WHERE id = $1", schedule_id, CREATED)
+
+    async def run(d: int, status: str, trigger: str = "schedule", **fields: Any) -> None:
+        start = _day(d)
+        columns = {
+            "schedule_id": schedule_id,
+            "instance_id": 1,
+            "scheduled_for": start + timedelta(days=3, hours=6),
+            "trigger": trigger,
+            "status": status,
+            "window_start": start,
+            "window_end": start + timedelta(days=1),
+            "window_timezone": "UTC",
+            **fields,
+        }
+        if status == "succeeded":
+            columns.setdefault("snowflake_rows", 100 + d)
+            columns.setdefault("finished_at", start + timedelta(days=3, hours=6, minutes=5))
+        names = ", ".join(columns)
+        values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        await db.execute(f"INSERT INTO schedule_runs ({names}) VALUES ({values})", *columns.values())
+
+    for d in [*range(1, 11), 12, *range(22, 27), 30]:
+        await run(d, "succeeded")
+    await run(11, "failed", error_kind="amc_query_failed")
+    await run(13, "skipped")
+    await run(21, "failed", error_kind="snowflake_unreachable")
+    await run(21, "succeeded", trigger="manual")
+    await run(27, "cancelled", trigger="manual", error_kind="cancelled")
+    await run(28, "running", trigger="manual")
+    await run(29, "pending", trigger="manual", wait_reason="amc_quota")
+    return schedule_id
+
+
+async def coverage_json(config_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    capsys.readouterr()
+    assert await cli(config_path, *argv, "--json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+async def test_coverage_gives_each_window_its_state_as_json_and_as_a_calendar(
+    db: asyncpg.Connection, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedule_id = await daily_with_history(db)
+    shown = await coverage_json(
+        config_path, capsys, "schedules", "coverage", str(schedule_id), "--since", "2026-10-01", "--until", "2026-10-30"
+    )
+    states = {w["window_start"]: w["state"] for w in shown["windows"]}
+    assert len(states) == 30
+    expected = {
+        **{f"2026-10-{d:02d}": "loaded" for d in [*range(1, 11), 12, *range(21, 27), 30]},
+        "2026-10-11": "failed",
+        "2026-10-13": "skipped",
+        **{f"2026-10-{d:02d}": "never_run" for d in range(14, 21)},
+        "2026-10-27": "cancelled",
+        "2026-10-28": "running",
+        "2026-10-29": "waiting_quota",
+    }
+    assert states == expected
+    assert shown["counts"] == {
+        "loaded": 18,
+        "failed": 1,
+        "running": 1,
+        "queued": 0,
+        "waiting_quota": 1,
+        "cancelled": 1,
+        "skipped": 1,
+        "never_run": 7,
+    }
+    assert shown["missing"] == 10
+    by_start = {w["window_start"]: w for w in shown["windows"]}
+    assert by_start["2026-10-05"]["rows"] == 105
+    assert by_start["2026-10-05"]["loaded_at"] == "2026-10-08T06:05:00Z"
+    assert by_start["2026-10-11"]["error_kind"] == "amc_query_failed"
+    assert by_start["2026-10-21"]["runs"] == 2
+    assert shown["newest_loaded"]["window_start"] == "2026-10-30"
+    # The whole history is months old: the schedule is late, and says since when newer data was due.
+    assert shown["freshness"]["late"] is True
+    assert shown["freshness"]["deadline"] == "2026-11-03T12:00:00Z"  # the fire of [Oct 31, Nov 1) + 6 h
+
+    # Without --since, coverage starts at the schedule's first window (or the oldest run's, if older).
+    default = await coverage_json(config_path, capsys, "schedules", "coverage", str(schedule_id))
+    # The window of its first fire after creation: Sep 29 06:00 loads [Sep 26, Sep 27).
+    assert default["since"] == "2026-09-26"
+
+    # On a pipe (not a terminal), plain letters and a legend.
+    capsys.readouterr()
+    argv = ["schedules", "coverage", str(schedule_id), "--since", "2026-10-01", "--until", "2026-10-30"]
+    assert await cli(config_path, *argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "\x1b[" not in "\n".join(lines)
+    start = lines.index("week of     Mo Tu We Th Fr Sa Su")
+    assert lines[start : start + 7] == [
+        "week of     Mo Tu We Th Fr Sa Su",
+        "2026-09-28           L  L  L  L",
+        "2026-10-05  L  L  L  L  L  L  F",
+        "2026-10-12  L  S  -  -  -  -  -",
+        "2026-10-19  -  -  L  L  L  L  L",
+        "2026-10-26  L  C  R  W  L",
+        "legend: L loaded  F failed  R running  Q queued  W waiting for AMC quota  C cancelled  "
+        "S skipped (misfire)  - never run",
+    ]
+    assert (
+        "30 windows: 18 loaded, 1 failed, 1 running, 1 waiting for AMC quota, 1 cancelled, 1 skipped (misfire), "
+        "7 never run" in lines
+    )
+
+
+async def test_coverage_refuses_a_bad_range_and_an_unknown_schedule(
+    db: asyncpg.Connection, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedule_id = await daily_with_history(db)
+    capsys.readouterr()
+    argv = ["schedules", "coverage", str(schedule_id), "--since", "2026-10-30", "--until", "2026-10-01"]
+    assert await cli(config_path, *argv) == 2
+    assert "--until 2026-10-01 is before --since 2026-10-30" in capsys.readouterr().err
+    assert await cli(config_path, "schedules", "coverage", "999") == 2
+    assert "no schedule 999" in capsys.readouterr().err
+    assert await cli(config_path, "schedules", "coverage", str(schedule_id), "--since", "yesterday") == 2
+    assert "is not a date; use YYYY-MM-DD" in capsys.readouterr().err
+
+
+async def test_backfill_missing_runs_exactly_the_missing_and_failed_windows_and_nothing_twice(
+    db: asyncpg.Connection, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedule_id = await daily_with_history(db)
+    before = await db.fetchval("SELECT count(*) FROM schedule_runs")
+    argv = ["schedules", "backfill", str(schedule_id), "--missing", "--since", "2026-10-01", "--until", "2026-10-30"]
+    missing = [f"2026-10-{d:02d}" for d in [11, 13, *range(14, 21), 27]]
+
+    dry = await coverage_json(config_path, capsys, *argv, "--dry-run")
+    assert [w["window_start"] for w in dry["windows"]] == missing
+    assert {w["state"] for w in dry["windows"]} == {"new"}
+    assert dry["created"] == []
+    assert await db.fetchval("SELECT count(*) FROM schedule_runs") == before  # a dry run writes nothing
+
+    done = await coverage_json(config_path, capsys, *argv)
+    assert len(done["created"]) == 10
+    created = await db.fetch(
+        "SELECT window_start, trigger, status, priority FROM schedule_runs WHERE id = ANY($1::bigint[]) "
+        "ORDER BY window_start",
+        done["created"],
+    )
+    assert [r["window_start"].date().isoformat() for r in created] == missing
+    assert {(r["trigger"], r["status"], r["priority"]) for r in created} == {("backfill", "pending", 10)}
+    # Each window has at most one active run still (the database's own rule held).
+    assert (
+        await db.fetchval(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM schedule_runs WHERE status IN ('pending', 'running') "
+            "GROUP BY window_start) c"
+        )
+        == 1
+    )
+
+    again = await coverage_json(config_path, capsys, *argv)
+    assert again["created"] == []
+    assert await db.fetchval("SELECT count(*) FROM schedule_runs") == before + 10
+
+    # The plain table, and one clear error for flags that do not go together.
+    capsys.readouterr()
+    assert await cli(config_path, *argv, "--dry-run") == 0
+    assert "would create 0 backfill run(s)" in capsys.readouterr().out
+    assert await cli(config_path, "schedules", "backfill", str(schedule_id), "--missing", "--from", "2026-10-01") == 2
+    assert "--since/--until, not --from/--to" in capsys.readouterr().err
+    assert await cli(config_path, "schedules", "backfill", str(schedule_id), "--since", "2026-10-01") == 2
+    assert "--since/--until go with --missing" in capsys.readouterr().err
+
+
+async def test_coverage_of_a_users_schedules_one_line_each(
+    db: asyncpg.Connection, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedule_id = await daily_with_history(db)
+    lines = await coverage_json(config_path, capsys, "coverage", "--user=ADA@example.com", "--since", "2026-10-01")
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["schedule_id"] == schedule_id
+    # Since Oct 1 up to today: the 30 windows above plus every window since, never run.
+    assert line["counts"]["loaded"] == 18 and line["counts"]["failed"] == 1
+    assert line["missing"] == line["counts"]["never_run"] + 3  # + failed, skipped, cancelled
+    assert line["newest_loaded"] == {"window_start": "2026-10-30", "window_end": "2026-10-31", "timezone": "UTC"}
+    assert line["freshness"]["late"] is True
+    capsys.readouterr()
+    assert await cli(config_path, "coverage", "--user=ada@example.com") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["ID", "NAME", "STATE", "RANGE", "LOADED", "MISSING", "FAILED", "NEWEST", "LOADED"]
+    assert out[1].split()[:3] == [str(schedule_id), "ada", "daily"]
+    assert "LATE" in out[1] and "[2026-10-30, 2026-10-31) UTC" in out[1]
+    assert await cli(config_path, "coverage", "--user=nobody@example.com") == 2
+    assert "no user nobody@example.com" in capsys.readouterr().err
