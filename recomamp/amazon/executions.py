@@ -4,7 +4,8 @@ A POST that creates an execution is never simply retried: AMC has no idempotency
 billed (and counted against the instance's daily ad-hoc quota). After a 5xx, a timeout or a dropped
 connection, the executions created since the attempt are searched (twice, since listing may lag a
 POST) and only when none matches every echoed fact is the POST sent again. Every POST is preceded by
-`before_post`, which the pipeline uses to check its lease and take a quota slot.
+`before_post`, which the pipeline uses to check its lease and take a quota slot, and followed by
+`after_post` once AMC answered (or its fate is uncertain): the slot counts from then, as AMC counts it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from recomamp.logs import get_logger
 log = get_logger(__name__)
 
 BeforePost = Callable[[], Awaitable[None]]
+AfterPost = Callable[[], Awaitable[None]]
 
 
 async def _nothing() -> None:
@@ -157,6 +159,7 @@ class Executions:
         since: datetime,
         check_first: bool,
         before_post: BeforePost = _nothing,
+        after_post: AfterPost = _nothing,
     ) -> Execution:
         """Create the run's execution exactly once.
 
@@ -175,6 +178,7 @@ class Executions:
             try:
                 execution = await self.create(target, tokens, request, marker=marker)
             except SubmitUncertain as exc:
+                await after_post()  # it may have been counted: from now at the latest
                 log.warning(
                     "amc_submit_uncertain", http_status=exc.status, error=str(exc), attempt=attempts, marker=marker
                 )
@@ -183,6 +187,7 @@ class Executions:
                 await self._transport.sleep(policy.wait(attempts))
                 check_first = True
                 continue
+            await after_post()
             log.info("amc_execution_created", amc_execution_id=execution.execution_id, amc_status=execution.status)
             return execution
 

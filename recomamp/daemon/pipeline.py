@@ -326,9 +326,15 @@ class RunPipeline:
                 lambda: run_store.mark_submitting(pool, lease, run_store.marker_for(run.id, secrets.token_hex(4))),
             )
 
+            slot_id: int | None = None  # the quota slot of the POST in flight
+
             async def before_post() -> None:
+                nonlocal slot_id
                 await self._ensure_lease(lease)
-                await self._take_quota_slot(run, lease, target, config)
+                slot_id = await self._take_quota_slot(run, lease, target, config)
+
+            async def after_post() -> None:
+                await self._quota_posted(slot_id)
 
             try:
                 execution = await services.amc.executions.submit_once(
@@ -339,15 +345,10 @@ class RunPipeline:
                     since=since,
                     check_first=run.submit_marker is not None,
                     before_post=before_post,
+                    after_post=after_post,
                 )
             except QuotaRefused as exc:
-                # Another tool shares the instance's quota: nothing goes to it (from any replica) for a while.
-                wait = exc.retry_after_seconds or config.amc.quota_refusal_backoff_seconds
-                until = datetime.now(UTC) + timedelta(seconds=wait)
-                reason = f"AMC refused an execution for its quota: {exc.detail or exc}"
-                await self._db("block instance", lambda: quota_store.block(pool, target.instance_key, until, reason))
-                log.warning("amc_quota_refused", instance=target.instance_key, until=until.isoformat(), detail=reason)
-                raise
+                raise await self._quota_refused(exc, slot_id, run, target, config) from exc
             services.metrics.amc_submitted(run)
             try:
                 await self._db(
@@ -434,7 +435,8 @@ class RunPipeline:
         await self._results_loaded(run, directory, config)
         return _Succeeded()
 
-    async def _take_quota_slot(self, run: RunRecord, lease: RunLease, target: AmcTarget, config: Config) -> None:
+    async def _take_quota_slot(self, run: RunRecord, lease: RunLease, target: AmcTarget, config: Config) -> int:
+        """The slot this POST may take (its row id), or QuotaWait until the next one."""
         from recomamp.domain.runs import PRIORITY, Trigger
 
         async with self._services.pool.acquire() as connection:
@@ -460,6 +462,62 @@ class RunPipeline:
                 "Nothing failed.",
                 decision.next_slot,
             )
+        assert decision.slot_id is not None
+        return decision.slot_id
+
+    async def _quota_posted(self, slot_id: int | None) -> None:
+        """AMC answered the POST: its slot counts from now. Not waited on through an outage: the execution exists
+        and must be recorded first; a slot left with the time it was taken frees a little early, and AMC's
+        refusal then corrects the count."""
+        if slot_id is None:
+            return
+        try:
+            await quota_store.posted(self._services.pool, slot_id)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            log.warning("amc_quota_slot_not_restamped", error=str(exc), detail="it counts from when it was taken")
+
+    async def _quota_refused(
+        self, exc: QuotaRefused, slot_id: int | None, run: RunRecord, target: AmcTarget, config: Config
+    ) -> QuotaWait:
+        """AMC refused a POST our count let through (another tool shares the instance, or our count was off):
+        correct our count, block the instance for every replica until AMC's next slot, and wait for it."""
+        limit = config.amc.adhoc_executions_per_day
+        detail = exc.detail or str(exc)
+
+        async def correct() -> quota_store.Refusal:
+            async with self._services.pool.acquire() as connection:
+                return await quota_store.refused(
+                    connection,
+                    slot_id=slot_id,
+                    instance_key=target.instance_key,
+                    limit=limit,
+                    window_seconds=config.amc.quota_window_seconds,
+                    retry_after_seconds=exc.retry_after_seconds,
+                    fallback_seconds=config.amc.quota_refusal_backoff_seconds,
+                    detail=detail,
+                )
+
+        refusal = await self._db("quota refused", correct)
+        until = refusal.wait.until
+        if refusal.first:  # one line per refusal episode, not one per run that meets the block
+            log.warning(
+                "amc_quota_count_corrected",
+                instance=target.instance_key,
+                local_used=refusal.local_used,
+                amc_used=limit,  # AMC refuses only a full window: it counts at least the limit
+                limit=limit,
+                until=until.isoformat(),
+                wait_basis=refusal.wait.basis,
+                detail=detail,
+            )
+        return QuotaWait(
+            f"AMC refused the execution for its ad-hoc quota on instance {run.amc_instance_id} ({detail}) while our "
+            f"count said {refusal.local_used} of {limit}; nothing was created. The run waits for AMC's next slot, at "
+            f"{until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC. Nothing failed.",
+            until,
+        )
 
     async def _orphaned(self, run: RunRecord, target: AmcTarget, tokens: UserTokenSource, execution_id: str) -> None:
         """The POST created an execution but this claim can no longer record it. If the run was cancelled,

@@ -78,6 +78,9 @@ class Fault:
     drop: bool = False  # close the connection without an answer
     create_anyway: bool = False  # create_execution: create it, then answer with the fault
     truncate: bool = False  # download_file: send part of the body, then close
+    # AMC handles the call only after this long (a slow gateway), then answers as usual: a POST is counted
+    # against the quota when it is handled, not when the client sent it.
+    delay_seconds: float | None = None
 
     @classmethod
     def http(cls, status: int, body: Any = None, **headers: str) -> Fault:
@@ -106,6 +109,10 @@ class Fault:
     @classmethod
     def hang(cls, seconds: float = 30.0) -> Fault:
         return cls(hang_seconds=seconds)
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        return cls(delay_seconds=seconds)
 
     @classmethod
     def dropped(cls) -> Fault:
@@ -571,6 +578,10 @@ class AmcSimulator:
         user, denied = self._authenticate(request, needs_account=needs_account)
         self._count(route, user, instance, request)
         fault = self._take_fault(route, user, instance)
+        if fault is not None and fault.delay_seconds is not None:
+            await asyncio.sleep(fault.delay_seconds)
+            if fault == Fault(delay_seconds=fault.delay_seconds):
+                fault = None  # only slow: the call goes on as usual
         if fault is not None and fault.create_anyway:
             request[_DEFERRED_FAULT] = fault
         elif fault is not None:
