@@ -1,11 +1,12 @@
-"""What every command shares: exit codes, one-line errors, the config, the database, files, tables."""
+"""What every command shares: exit codes, one-line errors, the config, the database, files, parsing.
+
+Output (JSON, tables, fields) is recomamp.cli.output."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import functools
-import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from recomamp.cli.output import print_json as print_json  # re-exported: the commands' JSON goes through output
 from recomamp.config import DEFAULT_CONFIG_PATH, Config, load_config
 
 EXIT_OK = 0
@@ -143,40 +145,19 @@ def iso_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
 
 
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
-def cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = str(value)
-    return text if len(text) <= 70 else text[:67] + "..."
-
-
-def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns}
-    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
-    for row in rows:
-        print("  ".join(cell(row.get(c)).ljust(widths[c]) for c in columns))
-
-
-def show_fields(values: dict[str, Any], *, full: tuple[str, ...] = ()) -> None:
-    width = max((len(key) for key in values), default=0)
-    for key, value in values.items():
-        shown = str(value) if key in full and value else cell(value)
-        print(f"{key:>{width}}: {shown}")
-
-
-def validation_line(exc: ValidationError) -> str:
+def validation_line(exc: ValidationError, flags: dict[str, str] | None = None) -> str:
+    """The first problem, named by the flag the person typed (`--time`, not `time_of_day`)."""
     error = exc.errors(include_url=False)[0]
     field = ".".join(str(part) for part in error["loc"])
     message = str(error["msg"]).removeprefix("Value error, ")
+    flag = (flags or {}).get(field.split(".")[0])
+    if flag is not None:
+        # A message that starts with the model's own field name ("cron_expression: …") is renamed.
+        for prefix in (f"{field}: ", f"{field.split('.')[0]}: "):
+            message = message.removeprefix(prefix)
+        if error["type"] == "missing":
+            message = "required"
+        return f"{flag}: {message}"
     if not field or message.split(":")[0].strip() in field.split(".") or message.startswith(field):
         return message
     return f"{field}: {message}"
@@ -187,8 +168,22 @@ def now() -> datetime:
 
 
 def add_command(
-    group: Any, name: str, text: str, handler: Handler, common: argparse.ArgumentParser
+    group: Any,
+    name: str,
+    text: str,
+    handler: Handler,
+    common: argparse.ArgumentParser,
+    *,
+    json_output: bool = True,
 ) -> argparse.ArgumentParser:
+    """A subcommand with the global options. `json_output=False`: --json is refused, never ignored."""
     sub: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=text, description=text)
-    sub.set_defaults(handler=handler)
+    sub.set_defaults(handler=handler, command_parser=sub, json_output=json_output)
     return sub
+
+
+def add_noun(group: Any, name: str, text: str, common: argparse.ArgumentParser, dest: str) -> Any:
+    """A noun (`runs`, `schedules`…) and its actions; an error in the noun names the noun's help."""
+    noun: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=text, description=text)
+    noun.set_defaults(command_parser=noun)
+    return noun.add_subparsers(dest=dest, required=True, metavar="ACTION")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recomamp.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, add_command, config_path, load
+from recomamp.cli.common import CONFIG_ENV, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, add_command, config_path, load
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -33,12 +33,18 @@ DEFAULT_SOCKET = "/run/recomamp/control.sock"
 
 
 def control_socket(args: argparse.Namespace) -> Path:
-    """--socket, else systemd's RuntimeDirectory (set for ExecReload=), else the unit's default. The config is
-    not read: ExecReload= gets no credentials on systemd 252, and the daemon checks its config itself."""
+    """--socket, else systemd's RuntimeDirectory (set for ExecReload=), else the [daemon] control_socket of a
+    config named by --config or $RECOMAMP_CONFIG (a standalone sandbox), else the unit's default. Under
+    systemd the config is not read: ExecReload= gets no credentials on systemd 252, and the daemon checks its
+    config itself."""
     if args.socket:
         return Path(args.socket)
     runtime = os.environ.get("RUNTIME_DIRECTORY")
-    return Path(runtime.split(":")[0]) / "control.sock" if runtime else Path(DEFAULT_SOCKET)
+    if runtime:
+        return Path(runtime.split(":")[0]) / "control.sock"
+    if getattr(args, "config", None) or os.environ.get(CONFIG_ENV):
+        return Path(load(args).daemon.control_socket)
+    return Path(DEFAULT_SOCKET)
 
 
 async def ask_daemon(path: Path, request: dict[str, Any]) -> dict[str, Any]:
@@ -61,8 +67,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     try:
         answer = asyncio.run(ask_daemon(path, {"command": "reload"}))
     except (FileNotFoundError, ConnectionRefusedError):
+        where = (
+            "is `recomamp standalone` (or `recomamp run`) still up?"
+            if getattr(args, "config", None) or os.environ.get(CONFIG_ENV)
+            else "is recomamp running (`systemctl status recomamp`)?"
+        )
         print(
-            f"recomamp reload: no daemon listens on {path}: is recomamp running (`systemctl status recomamp`)? "
+            f"recomamp reload: no daemon listens on {path}: {where} "
             "Give the socket with --socket, or send SIGHUP by hand.",
             file=sys.stderr,
         )
@@ -86,17 +97,19 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    run = add_command(commands, "run", "run the daemon (systemd starts this)", cmd_run, common)
+    run = add_command(commands, "run", "run the daemon (systemd starts this)", cmd_run, common, json_output=False)
     run.add_argument(
         "--once", action="store_true", help="run what is due now to the end, then exit: 0 if all succeeded"
     )
     reload = commands.add_parser(
         "reload",
+        parents=[common],
         help="ask the running daemon to check and swap its config (systemctl reload runs this)",
         description="Ask the running daemon, over its control socket, to check its config file and swap to it. "
-        "Exit 0 when applied; 1 with the problems when refused (the running config stays).",
+        "Exit 0 when applied; 1 with the problems when refused (the running config stays). Under systemd the "
+        "socket is found without the config; elsewhere --config (or $RECOMAMP_CONFIG) names it.",
     )
     reload.add_argument(
         "--socket", help=f"the daemon's control socket (default: $RUNTIME_DIRECTORY or {DEFAULT_SOCKET})"
     )
-    reload.set_defaults(handler=cmd_reload)
+    reload.set_defaults(handler=cmd_reload, command_parser=reload, json_output=False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from recomamp.cli.common import EXIT_OK, add_command, async_handler, database, load, print_json, table
+from recomamp.cli.common import EXIT_OK, add_command, add_noun, async_handler, database, load
+from recomamp.cli.output import Column, print_json, table
 from recomamp.domain.runs import REGIONS
 
 
@@ -24,7 +25,10 @@ async def cmd_instances(args: argparse.Namespace) -> int:
                 region=args.region,
                 name=args.name,
             )
-            print(f"instance {args.instance_id} added for {args.email}")
+            if args.json:
+                print_json({"instance_id": args.instance_id, "user_email": args.email, "region": args.region})
+            else:
+                print(f"instance {args.instance_id} added for {args.email}")
         else:
             rows = await catalog.list_instances(connection)
             if args.json:
@@ -33,15 +37,16 @@ async def cmd_instances(args: argparse.Namespace) -> int:
                 table(
                     rows,
                     [
-                        "id",
-                        "user_email",
-                        "instance_id",
-                        "advertiser_id",
-                        "marketplace_id",
-                        "region",
-                        "name",
-                        "api_endpoint",
+                        Column("id", minimum=2),
+                        Column("user_email", "USER", flexible=True, minimum=12),
+                        Column("instance_id", "INSTANCE", flexible=True, minimum=10),
+                        Column("advertiser_id", "ADVERTISER", flexible=True, minimum=10),
+                        Column("marketplace_id", "MARKETPLACE", minimum=11),
+                        Column("region", minimum=6),
+                        Column("name", flexible=True, minimum=8),
+                        Column("api_endpoint", "API ENDPOINT", flexible=True, minimum=16),
                     ],
+                    wide=args.wide,
                 )
     return EXIT_OK
 
@@ -60,7 +65,15 @@ async def cmd_discover(args: argparse.Namespace) -> int:
         return EXIT_OK
     table(
         [i.as_dict() for i in found],
-        ["account_id", "account_name", "marketplace_id", "instance_id", "instance_name", "api_endpoint"],
+        [
+            Column("account_id", "ACCOUNT", flexible=True, minimum=10),
+            Column("account_name", "ACCOUNT NAME", flexible=True, minimum=12),
+            Column("marketplace_id", "MARKETPLACE", minimum=11),
+            Column("instance_id", "INSTANCE", flexible=True, minimum=10),
+            Column("instance_name", "INSTANCE NAME", flexible=True, minimum=13),
+            Column("api_endpoint", "API ENDPOINT", flexible=True, minimum=16),
+        ],
+        wide=args.wide,
     )
     if args.add:
         print(f"stored {len(found)} instance(s) for {args.email} ({added} new); runs use each one's apiEndpoint")
@@ -70,15 +83,14 @@ async def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    instances = commands.add_parser("instances", parents=[common], help="AMC instances")
-    actions = instances.add_subparsers(dest="instances_command", required=True, metavar="ACTION")
+    actions = add_noun(commands, "instances", "AMC instances", common, "instances_command")
     add = add_command(actions, "add", "add an AMC instance for a user", cmd_instances, common)
-    add.add_argument("email")
+    add.add_argument("email", help="the recomamp user it belongs to")
     add.add_argument("--instance-id", required=True, help="the AMC instance id, e.g. amcabc123")
     add.add_argument("--advertiser-id", required=True, help="the AMC account (entity) id")
     add.add_argument("--marketplace-id", required=True, help="e.g. ATVPDKIKX0DER")
-    add.add_argument("--region", default="na", choices=REGIONS)
-    add.add_argument("--name")
+    add.add_argument("--region", default="na", choices=REGIONS, help="the AMC region (default na)")
+    add.add_argument("--name", help="a name for people (default: none)")
     add_command(actions, "list", "list AMC instances", cmd_instances, common)
     discover = add_command(
         actions,
@@ -87,6 +99,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         cmd_discover,
         common,
     )
-    discover.add_argument("email")
+    discover.add_argument("email", help="the recomamp user whose token is used")
     discover.add_argument("--region", default="na", choices=REGIONS, help="where to ask ([amazon.amc_base_url])")
     discover.add_argument("--add", action="store_true", help="store them, with each instance's apiEndpoint")

@@ -29,35 +29,88 @@ from recomamp.logs import configure_logging
 NOUNS = (setup, daemon, status, users, instances, snowflake, schedules, runs, notify, sandbox)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: a subcommand's parser must not overwrite a --config given before the subcommand.
-    common.add_argument(
+GLOBAL_OPTIONS = ("config", "json", "wide")
+
+
+def _global_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    """--config, --json, --wide. Before the subcommand they land in `global_*`, after it in the plain
+    names; SUPPRESS keeps a subcommand's parser from writing a default over a value given before it
+    (argparse copies a subparser's whole namespace back onto the parent's)."""
+    parser.add_argument(
         "--config",
+        dest=f"{prefix}config",
         default=argparse.SUPPRESS,
         metavar="PATH",
         help=f"the TOML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
     )
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output, for scripts"
+    parser.add_argument(
+        "--json",
+        dest=f"{prefix}json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="machine-readable output, for scripts",
     )
+    parser.add_argument(
+        "--wide",
+        dest=f"{prefix}wide",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="tables at their full width (default: they fit the terminal, at most 120 columns)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common)
     parser = Parser(
         prog="recomamp",
         description="Runs Amazon Marketing Cloud workflows on schedules and loads the results into Snowflake.",
-        parents=[common],
+        epilog="--config, --json and --wide may come before or after the command.",
     )
+    _global_options(parser, prefix="global_")
     parser.add_argument("--version", action="version", version=f"recomamp {__version__}")
-    parser.set_defaults(config=None, json=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for noun in NOUNS:
         noun.register(commands, common)
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, with the global options merged from either position. An argument no parser knows is
+    refused by the subcommand it was given to, so the line points at that subcommand's help."""
+    args, extras = parser.parse_known_args(argv)
+    command_parser: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+    if extras:
+        command_parser.error(unrecognized(command_parser, extras))
+    for name in GLOBAL_OPTIONS:
+        before = getattr(args, f"global_{name}", None)
+        after = getattr(args, name, None)
+        if name == "config" and before is not None and after is not None and before != after:
+            command_parser.error(f"--config given twice, {before} and {after}: give it once")
+        setattr(args, name, after if after is not None else before)
+        if hasattr(args, f"global_{name}"):
+            delattr(args, f"global_{name}")
+    args.json = bool(args.json)
+    args.wide = bool(args.wide)
+    if args.json and not getattr(args, "json_output", True):
+        command_parser.error("--json: this command has no machine-readable output; run it without --json")
+    return args
+
+
+def unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    import difflib
+
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    known = [option for action in parser._actions for option in action.option_strings]
+    flag = next((extra.split("=")[0] for extra in extras if extra.startswith("--")), None)
+    close = difflib.get_close_matches(flag, known, n=1) if flag else []
+    return message + (f"; did you mean {close[0]}?" if close else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(parser, argv)
     except SystemExit as exc:  # --help, --version, or one line about a bad argument (Parser.error)
         return exc.code if isinstance(exc.code, int) else EXIT_FAILURE
     # An interactive command prints its own answer; library chatter (connector retries) stays out of it.

@@ -52,15 +52,22 @@ def cmd_standalone(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    sandbox = add_command(commands, "sandbox", "serve the AMC/LWA simulator on loopback", cmd_sandbox, common)
-    sandbox.add_argument("--host", default="127.0.0.1")
-    sandbox.add_argument("--port", type=bounded_int(0, 65535), default=8900)
+    sandbox = add_command(
+        commands, "sandbox", "serve the AMC/LWA simulator on loopback", cmd_sandbox, common, json_output=False
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    sandbox.add_argument("--port", type=bounded_int(0, 65535), default=8900, help="the port (default 8900; 0: any)")
     sandbox.add_argument("--rows", type=bounded_int(0, 100_000_000), default=120, help="rows per result")
     sandbox.add_argument("--files", type=bounded_int(1, 10_000), default=3, help="files per result")
     sandbox.add_argument("--pending", type=float, default=1.0, help="seconds PENDING")
     sandbox.add_argument("--running", type=float, default=3.0, help="seconds RUNNING")
     demo = add_command(
-        commands, "demo", "run the whole pipeline on embedded servers and print what happened", cmd_demo, common
+        commands,
+        "demo",
+        "run the whole pipeline on embedded servers and print what happened",
+        cmd_demo,
+        common,
+        json_output=False,
     )
     demo.add_argument("--workdir", default=".recomamp-demo", help="where the embedded Postgres keeps its data")
     standalone = add_command(
@@ -69,5 +76,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         "Postgres, the simulators and the daemon, up in the foreground to try the CLI on (Ctrl-C stops all)",
         cmd_standalone,
         common,
+        json_output=False,
     )
     standalone.add_argument("--dir", default=".recomamp-standalone", help="where its config, data and logs live")

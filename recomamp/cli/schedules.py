@@ -3,34 +3,117 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
-
-from pydantic import ValidationError
 
 from recomamp.cli.common import (
     EXIT_OK,
     UsageError,
     add_command,
+    add_noun,
     async_handler,
     bounded_int,
-    cell,
     database,
     iso_date,
     load,
     now,
-    print_json,
     read_file,
-    table,
     validation_line,
 )
+from recomamp.cli.output import Column, print_json, section, table, when, window_text
 from recomamp.domain.models import AMC_RETENTION_DAYS
+
+# The model's field → the flag a person types, so that every error names the flag.
+FLAGS = {
+    "name": "--name",
+    "user_email": "--user",
+    "instance_id": "--instance",
+    "sql_query": "--sql",
+    "workflow_id": "--workflow-id",
+    "parameter_values": "--param",
+    "preset": "--preset",
+    "time_of_day": "--time",
+    "day_of_week": "--day-of-week",
+    "day_of_month": "--day-of-month",
+    "cron_expression": "--cron",
+    "timezone": "--timezone",
+    "lookback_days": "--lookback-days",
+    "data_lag_days": "--data-lag-days",
+    "failure_threshold": "--failure-threshold",
+    "auto_pause_on_failure": "--auto-pause",
+    "snowflake_enabled": "--snowflake-table",
+    "snowflake_table_name": "--snowflake-table",
+    "snowflake_schema_name": "--snowflake-schema",
+    "snowflake_key_columns": "--snowflake-key-columns",
+    "misfire_policy": "--misfire",
+    "catch_up_limit": "--catch-up-limit",
+    "allow_overlap": "--allow-overlap",
+}
+# Field names inside a message (`only a saved workflow (workflow_id) takes parameters`): only the ones with an
+# underscore, which are never English words, and never inside a quoted value the person typed.
+_FIELD_NAMES = re.compile(r"\b(" + "|".join(sorted((f for f in FLAGS if "_" in f), key=len, reverse=True)) + r")\b")
+_QUOTED = re.compile(r"('[^']*')")
+
+# Names tzdata keeps for old systems: fixed offsets (EST is UTC-5 all year, never EDT) or rules of their
+# own. A person who types one means a place; refuse it and name the place.
+LEGACY_ZONES = {
+    "EST": "America/New_York",
+    "MST": "America/Denver (or America/Phoenix, which keeps no DST)",
+    "HST": "Pacific/Honolulu",
+    "EST5EDT": "America/New_York",
+    "CST6CDT": "America/Chicago",
+    "MST7MDT": "America/Denver",
+    "PST8PDT": "America/Los_Angeles",
+    "CET": "Europe/Berlin (or Europe/Paris, …)",
+    "MET": "Europe/Berlin",
+    "EET": "Europe/Helsinki (or Europe/Athens, …)",
+    "WET": "Europe/Lisbon",
+}
+
+
+def check_timezone_flag(name: str) -> None:
+    legacy = LEGACY_ZONES.get(name.upper())
+    if legacy is not None or name.startswith(("Etc/GMT+", "Etc/GMT-")):
+        raise UsageError(
+            f"--timezone: {name!r} is a fixed offset or an old alias, without the place's daylight saving time; "
+            f"use the place's IANA name: {legacy or 'e.g. America/New_York, Europe/Berlin'}"
+        )
+
+
+def flag_message(message: str) -> str:
+    """A domain or model message that names fields (`time_of_day: …`), renamed to the flags."""
+    head, sep, rest = message.partition(": ")
+    if sep and all(part.strip() in FLAGS for part in head.split("/")):
+        head = " / ".join(FLAGS[part.strip()] for part in head.split("/"))
+        message = f"{head}: {rest}"
+    message = "".join(
+        part if _QUOTED.fullmatch(part) else _FIELD_NAMES.sub(lambda match: FLAGS[match.group(1)], part)
+        for part in _QUOTED.split(message)
+    )
+    if message.startswith("--cron: ") and "out of range" in message and "field" not in message:
+        message += cron_hint(message)
+    return message
+
+
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 6))
+
+
+def cron_hint(message: str) -> str:
+    """croniter says `[61 6 * * *] is not acceptable, out of range`: say which field, and its range."""
+    match = re.search(r"'([^']*)'", message)
+    parts = match.group(1).split() if match else []
+    for (field, low, high), part in zip(CRON_FIELDS, parts, strict=False):
+        numbers = [int(n) for n in re.findall(r"\d+", part.split("/")[0])]
+        if any(not low <= n <= high for n in numbers):
+            return f"; the {field} field {part!r} must be {low}-{high}"
+    return ""
 
 
 def _schedule_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if args.sql is not None or getattr(args, "sql_file", None):
         if args.sql is not None and args.sql_file:
-            raise UsageError("sql_query: give --sql or --sql-file, not both")
+            raise UsageError("--sql / --sql-file: give one of them, not both")
         fields["sql_query"] = read_file(args.sql_file, "--sql-file") if args.sql_file else args.sql
     if args.workflow_id is not None:
         fields["workflow_id"] = args.workflow_id
@@ -39,9 +122,11 @@ def _schedule_fields(args: argparse.Namespace) -> dict[str, Any]:
         for item in args.param:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise UsageError(f"parameter_values: {item!r} is not KEY=VALUE")
+                raise UsageError(f"--param: {item!r} is not KEY=VALUE")
             parameters[key.strip()] = value
         fields["parameter_values"] = parameters
+    if args.timezone is not None:
+        check_timezone_flag(args.timezone)
     for flag, field_name in (
         ("name", "name"),
         ("time", "time_of_day"),
@@ -88,8 +173,119 @@ def cadence_text(schedule: dict[str, Any]) -> str:
     return f"cron '{schedule['cron_expression']}' {zone_name}"
 
 
+OPERATOR_PAUSE = "paused by an operator"
+
+
+def state_text(schedule: dict[str, Any]) -> str:
+    """active, or paused (and why, when it paused itself: after N failures)."""
+    if schedule["is_active"]:
+        return "active"
+    reason = schedule.get("paused_reason")
+    return f"paused ({reason})" if reason and reason != OPERATOR_PAUSE else "paused"
+
+
+def schedule_json(schedule: dict[str, Any]) -> dict[str, Any]:
+    """The schedule for scripts: its state in words, and no next run while it is paused (the stored
+    next_run_at is where it stood when paused; resuming computes a new one)."""
+    paused = not schedule["is_active"]
+    return schedule | {"state": state_text(schedule), "next_run_at": None if paused else schedule["next_run_at"]}
+
+
+LIST_COLUMNS = [
+    Column("id", minimum=2),
+    Column("name", flexible=True, minimum=10),
+    Column("user_email", "USER", flexible=True, minimum=12),
+    Column("instance_id", "INSTANCE", flexible=True, minimum=10),
+    Column("cadence", flexible=True, minimum=16),
+    Column("state", flexible=True, minimum=6),
+    Column("next_run", "NEXT RUN"),
+    Column("table", "TABLE", flexible=True, minimum=10),
+    Column("consecutive_failures", "FAILS", minimum=5),
+]
+
+
+def list_row(schedule: dict[str, Any]) -> dict[str, Any]:
+    table_name = None
+    if schedule["snowflake_enabled"]:
+        table_name = ".".join(p for p in (schedule["snowflake_schema_name"], schedule["snowflake_table_name"]) if p)
+    return schedule | {
+        "cadence": cadence_text(schedule),
+        "state": state_text(schedule),
+        "next_run": when(schedule["next_run_at"]) if schedule["is_active"] else "- (paused)",
+        "table": table_name or "- (no Snowflake)",
+    }
+
+
+def render_schedule(schedule: dict[str, Any]) -> str:
+    tz = schedule["timezone"]
+    keys = schedule["snowflake_key_columns"]
+    lines = section(
+        f"schedule {schedule['id']} ({schedule['name']})",
+        {
+            "user": schedule["user_email"],
+            "instance": schedule["instance_id"],
+            "state": state_text(schedule),
+            "cadence": cadence_text(schedule),
+            "window": (
+                f"{schedule['lookback_days']} day(s)" if schedule["lookback_days"] else "since the previous fire"
+            )
+            + f", ending {schedule['data_lag_days']} day(s) before the fire",
+            "next run": f"{when(schedule['next_run_at'], timezone=tz)} ({when(schedule['next_run_at'])})"
+            if schedule["is_active"] and schedule["next_run_at"]
+            else "- (paused: `recomamp schedules resume " + str(schedule["id"]) + "`)",
+            "after downtime": schedule["misfire_policy"].replace("_", "-")
+            + (f" (at most {schedule['catch_up_limit']})" if schedule["misfire_policy"] == "catch_up" else ""),
+            "failures": f"{schedule['consecutive_failures']} in a row"
+            + (
+                f"; pauses itself at {schedule['failure_threshold']}"
+                if schedule["auto_pause_on_failure"]
+                else "; never pauses itself"
+            ),
+            "created": when(schedule["created_at"]),
+            "updated": when(schedule["updated_at"]),
+        },
+    )
+    lines += section(
+        "Snowflake",
+        {
+            "table": ".".join(p for p in (schedule["snowflake_schema_name"], schedule["snowflake_table_name"]) if p)
+            if schedule["snowflake_enabled"]
+            else "off",
+            "loads by": (f"merge on {', '.join(keys)}" if keys else "replacing each window")
+            if schedule["snowflake_enabled"]
+            else None,
+            "overlapping windows": "allowed" if schedule["allow_overlap"] else None,
+        },
+    )
+    if schedule["workflow_id"]:
+        lines += section(
+            "query", {"workflow": schedule["workflow_id"], "parameters": schedule["parameter_values"] or None}
+        )
+    if schedule["sql_query"]:
+        lines += ["SQL", *("  " + line for line in str(schedule["sql_query"]).splitlines())]
+    return "\n".join(lines)
+
+
+def _model(build: Any, fields: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return build(**fields)
+    except ValidationError as exc:
+        raise UsageError(flag_message(validation_line(exc, FLAGS))) from None
+
+
 @async_handler
 async def cmd_schedules(args: argparse.Namespace) -> int:
+    try:
+        return await _schedules(args)
+    except (UsageError, LookupError):  # already in the flags' words; an unknown user, instance or schedule
+        raise
+    except ValueError as exc:  # the domain's and the service's checks name model fields
+        raise UsageError(flag_message(str(exc))) from None
+
+
+async def _schedules(args: argparse.Namespace) -> int:
     from recomamp.domain.models import ScheduleCreateCustom, ScheduleCreatePreset, ScheduleUpdate
     from recomamp.services import schedules as service
     from recomamp.store import schedules as store
@@ -98,78 +294,88 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
     if command == "create":
         fields = _schedule_fields(args)
         fields.update(user_email=args.user, instance_id=args.instance)
-        try:
-            if args.preset == "custom" or (args.preset is None and args.cron):
-                fields.pop("time_of_day", None)
-                model: ScheduleCreatePreset | ScheduleCreateCustom = ScheduleCreateCustom(**fields)
-            else:
-                model = ScheduleCreatePreset(preset=args.preset or "daily", **fields)
-        except ValidationError as exc:
-            raise UsageError(validation_line(exc)) from None
+        if args.preset == "custom" or (args.preset is None and args.cron):
+            fields.pop("time_of_day", None)
+            model: ScheduleCreatePreset | ScheduleCreateCustom = _model(ScheduleCreateCustom, fields)
+        else:
+            if args.cron:
+                raise UsageError(f"--cron: a {args.preset} schedule has no cron expression; use --preset custom")
+            model = _model(ScheduleCreatePreset, {"preset": args.preset or "daily", **fields})
     elif command == "update":
-        try:
-            update = ScheduleUpdate(**_schedule_fields(args))
-        except ValidationError as exc:
-            raise UsageError(validation_line(exc)) from None
+        update = _model(ScheduleUpdate, _schedule_fields(args))
     async with database(args) as (_, connection):
         if command == "create":
             schedule_id = await service.create(connection, model, now())
             created = await store.get_schedule(connection, schedule_id)
             if args.json:
-                print_json(created.model_dump(mode="json"))
+                print_json(schedule_json(created.model_dump()))
             else:
-                print(f"schedule {schedule_id} created; next run {cell(created.next_run_at)}")
+                print(f"schedule {schedule_id} created; next run {when(created.next_run_at)}")
             return EXIT_OK
         if command == "list":
-            schedules = await store.list_schedules(connection, args.user)
+            schedules = [s.model_dump() for s in await store.list_schedules(connection, args.user)]
             if args.json:
-                print_json([s.model_dump(mode="json") for s in schedules])
+                print_json([schedule_json(s) for s in schedules])
             else:
-                table(
-                    [s.model_dump() | {"cadence": cadence_text(s.model_dump())} for s in schedules],
-                    [
-                        "id",
-                        "name",
-                        "user_email",
-                        "instance_id",
-                        "cadence",
-                        "is_active",
-                        "next_run_at",
-                        "snowflake_table_name",
-                        "consecutive_failures",
-                    ],
-                )
+                table([list_row(s) for s in schedules], LIST_COLUMNS, wide=args.wide)
             return EXIT_OK
         schedule_id = args.id
         if command == "show":
-            schedule = await store.get_schedule(connection, schedule_id)
+            schedule = (await store.get_schedule(connection, schedule_id)).model_dump()
             if args.json:
-                print_json(schedule.model_dump(mode="json"))
+                print_json(schedule_json(schedule))
             else:
-                for key, value in schedule.model_dump().items():
-                    print(f"{key:>24}: {cell(value)}")
+                print(render_schedule(schedule))
         elif command == "update":
             updated = await service.update(connection, schedule_id, update, now())
-            print(f"schedule {schedule_id} updated; next run {cell(updated.next_run_at)}")
+            if args.json:
+                print_json(schedule_json(updated.model_dump()))
+            else:
+                print(f"schedule {schedule_id} updated; next run {when(updated.next_run_at)}")
         elif command in ("pause", "resume"):
             await service.set_active(connection, schedule_id, command == "resume", now())
-            print(f"schedule {schedule_id} {'resumed' if command == 'resume' else 'paused'}")
+            after = (await store.get_schedule(connection, schedule_id)).model_dump()
+            if args.json:
+                print_json({key: schedule_json(after)[key] for key in ("id", "state", "next_run_at")})
+            elif command == "resume":
+                print(f"schedule {schedule_id} resumed; next run {when(after['next_run_at'])}")
+            else:
+                print(f"schedule {schedule_id} paused; `recomamp schedules resume {schedule_id}` starts it again")
         elif command == "run-now":
+            schedule = (await store.get_schedule(connection, schedule_id)).model_dump()
             queued = await service.run_now(connection, schedule_id, now(), window_start=args.window_start)
             window = queued.window
-            print(
-                f"run {queued.run_id} queued for the window [{window.start_local:%Y-%m-%d}, "
-                f"{window.end_local:%Y-%m-%d}) {window.timezone}; a running daemon picks it up at once "
-                f"(`recomamp runs show {queued.run_id}`)"
-            )
+            if args.json:
+                print_json(
+                    {
+                        "run_id": queued.run_id,
+                        "schedule_id": schedule_id,
+                        "window_start": window.start_local.date(),
+                        "window_end": window.end_local.date(),
+                        "timezone": window.timezone,
+                        "schedule_state": state_text(schedule),
+                    }
+                )
+            else:
+                print(
+                    f"run {queued.run_id} queued for the window "
+                    f"{window_text(window.start_local, window.end_local, window.timezone)} {window.timezone}; "
+                    f"a running daemon picks it up at once (`recomamp runs show {queued.run_id}`)"
+                )
+                if not schedule["is_active"]:
+                    print(
+                        f"note: schedule {schedule_id} is paused: this one run goes ahead, its scheduled fires do "
+                        f"not (`recomamp schedules resume {schedule_id}`)"
+                    )
         elif command == "preview":
-            await _preview(connection, args)
+            schedule = (await store.get_schedule(connection, schedule_id)).model_dump()
+            await _preview(connection, args, paused=not schedule["is_active"])
         elif command == "delete":
             return await _delete(connection, args)
     return EXIT_OK
 
 
-async def _preview(connection: Any, args: argparse.Namespace) -> None:
+async def _preview(connection: Any, args: argparse.Namespace, *, paused: bool) -> None:
     from recomamp.services import schedules as service
 
     result = await service.preview(connection, args.id, now(), args.count)
@@ -177,24 +383,45 @@ async def _preview(connection: Any, args: argparse.Namespace) -> None:
         {
             "fire_at": fire,
             "fire_at_local": fire.astimezone(_zone(window.timezone)).strftime("%Y-%m-%d %H:%M %Z"),
-            "window_start": window.start_local.isoformat(),
-            "window_end": window.end_local.isoformat(),
+            "window_start": window.start_local.date(),
+            "window_end": window.end_local.date(),
+            "window": window_text(window.start_local, window.end_local, window.timezone),
             "timezone": window.timezone,
         }
         for fire, window in result.fires
     ]
     plan = result.overdue
     if args.json:
-        if plan is None:
-            print_json(fires)
-        else:
-            runs = [{"fire_at": r.fire_at, "window_start": r.window.start_local.isoformat()} for r in plan.runs]
-            skipped = [{"fire_at": s.fire_at, "window_start": s.window.start_local.isoformat()} for s in plan.skipped]
-            print_json(
-                {"fires": fires, "overdue": {"runs": runs, "skipped": skipped, "more_skipped": plan.more_skipped}}
-            )
+        runs = skipped = None
+        if plan is not None:
+            runs = [{"fire_at": r.fire_at, "window_start": r.window.start_local.date()} for r in plan.runs]
+            skipped = [{"fire_at": s.fire_at, "window_start": s.window.start_local.date()} for s in plan.skipped]
+        print_json(
+            {
+                "paused": paused,
+                # One timestamp format in JSON: fire_at in UTC; the local reading is fire_at in `timezone`.
+                "fires": [{k: v for k, v in fire.items() if k not in ("fire_at_local", "window")} for fire in fires],
+                "overdue": None
+                if plan is None
+                else {"runs": runs, "skipped": skipped, "more_skipped": plan.more_skipped},
+            }
+        )
         return
-    table(fires, ["fire_at_local", "fire_at", "window_start", "window_end", "timezone"])
+    if paused:
+        print(
+            f"schedule {args.id} is paused: none of these fires happens until "
+            f"`recomamp schedules resume {args.id}` (resuming starts from the next fire after that moment)\n"
+        )
+    table(
+        fires,
+        [
+            Column("fire_at_local", "FIRES AT (LOCAL)"),
+            Column("fire_at", "FIRES AT (UTC)"),
+            Column("window", "WINDOW"),
+            Column("timezone"),
+        ],
+        wide=args.wide,
+    )
     if plan is not None:
         starts = ", ".join(f"{r.window.start_local:%Y-%m-%d}" for r in plan.runs)
         print(
@@ -229,9 +456,13 @@ async def _delete(connection: Any, args: argparse.Namespace) -> int:
         async with open_services(config, replica=cli_replica()) as services:
             for run_id in active:
                 result = await cancel(services, config, run_id, operator_name())
-                print(result.summary())
+                if not args.json:
+                    print(result.summary())
     await store.delete_schedule(connection, args.id)
-    print(f"schedule {args.id} deleted, with its run history")
+    if args.json:
+        print_json({"id": args.id, "deleted": True, "cancelled_runs": active})
+    else:
+        print(f"schedule {args.id} deleted, with its run history")
     return EXIT_OK
 
 
@@ -244,15 +475,19 @@ async def cmd_backfill(args: argparse.Namespace) -> int:
     async with database(args) as (_, connection):
         if args.cancel:
             cancelled = await run_store.cancel_queued_backfill(connection, args.id, operator_name())
-            print(f"cancelled {len(cancelled)} backfill run(s) of schedule {args.id} that had not started")
+            if args.json:
+                print_json({"schedule_id": args.id, "cancelled": cancelled})
+            else:
+                print(f"cancelled {len(cancelled)} backfill run(s) of schedule {args.id} that had not started")
             return EXIT_OK
         if args.start is None or args.end is None:
             raise UsageError("backfill: --from DATE and --to DATE are required (or --cancel)")
         plan = await service.backfill(connection, args.id, args.start, args.end, now(), dry_run=args.dry_run)
         rows = [
             {
-                "window_start": w.window.start_local.date().isoformat(),
-                "window_end": w.window.end_local.date().isoformat(),
+                "window_start": w.window.start_local.date(),
+                "window_end": w.window.end_local.date(),
+                "window": window_text(w.window.start_local, w.window.end_local, w.window.timezone),
                 "state": w.state,
                 "run_id": w.run_id,
             }
@@ -261,7 +496,7 @@ async def cmd_backfill(args: argparse.Namespace) -> int:
         if args.json and not args.wait:
             print_json({"windows": rows, "created": plan.created, "dry_run": args.dry_run})
         elif not args.json:
-            table(rows, ["window_start", "window_end", "state", "run_id"])
+            table(rows, ["window", "state", "run_id"], wide=args.wide)
             verb = "would create" if args.dry_run else "created"
             print(
                 f"{verb} {len(plan.to_create) if args.dry_run else len(plan.created)} run(s); "
@@ -276,25 +511,30 @@ async def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    schedules = commands.add_parser("schedules", parents=[common], help="workflow schedules")
-    actions = schedules.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    actions = add_noun(commands, "schedules", "workflow schedules", common, "schedules_command")
     retention = f"AMC keeps about 13 months of data: {AMC_RETENTION_DAYS} days at most"
 
     def schedule_flags(sub: argparse.ArgumentParser, creating: bool) -> None:
-        sub.add_argument("--name", required=creating)
+        sub.add_argument("--name", required=creating, help="what people call it (shown in lists and alerts)")
         sub.add_argument("--sql", help="ad-hoc AMC SQL")
         sub.add_argument("--sql-file", metavar="PATH", help="ad-hoc AMC SQL from a file")
         sub.add_argument("--workflow-id", help="a saved AMC workflow instead of SQL")
         sub.add_argument("--param", action="append", metavar="KEY=VALUE", help="a saved workflow's parameter; repeat")
         if creating:
-            sub.add_argument("--preset", choices=["daily", "weekly", "monthly", "custom"])
-        sub.add_argument("--time", metavar="HH:MM", help="time of day, in --timezone")
+            sub.add_argument(
+                "--preset",
+                choices=["daily", "weekly", "monthly", "custom"],
+                help="when it fires (default: daily, at --time; custom when --cron is given)",
+            )
+        sub.add_argument("--time", metavar="HH:MM", help="daily/weekly/monthly: the time of day, in --timezone")
         sub.add_argument("--day-of-week", metavar="DAY", help="weekly: monday..sunday, or 0..6")
         sub.add_argument(
             "--day-of-month", type=bounded_int(1, 31), metavar="N", help="monthly: 1..31 (29-31: the month's last day)"
         )
         sub.add_argument("--cron", metavar="EXPR", help="custom: a 5-field cron expression, in --timezone")
-        sub.add_argument("--timezone", metavar="IANA", help="e.g. America/New_York (default UTC)")
+        sub.add_argument(
+            "--timezone", metavar="IANA", help="a place's zone, e.g. America/New_York (default UTC; not EST: no DST)"
+        )
         sub.add_argument(
             "--lookback-days",
             type=bounded_int(1, AMC_RETENTION_DAYS, retention),
@@ -307,8 +547,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
             metavar="N",
             help="end the window N days before the fire (default 14: AMC restates data)",
         )
-        sub.add_argument("--auto-pause", action=argparse.BooleanOptionalAction, default=None)
-        sub.add_argument("--failure-threshold", type=bounded_int(1, 1000), metavar="N")
+        sub.add_argument(
+            "--auto-pause",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="pause the schedule after --failure-threshold failures in a row (default: on)",
+        )
+        sub.add_argument(
+            "--failure-threshold", type=bounded_int(1, 1000), metavar="N", help="failures in a row before it pauses"
+        )
         sub.add_argument(
             "--misfire",
             choices=["coalesce", "catch-up"],
@@ -331,10 +578,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
             sub.add_argument("--snowflake", action="store_true", help="load into Snowflake again")
 
     create = add_command(actions, "create", "create a schedule", cmd_schedules, common)
-    create.add_argument("--user", required=True, metavar="EMAIL")
-    create.add_argument("--instance", required=True, metavar="INSTANCE_ID")
+    create.add_argument("--user", required=True, metavar="EMAIL", help="the recomamp user (their email) it runs as")
+    create.add_argument(
+        "--instance", required=True, metavar="INSTANCE_ID", help="one of the user's AMC instances (`instances list`)"
+    )
     schedule_flags(create, creating=True)
-    add_command(actions, "list", "list schedules", cmd_schedules, common).add_argument("--user", metavar="EMAIL")
+    add_command(actions, "list", "list schedules", cmd_schedules, common).add_argument(
+        "--user", metavar="EMAIL", help="only this user's schedules"
+    )
     schedule_id = bounded_int(1, 2**62)
     for action, text in (
         ("show", "show a schedule"),
@@ -363,7 +614,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         actions, "preview", "the next fires and their windows, and what an overdue poll would do", cmd_schedules, common
     )
     preview.add_argument("id", type=schedule_id)
-    preview.add_argument("--count", type=bounded_int(1, 1000), default=5)
+    preview.add_argument("--count", type=bounded_int(1, 1000), default=5, help="how many fires (default 5)")
     backfill = add_command(
         actions, "backfill", "one run per grid window in a date range, after scheduled runs", cmd_backfill, common
     )

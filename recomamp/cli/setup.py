@@ -10,12 +10,13 @@ from recomamp.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     add_command,
+    add_noun,
     async_handler,
     bounded_int,
     config_path,
     database,
-    print_json,
 )
+from recomamp.cli.output import print_json
 from recomamp.config import ConfigError, load_config
 
 
@@ -34,18 +35,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         load_config(path)
     except ConfigError as exc:
+        if args.json:
+            print_json({"path": path, "ok": False, "problems": exc.problems})
         for problem in exc.problems:
             print(f"{path}: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"{path}: OK")
+    if args.json:
+        print_json({"path": path, "ok": True, "problems": []})
+    else:
+        print(f"{path}: OK")
     return EXIT_OK
 
 
-def cmd_keygen(_: argparse.Namespace) -> int:
+def cmd_keygen(args: argparse.Namespace) -> int:
     from recomamp.crypto import generate_key
 
     # The key goes to stdout only, to be redirected into a file readable by the service alone.
-    print(generate_key())
+    if args.json:
+        print_json({"key": generate_key()})
+    else:
+        print(generate_key())
     return EXIT_OK
 
 
@@ -56,10 +65,16 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     async with database(args) as (_, connection):
         if args.migrate_command == "up":
             applied = await migrations.migrate_up(connection, to=args.to)
-            print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
+            if args.json:
+                print_json({"applied": applied})
+            else:
+                print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
         elif args.migrate_command == "down":
             rolled = await migrations.migrate_down(connection, to=args.to)
-            print(f"rolled back {len(rolled)} migration(s)" + (f": {rolled}" if rolled else ""))
+            if args.json:
+                print_json({"rolled_back": rolled})
+            else:
+                print(f"rolled back {len(rolled)} migration(s)" + (f": {rolled}" if rolled else ""))
         else:
             states = await migrations.status(connection)
             if args.json:
@@ -103,10 +118,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         "print the example config, every key documented (recomamp example-config > recomamp.toml)",
         cmd_example_config,
         common,
+        json_output=False,
     )
 
-    migrate = commands.add_parser("migrate", parents=[common], help="apply or roll back the database schema")
-    actions = migrate.add_subparsers(dest="migrate_command", required=True, metavar="ACTION")
+    actions = add_noun(commands, "migrate", "apply or roll back the database schema", common, "migrate_command")
     add_command(actions, "up", "apply pending migrations", cmd_migrate, common).add_argument(
         "--to", type=bounded_int(1, 9999), metavar="N", help="stop at version N"
     )
@@ -115,8 +130,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     )
     add_command(actions, "status", "list migrations", cmd_migrate, common)
 
-    keys = commands.add_parser("keys", parents=[common], help="token encryption keys")
-    key_actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    key_actions = add_noun(commands, "keys", "token encryption keys", common, "keys_command")
     add_command(
         key_actions,
         "rotate",

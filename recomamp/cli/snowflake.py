@@ -11,13 +11,13 @@ from recomamp.cli.common import (
     EXIT_OK,
     UsageError,
     add_command,
+    add_noun,
     async_handler,
     bounded_int,
-    cell,
     database,
-    print_json,
     read_secret,
 )
+from recomamp.cli.output import fields, print_json
 
 
 @async_handler
@@ -55,7 +55,7 @@ async def cmd_snowflake(args: argparse.Namespace) -> int:
                 user_id,
                 SnowflakeConfigInput(
                     account=args.account,
-                    username=args.user,
+                    username=args.login,
                     database=args.database,
                     default_schema=args.schema,
                     warehouse=args.warehouse,
@@ -69,9 +69,13 @@ async def cmd_snowflake(args: argparse.Namespace) -> int:
                 ),
                 encrypt=box.encrypt,
             )
-            print(
-                f"Snowflake configuration saved for {args.email}; check it with `recomamp snowflake test {args.email}`"
-            )
+            if args.json:
+                print_json({"email": args.email, "saved": True})
+            else:
+                print(
+                    f"Snowflake configuration saved for {args.email}; "
+                    f"check it with `recomamp snowflake test {args.email}`"
+                )
             return EXIT_OK
         row = await fetch_row(connection, user_id)
         if row is None:
@@ -83,8 +87,7 @@ async def cmd_snowflake(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(shown)
             else:
-                for key, value in shown.items():
-                    print(f"{key:>24}: {cell(value)}")
+                print("\n".join(fields(shown, indent="")))
             return EXIT_OK
         spec = spec_from_row(row, box)
     try:
@@ -92,30 +95,42 @@ async def cmd_snowflake(args: argparse.Namespace) -> int:
     except Exception as exc:  # any connector failure, as one line, classified
         from recomamp.snowflake.errors import classify
 
-        print(f"snowflake test failed: {classify(exc).message}", file=sys.stderr)
+        message = classify(exc).message
+        if args.json:
+            print_json({"email": args.email, "connected": False, "error": message})
+        print(f"snowflake test failed: {message}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"connected to Snowflake as {spec.user} ({spec.auth_method}); server version {version}")
+    if args.json:
+        print_json(
+            {"email": args.email, "connected": True, "login": spec.user, "auth": spec.auth_method, "version": version}
+        )
+    else:
+        print(f"connected to Snowflake as {spec.user} ({spec.auth_method}); server version {version}")
     return EXIT_OK
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    snowflake = commands.add_parser("snowflake", parents=[common], help="users' Snowflake configurations")
-    actions = snowflake.add_subparsers(dest="snowflake_command", required=True, metavar="ACTION")
+    actions = add_noun(commands, "snowflake", "users' Snowflake configurations", common, "snowflake_command")
     sf_set = add_command(actions, "set", "set a user's Snowflake configuration", cmd_snowflake, common)
-    sf_set.add_argument("email")
-    sf_set.add_argument("--account", required=True)
-    sf_set.add_argument("--user", required=True, help="the Snowflake user recomamp loads as")
-    sf_set.add_argument("--database", required=True)
+    sf_set.add_argument("email", help="the recomamp user whose results load there")
+    sf_set.add_argument("--account", required=True, help="the Snowflake account identifier, e.g. xy12345.eu-west-1")
+    # --login, not --user: everywhere else --user is a recomamp user's email. --user still works here.
+    sf_set.add_argument(
+        "--login", "--user", dest="login", required=True, metavar="NAME", help="the Snowflake login recomamp loads as"
+    )
+    sf_set.add_argument("--database", required=True, help="the Snowflake database the tables go in")
     sf_set.add_argument("--schema", default="PUBLIC", help="the default schema (default PUBLIC)")
-    sf_set.add_argument("--warehouse")
-    sf_set.add_argument("--role")
+    sf_set.add_argument("--warehouse", help="the warehouse (default: the login's default)")
+    sf_set.add_argument("--role", help="the role (default: the login's default)")
     sf_set.add_argument("--password-file", metavar="PATH", help="password auth: a file holding it ('-': stdin)")
     sf_set.add_argument("--private-key-file", metavar="PATH", help="key-pair auth: a PEM private key file")
     sf_set.add_argument("--passphrase-file", metavar="PATH", help="the private key's passphrase, if encrypted")
     sf_set.add_argument("--host", help="another host (a proxy, or a local emulator)")
-    sf_set.add_argument("--port", type=bounded_int(1, 65535))
-    sf_set.add_argument("--protocol", choices=["http", "https"])
+    sf_set.add_argument("--port", type=bounded_int(1, 65535), help="with --host (default 443)")
+    sf_set.add_argument("--protocol", choices=["http", "https"], help="with --host (default https; http: an emulator)")
     add_command(actions, "show", "show a user's configuration, secrets masked", cmd_snowflake, common).add_argument(
-        "email"
+        "email", help="the recomamp user"
     )
-    add_command(actions, "test", "connect, and report the server version", cmd_snowflake, common).add_argument("email")
+    add_command(actions, "test", "connect, and report the server version", cmd_snowflake, common).add_argument(
+        "email", help="the recomamp user"
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from recomamp.cli.common import EXIT_NEEDS_ATTENTION, EXIT_OK, add_command, async_handler, database, print_json
+from recomamp.cli.common import EXIT_NEEDS_ATTENTION, EXIT_OK, add_command, async_handler, database
+from recomamp.cli.output import print_json
 
 
 @async_handler
@@ -15,11 +16,22 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with database(args) as (config, connection):
         status = await read_status(connection, quota_window_seconds=config.amc.quota_window_seconds)
         status["quota_limit"] = config.amc.adhoc_executions_per_day
-    if getattr(args, "json", False):
+        status["alerts_configured"] = bool(config.notify.webhook)
+    if args.json:
         print_json({key: value for key, value in status.items() if key != "schedules"})
     else:
         print(render(status))
     return EXIT_NEEDS_ATTENTION if status["attention"] else EXIT_OK
+
+
+def instance_labels(quota: dict[str, int]) -> dict[str, int]:
+    """Quota is counted per instance at its host (`https://host/path/amc1`): a person knows the instance id;
+    the host is kept only where two hosts share an id."""
+    ids = [key.rsplit("/", 1)[-1] for key in quota]
+    return {
+        (instance if ids.count(instance) == 1 else key): used
+        for (key, used), instance in zip(quota.items(), ids, strict=True)
+    }
 
 
 def render(status: dict[str, Any]) -> str:
@@ -47,9 +59,15 @@ def render(status: dict[str, Any]) -> str:
     quota = status["quota"]
     lines.append(
         f"AMC ad-hoc quota used (of {status['quota_limit']} per instance): "
-        + (", ".join(f"{instance} {n}" for instance, n in quota.items()) if quota else "none")
+        + (", ".join(f"{instance} {n}" for instance, n in instance_labels(quota).items()) if quota else "none")
     )
-    if status["notifications_pending"] or status["notifications_failed_last_day"]:
+    if not status.get("alerts_configured", True):
+        kept = status["notifications_pending"]
+        lines.append(
+            "alerts: off (no [[notify.webhook]] target in the config)"
+            + (f"; {kept} event(s) kept, sent once a target is added and `recomamp reload` run" if kept else "")
+        )
+    elif status["notifications_pending"] or status["notifications_failed_last_day"]:
         lines.append(
             f"alerts: {status['notifications_pending']} waiting to be delivered, "
             f"{status['notifications_failed_last_day']} undeliverable in the last 24 h"

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from recomamp.cli.common import (
     EXIT_OK,
     add_command,
+    add_noun,
     async_handler,
     database,
     load,
-    print_json,
     read_secret,
-    table,
 )
+from recomamp.cli.output import Column, print_json, table, when
 from recomamp.domain.runs import REGIONS
+
+
+def token_state(row: dict[str, Any]) -> tuple[str, str | None]:
+    """(what the user's Amazon token is, the command that fixes it). No token at all is not "fine"."""
+    email = row["email"]
+    if not row["has_refresh_token"]:
+        return "none", f"recomamp users authorize {email}"
+    if row["needs_reauth"]:
+        since = f" since {when(row['needs_reauth_at'])}" if row.get("needs_reauth_at") else ""
+        return f"needs re-auth{since}", f"recomamp users authorize {email} --rerun-failed"
+    return "ok", None
 
 
 @async_handler
@@ -28,22 +40,42 @@ async def cmd_users(args: argparse.Namespace) -> int:
     async with database(args) as (config, connection):
         if args.users_command == "add":
             user_id = await catalog.add_user(connection, args.email)
-            print(
-                f"user {args.email} added (id {user_id}); authorize them with `recomamp users authorize {args.email}`"
-            )
+            if args.json:
+                print_json({"id": user_id, "email": args.email})
+            else:
+                print(
+                    f"user {args.email} added (id {user_id}); authorize them with "
+                    f"`recomamp users authorize {args.email}`"
+                )
         elif args.users_command == "set-token":
             user_id = await catalog.user_id_for(connection, args.email)
             token = read_secret(args.token_file, "refresh token", "--token-file")
             await set_refresh_token(connection, SecretBox(config.security.token_keys), user_id, token)
-            print(f"refresh token stored for {args.email}; the re-authentication mark, if any, is cleared")
+            if args.json:
+                print_json({"id": user_id, "email": args.email, "token": "ok"})
+            else:
+                print(f"refresh token stored for {args.email}; the re-authentication mark, if any, is cleared")
         else:
             rows = await user_store.list_users(connection)
             for row in rows:
-                row["fix"] = f"recomamp users authorize {row['email']} --rerun-failed" if row["needs_reauth"] else None
+                row["token"], row["fix"] = token_state(row)
             if args.json:
                 print_json(rows)
             else:
-                table(rows, ["id", "email", "needs_reauth", "has_refresh_token", "instances", "schedules", "fix"])
+                table(
+                    rows,
+                    [
+                        Column("id", minimum=2),
+                        Column("email", flexible=True, minimum=16),
+                        Column("token", flexible=True, minimum=12),
+                        Column("instances", minimum=9),
+                        Column("schedules", minimum=9),
+                    ],
+                    wide=args.wide,
+                )
+                fixes = [row["fix"] for row in rows if row["fix"]]
+                if fixes:
+                    print("\nto fix: " + "\n        ".join(f"`{fix}`" for fix in fixes))
     return EXIT_OK
 
 
@@ -64,12 +96,18 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
         user_id = await catalog.user_id_for(connection, args.email)  # an unknown email: one line, exit 2
         region = args.region or await user_store.region_of(connection, user_id) or "na"
     request = consent_request(config, region)
-    print(f"Open this link, sign in as {args.email}'s Amazon Ads login and approve:\n\n  {request.url}\n")
+    # With --json, stdout is the one JSON answer; the person's instructions go to stderr.
+    say = sys.stderr if args.json else sys.stdout
+    print(f"Open this link, sign in as {args.email}'s Amazon Ads login and approve:\n\n  {request.url}\n", file=say)
     if args.paste:
-        print("Then paste the whole URL the browser was sent to (or only its code), and press Enter:", flush=True)
+        print(
+            "Then paste the whole URL the browser was sent to (or only its code), and press Enter:",
+            file=say,
+            flush=True,
+        )
         code = code_from_paste(sys.stdin.readline(), request)
     else:
-        print(f"Waiting for the browser on {request.redirect_uri} (Ctrl-C to stop)…", flush=True)
+        print(f"Waiting for the browser on {request.redirect_uri} (Ctrl-C to stop)…", file=say, flush=True)
         code = await wait_for_browser(request)
     result = await complete(config, args.email, code, request, region=region, rerun_failed=args.rerun_failed)
     if args.json:
@@ -84,13 +122,14 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    users = commands.add_parser("users", parents=[common], help="users and their Amazon tokens")
-    actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
-    add_command(actions, "add", "add a user", cmd_users, common).add_argument("email")
+    actions = add_noun(commands, "users", "users and their Amazon tokens", common, "users_command")
+    add_command(actions, "add", "add a user", cmd_users, common).add_argument(
+        "email", help="the user's email: how every other command names them"
+    )
     set_token = add_command(
         actions, "set-token", "store a user's LWA refresh token (read from stdin or --token-file)", cmd_users, common
     )
-    set_token.add_argument("email")
+    set_token.add_argument("email", help="the recomamp user")
     set_token.add_argument("--token-file", metavar="PATH", help="a file holding the refresh token (default: stdin)")
     add_command(actions, "list", "list users, with who needs to re-authenticate", cmd_users, common)
     authorize = add_command(
@@ -100,7 +139,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         cmd_authorize,
         common,
     )
-    authorize.add_argument("email")
+    authorize.add_argument("email", help="the recomamp user to sign in")
     authorize.add_argument(
         "--paste", action="store_true", help="headless: paste the redirected URL (or its code) instead of listening"
     )

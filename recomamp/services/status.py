@@ -21,6 +21,8 @@ async def read_status(connection: Queryable, *, quota_window_seconds: float) -> 
     # schedules, every refresh. Off the event loop, so runs and heartbeats never wait behind it.
     snapshot["schedules"] = await asyncio.to_thread(schedule_gauges, snapshot.pop("schedules"), datetime.now(UTC))
     snapshot["users_needing_reauth"] = len(snapshot["users_needing_reauth_list"])
+    for replica in snapshot["replicas"]:  # EXTRACT(EPOCH …) is NUMERIC: a number, not a Decimal, for JSON and gauges
+        replica["seconds_since_heartbeat"] = float(replica["seconds_since_heartbeat"])
     snapshot["replicas_alive"] = [
         r
         for r in snapshot["replicas"]

@@ -688,6 +688,9 @@ UPDATE schedule_runs
 SET status = CASE WHEN $3 AND status = 'failed' AND error_kind = 'snowflake' THEN 'succeeded' ELSE status END,
     error_kind = CASE WHEN $3 AND error_kind = 'snowflake' THEN NULL ELSE error_kind END,
     error_message = CASE WHEN $3 AND error_kind = 'snowflake' THEN NULL ELSE error_message END,
+    -- The run had ended before the retry (LEASE_FOR_UPLOAD takes only an ended run): its step is that again,
+    -- not the `uploading` the load step wrote on the way.
+    step = 'finished',
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
 WHERE id = $1 AND lease_token = $2
 """
