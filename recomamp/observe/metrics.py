@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -26,6 +26,28 @@ class RunFacts(Protocol):
 
     @property
     def amc_instance_id(self) -> str: ...
+
+
+class ScheduleFreshnessFacts(Protocol):
+    @property
+    def schedule_id(self) -> int: ...
+
+    @property
+    def newest_end(self) -> datetime | None: ...
+
+    @property
+    def late(self) -> bool: ...
+
+    @property
+    def missing(self) -> int: ...
+
+
+class FreshnessFacts(Protocol):
+    @property
+    def schedules(self) -> Sequence[ScheduleFreshnessFacts]: ...
+
+    @property
+    def late(self) -> int: ...
 
 
 class Metrics:
@@ -86,6 +108,26 @@ class Metrics:
             ["schedule_id"],
             registry=r,
         )
+        # Freshness: per schedule only what an operator alerts on (three series each), the rest fleet-wide.
+        self.newest_window_end = Gauge(
+            "recomamp_schedule_newest_window_end_timestamp_seconds",
+            "The end of each active schedule's newest loaded window (Unix time; absent: nothing loaded yet)",
+            ["schedule_id"],
+            registry=r,
+        )
+        self.missing_windows = Gauge(
+            "recomamp_schedule_missing_windows",
+            "Each active schedule's windows fired in the last 14 days without a successful run or one in flight",
+            ["schedule_id"],
+            registry=r,
+        )
+        self.schedule_late = Gauge(
+            "recomamp_schedule_late",
+            "1 when an active schedule's newer data is overdue past its grace",
+            ["schedule_id"],
+            registry=r,
+        )
+        self.schedules_late = Gauge("recomamp_schedules_late", "Active schedules whose data is late", registry=r)
         self.database_up = Gauge("recomamp_database_up", "1 when the database answered last time", registry=r)
         self.kept_results = Gauge("recomamp_kept_results_bytes", "Result files kept under the spool", registry=r)
         self.outbox_pending = Gauge("recomamp_notifications_pending", "Alerts not yet delivered", registry=r)
@@ -148,6 +190,18 @@ class Metrics:
                 self.cadence.labels(str(row["id"])).set(row["cadence_seconds"])
         self.kept_results.set(snapshot.get("kept_results_bytes") or 0)
         self.outbox_pending.set(snapshot.get("notifications_pending") or 0)
+
+    def set_freshness_gauges(self, fleet: FreshnessFacts) -> None:
+        self.newest_window_end.clear()
+        self.missing_windows.clear()
+        self.schedule_late.clear()
+        for schedule in fleet.schedules:
+            key = str(schedule.schedule_id)
+            if schedule.newest_end is not None:
+                self.newest_window_end.labels(key).set(schedule.newest_end.timestamp())
+            self.missing_windows.labels(key).set(schedule.missing)
+            self.schedule_late.labels(key).set(1 if schedule.late else 0)
+        self.schedules_late.set(fleet.late)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

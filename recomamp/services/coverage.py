@@ -331,32 +331,13 @@ async def refresh_freshness(connection: Connection, now: datetime) -> FleetFresh
     return FleetFreshness(result, became_late, recovered)
 
 
-async def late_schedules(connection: Queryable, now: datetime) -> list[dict[str, Any]]:
-    """Active schedules that are late now (computed, not read from the episode state: `status` is right even
-    when no daemon runs), each with its newest loaded window's end and the command that shows why."""
-    rows = await coverage_store.schedules_freshness(connection)
-
-    def evaluate() -> list[dict[str, Any]]:
-        late = []
-        for row in rows:
-            try:
-                fresh = _freshness(row, cadence_from_row(row), now)
-            except (InvalidSchedule, ValueError):
-                continue
-            if fresh.late:
-                late.append(
-                    {
-                        "id": row["id"],
-                        "name": row["name"],
-                        "user_email": row["user_email"],
-                        "newest_window_end": fresh.newest_end,
-                        "late_by_seconds": fresh.late_by(now).total_seconds(),
-                        "command": f"recomamp schedules coverage {row['id']}",
-                    }
-                )
-        return late
-
-    return await asyncio.to_thread(evaluate)
+async def late_schedules(connection: Queryable) -> list[dict[str, Any]]:
+    """Active schedules in a lateness episode (as the daemons' freshness check recorded it, with its alert),
+    each with the command that shows why."""
+    return [
+        {**row, "command": f"recomamp schedules coverage {row['id']}"}
+        for row in await coverage_store.late_schedules(connection)
+    ]
 
 
 async def set_grace(connection: Queryable, schedule_id: int, hours: float | None) -> None:

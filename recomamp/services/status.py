@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from recomamp.domain.schedules import cadence_seconds
+from recomamp.services.coverage import late_schedules
 from recomamp.store import status as status_store
 from recomamp.store.db import Queryable
 from recomamp.store.schedules import cadence_from_row
@@ -28,6 +29,7 @@ async def read_status(connection: Queryable, *, quota_window_seconds: float) -> 
         for r in snapshot["replicas"]
         if r["stopped_at"] is None and r["seconds_since_heartbeat"] < REPLICA_ALIVE_SECONDS
     ]
+    snapshot["late_schedules"] = await late_schedules(connection)
     snapshot["attention"] = needs_attention(snapshot)
     return snapshot
 
@@ -60,6 +62,11 @@ def needs_attention(snapshot: dict[str, Any]) -> list[str]:
         f"schedule {s['id']} ({s['name']}, {s['user_email']}) is paused: {s['paused_reason'] or 'paused'}; "
         f"`recomamp schedules resume {s['id']}`"
         for s in snapshot["paused_schedules_list"]
+    ]
+    reasons += [
+        f"schedule {s['id']} ({s['name']}, {s['user_email']}) is late since {s['late_since']:%Y-%m-%d %H:%M %Z}: "
+        f"newer data is overdue; see why with `{s['command']}`"
+        for s in snapshot.get("late_schedules", [])
     ]
     if not snapshot["replicas_alive"]:
         reasons.append("no replica is alive: `systemctl status recomamp` on each host")

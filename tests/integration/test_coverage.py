@@ -3,26 +3,37 @@ the CLI a person types; lateness end to end through a running daemon, a webhook 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
+from recomamp.config import load_config
+from recomamp.crypto import SecretBox
+from recomamp.daemon.process import Daemon
 from recomamp.domain.models import ScheduleCreatePreset
+from recomamp.sandbox.embedded import free_port
+from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services import schedules
+from tests.conftest import ConfigWriter
 from tests.integration.test_cli import cli
+from tests.integration.test_notifications import Receiver, with_webhook
+from tests.integration.test_observability import get, samples
+from tests.integration.world import add_due_schedule, add_tenant, wait_until, write_world_config
 
 CREATED = datetime(2026, 9, 28, 12, tzinfo=UTC)
 FIRST, LAST = date(2026, 10, 1), date(2026, 10, 30)
 
 
 @pytest.fixture
-def config_path(db_dsn: str, write_config: Any) -> Path:
-    path: Path = write_config(dsn=db_dsn)
-    return path
+def config_path(db_dsn: str, write_config: ConfigWriter) -> Path:
+    return write_config(dsn=db_dsn)
 
 
 def _day(d: int) -> datetime:
@@ -237,3 +248,86 @@ async def test_coverage_of_a_users_schedules_one_line_each(
     assert "LATE" in out[1] and "[2026-10-30, 2026-10-31) UTC" in out[1]
     assert await cli(config_path, "coverage", "--user=nobody@example.com") == 2
     assert "no user nobody@example.com" in capsys.readouterr().err
+
+
+async def test_a_late_schedule_alerts_once_and_recovers_once_after_its_next_load(
+    pool: asyncpg.Pool,
+    db_dsn: str,
+    box: SecretBox,
+    simulator: AmcSimulator,
+    write_config: ConfigWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amc1")
+    schedule_id = await add_due_schedule(pool, tenant, "ada daily")
+    # Made late: created a month ago, never loaded, and not due again until next week.
+    await pool.execute(
+        "UPDATE workflow_schedules SET created_at = now() - interval '30 days', "
+        "next_run_at = now() + interval '7 days' WHERE id = $1",
+        schedule_id,
+    )
+    port = free_port()
+    monkeypatch.setenv("RECOMAMP_METRICS__LISTEN", f"127.0.0.1:{port}")
+    monkeypatch.setenv("RECOMAMP_METRICS__REFRESH_SECONDS", "0.2")
+    config_path = with_webhook(write_world_config(write_config, db_dsn, simulator), receiver)
+    daemon = Daemon(load_config(config_path), config_path=config_path)
+    task = asyncio.create_task(daemon.run())
+    key = (("schedule_id", str(schedule_id)),)
+
+    async def gauges() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with contextlib.suppress(aiohttp.ClientError):
+            return samples((await get(f"http://127.0.0.1:{port}/metrics"))[1])
+        return {}
+
+    try:
+        await wait_until(lambda: len(receiver.events("schedule_late")) == 1, what="one schedule_late alert")
+        late = receiver.events("schedule_late")[0]
+        assert late["schedule_id"] == schedule_id
+        assert late["command"] == f"recomamp schedules coverage {schedule_id}"
+        assert late["newest_window_end"] is None
+
+        async def metrics_say_late() -> bool:
+            found = await gauges()
+            return found.get(("recomamp_schedule_late", key)) == 1.0 and found.get(("recomamp_schedules_late", ())) == 1
+
+        await wait_until(metrics_say_late, what="the lateness gauges")
+        found = await gauges()
+        # Fired daily for 30 days, never run: each window fired in the last 14 days is missing.
+        assert found[("recomamp_schedule_missing_windows", key)] == 14.0
+        assert ("recomamp_schedule_newest_window_end_timestamp_seconds", key) not in found  # nothing loaded
+
+        capsys.readouterr()
+        assert await cli(config_path, "status", "--json") == 1
+        shown = json.loads(capsys.readouterr().out)
+        assert [s["id"] for s in shown["late_schedules"]] == [schedule_id]
+        assert any(f"`recomamp schedules coverage {schedule_id}`" in line for line in shown["attention"])
+
+        # Its next load: due now; the run loads today's window and ends the episode.
+        await pool.execute(
+            "UPDATE workflow_schedules SET next_run_at = now() - interval '1 minute' WHERE id = $1", schedule_id
+        )
+        await wait_until(lambda: len(receiver.events("schedule_recovered")) == 1, what="one schedule_recovered alert")
+        recovered = receiver.events("schedule_recovered")[0]
+        newest = await pool.fetchval(
+            "SELECT max(window_end) FROM schedule_runs WHERE schedule_id = $1 AND status = 'succeeded'", schedule_id
+        )
+        assert recovered["newest_window_end"] == newest.isoformat()
+
+        async def metrics_say_fresh() -> bool:
+            found = await gauges()
+            return found.get(("recomamp_schedule_late", key)) == 0.0 and found.get(("recomamp_schedules_late", ())) == 0
+
+        await wait_until(metrics_say_fresh, what="the gauges to say fresh")
+        found = await gauges()
+        assert found[("recomamp_schedule_newest_window_end_timestamp_seconds", key)] == newest.timestamp()
+        assert found[("recomamp_schedule_missing_windows", key)] == 13.0  # today's window loaded
+        await asyncio.sleep(1.0)  # five more refreshes: no second alert of either kind
+        assert (len(receiver.events("schedule_late")), len(receiver.events("schedule_recovered"))) == (1, 1)
+        assert await pool.fetchval("SELECT late_since FROM workflow_schedules WHERE id = $1", schedule_id) is None
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+        await receiver.stop()
