@@ -8,7 +8,6 @@ by state on a terminal and a plain letter otherwise (and with NO_COLOR set), wit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from recomamp.cli.common import EXIT_OK, UsageError, add_command, async_handler, bounded_int, database, iso_date, now
+from recomamp.cli.output import print_json, utc_text
 from recomamp.domain.coverage import LETTERS, MAX_GRACE_HOURS, MEANINGS, WindowCoverage, WindowState
 from recomamp.domain.schedules import Window
 
@@ -34,11 +34,7 @@ WEEKDAY_HEADER = "Mo Tu We Th Fr Sa Su"
 
 
 def _utc(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    return utc_text(value) if value is not None else None
 
 
 def _window_text(window: Window) -> str:
@@ -187,7 +183,7 @@ async def cmd_coverage(args: argparse.Namespace) -> int:
     async with database(args) as (_, connection):
         covered = await service.schedule_coverage(connection, args.id, moment, since=args.since, until=args.until)
     if getattr(args, "json", False):
-        _print_json(coverage_json(covered, moment))
+        print_json(coverage_json(covered, moment))
     else:
         print("\n".join(render_coverage(covered, colour=use_colour())))
     return EXIT_OK
@@ -218,7 +214,7 @@ async def backfill_missing(args: argparse.Namespace) -> int:
         if w.window.start in missing or w.state == "created"
     ]
     if getattr(args, "json", False) and not args.wait:
-        _print_json({"windows": rows, "created": plan.created, "dry_run": args.dry_run})
+        print_json({"windows": rows, "created": plan.created, "dry_run": args.dry_run})
     elif not getattr(args, "json", False):
         _print_rows(rows)
         verb = "would create" if args.dry_run else "created"
@@ -282,7 +278,7 @@ async def cmd_user_coverage(args: argparse.Namespace) -> int:
     async with database(args) as (_, connection):
         lines = await service.user_coverage(connection, args.user, moment, since=args.since)
     if getattr(args, "json", False):
-        _print_json(
+        print_json(
             [
                 {
                     "schedule_id": line.schedule["id"],
