@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from recomamp import __version__
-from recomamp.cli import daemon, instances, notify, runs, sandbox, schedules, setup, snowflake, status, users
+from recomamp.cli import daemon, fleet, instances, notify, runs, sandbox, schedules, setup, snowflake, status, users
 from recomamp.cli.common import (
     CONFIG_ENV,
     EXIT_BAD_INPUT,
@@ -26,7 +26,7 @@ from recomamp.cli.common import (
 from recomamp.config import DEFAULT_CONFIG_PATH, ConfigError
 from recomamp.logs import configure_logging
 
-NOUNS = (setup, daemon, status, users, instances, snowflake, schedules, runs, notify, sandbox)
+NOUNS = (setup, daemon, status, users, instances, snowflake, schedules, runs, notify, sandbox, fleet)
 
 
 GLOBAL_OPTIONS = ("config", "json", "wide")

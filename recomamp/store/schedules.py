@@ -421,6 +421,22 @@ async def delete_schedule(connection: Queryable, schedule_id: int) -> None:
         raise NotFound(f"schedule: no schedule {schedule_id}; see `recomamp schedules list`")
 
 
+# Archived (`apply --prune`), not deleted: the runs keep their schedule, a run in flight finishes (runs carry
+# their own query and target), and the schedule never fires again.
+ARCHIVE_SCHEDULE = """
+UPDATE workflow_schedules
+SET archived_at = now(), is_active = FALSE, next_run_at = NULL, paused_reason = $2, updated_at = now()
+WHERE id = $1 AND archived_at IS NULL
+"""
+
+
+async def archive_schedule(connection: Queryable, schedule_id: int, reason: str) -> None:
+    status = await connection.execute(ARCHIVE_SCHEDULE, schedule_id, reason)
+    if status.endswith(" 0"):
+        raise NotFound(f"schedule: no live schedule {schedule_id}; see `recomamp schedules list`")
+    await notify_wakeup(connection)
+
+
 async def loaded_windows(connection: Queryable, schedule_id: int) -> list[tuple[datetime, datetime]]:
     return [(row["window_start"], row["window_end"]) for row in await connection.fetch(LOADED_WINDOWS, schedule_id)]
 
