@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import shutil
+import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
@@ -24,7 +28,7 @@ from recomamp.services import schedules
 from tests.conftest import ConfigWriter
 from tests.integration.test_cli import cli
 from tests.integration.test_notifications import Receiver, with_webhook
-from tests.integration.test_observability import get, samples
+from tests.integration.test_observability import finished, get, samples, seed_two_users, serving
 from tests.integration.world import add_due_schedule, add_tenant, wait_until, write_world_config
 
 CREATED = datetime(2026, 9, 28, 12, tzinfo=UTC)
@@ -331,3 +335,61 @@ async def test_a_late_schedule_alerts_once_and_recovers_once_after_its_next_load
         daemon.request_stop()
         assert await asyncio.wait_for(task, 30) == 0
         await receiver.stop()
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "systemd" / "prometheus" / "recomamp-dashboard.json"
+METRIC_NAME = re.compile(r"\brecomamp_[a-z_]+\b")
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "recomamp" and dashboard["panels"]
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+def test_every_dashboard_expression_is_valid_promql(tmp_path: Path) -> None:
+    expressions = dashboard_expressions()
+    assert len(expressions) >= 15
+    # promtool parses each expression as a recording rule's: a typo, a bad selector or function fails it.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:e{n}", "expr": e} for n, e in enumerate(expressions)],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(expressions)} rules found" in checked.stdout
+    # And the check does catch a broken one.
+    path.write_text(json.dumps({"groups": [{"name": "x", "rules": [{"record": "x:y", "expr": "sum by (a (b)"}]}]}))
+    assert subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, check=False).returncode != 0
+
+
+async def test_every_metric_the_dashboard_names_is_exported_by_a_running_daemon(
+    db_dsn: str, simulator: AmcSimulator, box: SecretBox, write_config: ConfigWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    named = {name for expression in dashboard_expressions() for name in METRIC_NAME.findall(expression)}
+    await seed_two_users(db_dsn, box, simulator)  # one run succeeds, one fails
+    async with serving(db_dsn, simulator, write_config, monkeypatch) as (_, base, _path):
+
+        async def both_finished() -> bool:
+            return len(await finished(db_dsn)) == 2
+
+        await wait_until(both_finished, what="a healthy and a failing run to finish")
+        await asyncio.sleep(0.5)  # a gauge refresh after them
+        text = (await get(f"{base}/metrics"))[1]
+    exported: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        exported.update(sample.name for sample in family.samples)
+        # A labelled metric with no series yet (no webhook delivered here) is declared by its HELP and TYPE.
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+        exported.update(family.name + suffix for suffix in suffixes)
+    assert "recomamp_no_such_metric" not in exported
+    assert named - exported == set(), f"the dashboard names metrics /metrics does not export: {named - exported}"
+    # The freshness panels' series are there with a schedule each (two schedules, one loaded).
+    assert {"recomamp_schedule_late", "recomamp_schedule_missing_windows", "recomamp_schedules_late"} <= exported
