@@ -30,38 +30,79 @@ REQUEST_LIMIT_BYTES = 4096
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 
-async def serve_control(daemon: Daemon) -> None:
+class ControlSocketError(Exception):
+    """[daemon] control_socket cannot be had: the message names the key, the path and what to do."""
+
+
+async def bind_control(daemon: Daemon) -> asyncio.Server | None:
+    """Bind the control socket before READY (None when it is off). ControlSocketError when another running
+    daemon answers on it (unlinking it would take `recomamp reload` away from that one) or it cannot be made."""
     path = daemon.config.daemon.control_socket
     if not path:
+        return None
+    socket_path = Path(path)
+    if await _answers(socket_path):
+        raise ControlSocketError(
+            f"[daemon] control_socket {path} is in use by another running daemon: give each replica on a host its "
+            'own (recomamp@.service does), or "" to turn it off'
+        )
+    try:
+        await asyncio.to_thread(_clear, socket_path)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+        try:
+            server = await asyncio.start_unix_server(
+                lambda reader, writer: _handle(daemon, reader, writer), path=str(socket_path), limit=REQUEST_LIMIT_BYTES
+            )
+        finally:
+            os.umask(old_umask)
+    except OSError as exc:
+        raise ControlSocketError(
+            f"[daemon] control_socket {path} cannot be created ({exc.strerror or exc}): set a path the daemon may "
+            'write, or "" to turn it off'
+        ) from exc
+    log.info("control_socket_listening", path=str(socket_path))
+    return server
+
+
+async def serve_control(server: asyncio.Server | None) -> None:
+    """The supervised task of the bound socket (the daemon's listeners remove its file at exit)."""
+    if server is None:
         await asyncio.Event().wait()  # off: `recomamp reload` is not available, SIGHUP still is
         return
-    socket_path = Path(path)
-    await asyncio.to_thread(_clear, socket_path)
+    await server.serve_forever()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            answer = await _answer(daemon, reader)
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away: nothing to tell
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
 
-    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+async def close_control(server: asyncio.Server, path: str) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 5)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a few microseconds, at exit
+
+
+async def _answers(socket_path: Path) -> bool:
+    """A daemon listens on this socket file (not one a killed daemon left behind)."""
     try:
-        server = await asyncio.start_unix_server(handle, path=str(socket_path), limit=REQUEST_LIMIT_BYTES)
-    finally:
-        os.umask(old_umask)
-    log.info("control_socket_listening", path=str(socket_path))
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 2.0)
+    except (OSError, TimeoutError):
+        return False  # no file, nobody listening (refused), or not ours to open: the bind says which
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    return True
+
+
+async def _handle(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        async with server:
-            await server.serve_forever()
+        answer = await _answer(daemon, reader)
+        writer.write(json.dumps(answer).encode() + b"\n")
+        await writer.drain()
+    except (ConnectionError, TimeoutError):
+        pass  # the client went away: nothing to tell
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)  # a few microseconds, at exit
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 def _clear(socket_path: Path) -> None:

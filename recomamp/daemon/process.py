@@ -10,10 +10,12 @@ that systemd restarts it:
 - listener: LISTENs for the wake-ups;
 - watchdog: feeds systemd's watchdog while the event loop turns and every task is alive. A database
   outage is not a hang: the tasks wait for the database and the watchdog goes on;
-- notifier, metrics, control, housekeeping: alerts, /metrics and health, `recomamp reload`, pruning.
+- notifier, gauges, control, housekeeping: alerts, the database gauges, `recomamp reload`, pruning.
 
-Start: the database is awaited with capped backoff (STATUS says since when and what is tried); READY
-is sent once it answers and the schema is current. The daemon never exits because the database is away.
+Start: /metrics (and health) and the control socket are bound first; an address or socket that cannot be
+had ends the start with one line naming its key, before READY=1 (and before waiting for the database). The
+database is awaited with capped backoff (STATUS says since when and what is tried); READY is sent once it
+answers and the schema is current. The daemon never exits because the database is away.
 SIGTERM/SIGINT: stop claiming; let runs finish for up to the drain timeout while the heartbeat keeps
 their leases; release the leases of the rest; stop the heartbeat; log one summary line. A second
 signal exits at once. SIGHUP (or `recomamp reload`): validate and swap the config.
@@ -30,7 +32,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import asyncpg
 
@@ -54,6 +56,9 @@ from recomamp.store.schedules import (
     plan_schedules,
 )
 from recomamp.systemd import Notifier, watchdog_interval_seconds
+
+if TYPE_CHECKING:
+    from recomamp.daemon.sidecars import Listeners
 
 log = get_logger(__name__)
 
@@ -138,6 +143,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._created_leased: list[RunLease] = []  # --once: runs the pass created leased, started after it
         self._created_at: list[float] = []
+        self._listeners: Listeners | None = None  # bound before READY; not under --once
 
     @property
     def replica_name(self) -> str:
@@ -163,14 +169,35 @@ class Daemon:
 
     async def run(self) -> int:
         self._install_signals()
-        if not await self._await_database():
-            return 0  # asked to stop while waiting
-        async with open_services(
-            self._config, replica=self._owner, health=self.health, on_lease_lost=self._lease_lost, metrics=self.metrics
-        ) as services:
-            self._services = services
-            self._pipeline = self._pipeline_factory(services, self._owner, lambda: self._config, once=self._once)
-            return await (self._run_once() if self._once else self._serve())
+        # What can be checked at start is checked before READY=1 (and before waiting for the database): a taken
+        # port or control socket is one line and a failed start, not a task that dies after READY.
+        self._listeners = None if self._once else await self._open_listeners()
+        try:
+            if not await self._await_database():
+                return 0  # asked to stop while waiting
+            async with open_services(
+                self._config,
+                replica=self._owner,
+                health=self.health,
+                on_lease_lost=self._lease_lost,
+                metrics=self.metrics,
+            ) as services:
+                self._services = services
+                self._pipeline = self._pipeline_factory(services, self._owner, lambda: self._config, once=self._once)
+                return await (self._run_once() if self._once else self._serve())
+        finally:
+            if self._listeners is not None:
+                await self._listeners.close()
+
+    async def _open_listeners(self) -> Listeners:
+        from recomamp.daemon.control import ControlSocketError
+        from recomamp.daemon.sidecars import open_listeners
+        from recomamp.observe.http import ListenError
+
+        try:
+            return await open_listeners(self)
+        except (ListenError, ControlSocketError) as exc:
+            raise DaemonError(str(exc)) from exc
 
     async def _await_database(self) -> bool:
         """Wait, with capped backoff, until the database answers and its schema is current."""
@@ -389,7 +416,8 @@ class Daemon:
         """Side tasks wired by other modules (alerts, metrics, control socket, housekeeping)."""
         from recomamp.daemon.sidecars import sidecar_tasks
 
-        return sidecar_tasks(self)
+        assert self._listeners is not None
+        return sidecar_tasks(self, self._listeners)
 
     async def _serve(self) -> int:
         self._tasks = {

@@ -1,6 +1,7 @@
 """The daemon's side tasks: housekeeping, the control socket (`recomamp reload`), /metrics and its gauges.
 
-Each is a named, supervised task: if one dies, the daemon exits non-zero and systemd restarts it.
+Each is a named, supervised task: if one dies, the daemon exits non-zero and systemd restarts it. What can be
+checked at start is: /metrics and the control socket are bound (`open_listeners`) before READY=1.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recomamp.logs import get_logger
+from recomamp.observe.http import MetricsServer
 from recomamp.store import outbox, quota, replicas
 from recomamp.store import runs as run_store
 
@@ -24,23 +26,56 @@ log = get_logger(__name__)
 HOUSEKEEPING_EVERY_SECONDS = 300.0
 
 
-def sidecar_tasks(daemon: Daemon) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+@dataclass
+class Listeners:
+    """What the daemon binds before READY=1: an address or socket it cannot have stops the start with one line
+    naming the key, instead of a side task dying after READY (a restart loop under systemd)."""
+
+    metrics: MetricsServer | None = None
+    control: asyncio.Server | None = None
+    control_path: str = ""
+
+    async def close(self) -> None:
+        from recomamp.daemon.control import close_control
+
+        if self.control is not None:
+            await close_control(self.control, self.control_path)
+            self.control = None
+        if self.metrics is not None:
+            await self.metrics.stop()
+            self.metrics = None
+
+
+async def open_listeners(daemon: Daemon) -> Listeners:
+    """Bind /metrics and the control socket. ListenError or ControlSocketError when one cannot be had."""
+    from recomamp.daemon.control import bind_control
+
+    listeners = Listeners()
+    try:
+        if daemon.config.metrics.listen:
+            listeners.metrics = await start_metrics(daemon)
+        listeners.control = await bind_control(daemon)
+        listeners.control_path = daemon.config.daemon.control_socket
+    except BaseException:
+        await listeners.close()
+        raise
+    return listeners
+
+
+def sidecar_tasks(daemon: Daemon, listeners: Listeners) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
     from recomamp.daemon.control import serve_control
 
-    tasks: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+    return {
         "housekeeping": lambda: housekeeping(daemon),
-        "control": lambda: serve_control(daemon),
+        "control": lambda: serve_control(listeners.control),
         "gauges": lambda: refresh_gauges(daemon),
         "notifier": lambda: send_notifications(daemon),
     }
-    if daemon.config.metrics.listen:
-        tasks["metrics"] = lambda: serve_metrics(daemon)
-    return tasks
 
 
-async def serve_metrics(daemon: Daemon) -> None:
-    """/metrics, /healthz, /readyz on [metrics] listen, until the daemon stops (a reload keeps the address)."""
-    from recomamp.observe.http import MetricsServer
+async def start_metrics(daemon: Daemon) -> MetricsServer:
+    """/metrics, /healthz, /readyz on [metrics] listen, from before READY until the daemon stops (a reload keeps
+    the address). /readyz says 503 while the daemon waits for the database."""
 
     def alive() -> tuple[bool, str]:
         dead = [name for name, task in daemon._tasks.items() if task.done()]
@@ -55,10 +90,7 @@ async def serve_metrics(daemon: Daemon) -> None:
 
     server = MetricsServer(daemon.metrics, alive=alive, ready=ready)
     await server.start(daemon.config.metrics.listen)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await server.stop()
+    return server
 
 
 async def send_notifications(daemon: Daemon) -> None:
@@ -94,9 +126,7 @@ async def send_notifications_once(daemon: Daemon) -> None:
 
 
 async def refresh_gauges(daemon: Daemon) -> None:
-    """The gauges that come from the database (re-authentication, paused schedules, quota, lag, last success,
-    freshness)."""
-    from recomamp.services.coverage import refresh_freshness
+    """The gauges that come from the database (re-authentication, paused schedules, quota, lag, last success)."""
     from recomamp.services.status import read_status
     from recomamp.store.db import is_connection_error
 
@@ -108,10 +138,6 @@ async def refresh_gauges(daemon: Daemon) -> None:
                 daemon._services.control_pool, quota_window_seconds=config.amc.quota_window_seconds
             )
             daemon.metrics.set_database_gauges(snapshot, config.amc.adhoc_executions_per_day)
-            # Freshness too: its gauges, and a lateness episode's start or end as an alert (once per episode).
-            async with daemon._services.control_pool.acquire() as connection:
-                fleet = await refresh_freshness(connection, datetime.now(UTC))
-            daemon.metrics.set_freshness_gauges(fleet)
             if failing:
                 log.info("metrics_gauges_refreshed_again")
             failing = False

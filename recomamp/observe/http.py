@@ -8,6 +8,7 @@ Each answers 200 or 503 with a short JSON body saying why.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 
@@ -18,6 +19,19 @@ from recomamp.logs import get_logger
 from recomamp.observe.metrics import Metrics
 
 log = get_logger(__name__)
+
+
+class ListenError(Exception):
+    """[metrics] listen cannot be bound: the message names the key, the address and what to do."""
+
+
+def listen_problem(listen: str, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f'[metrics] listen {listen} is in use: set another port, or "" to turn metrics off'
+    return (
+        f"[metrics] listen {listen} cannot be bound ({exc.strerror or exc}): set an address of this host, "
+        'or "" to turn metrics off'
+    )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -46,10 +60,15 @@ class MetricsServer:
         return app
 
     async def start(self, listen: str) -> None:
+        """Bind and serve; ListenError when the address cannot be had (the daemon then stops before READY)."""
         host, port = parse_listen(listen)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except OSError as exc:
+            await self.stop()
+            raise ListenError(listen_problem(listen, exc)) from exc
         log.info("metrics_listening", listen=listen, paths=["/metrics", "/healthz", "/readyz"])
 
     async def stop(self) -> None:

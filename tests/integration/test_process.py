@@ -111,3 +111,87 @@ async def test_sigterm_drains_releases_leases_and_notifies_systemd(
     (summary,) = [line for line in lines if line["event"] == "shutdown_complete"]
     assert summary["released"] == 4
     assert summary["summary"] == "0 runs succeeded, 0 failed, 0 deferred, 4 released for the next start"
+
+
+class NotifySocket:
+    """A fake $NOTIFY_SOCKET: what the daemon tells systemd, as a unit of Type=notify would hear it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.setblocking(False)
+        self.messages: list[str] = []
+
+    def received(self) -> list[str]:
+        try:
+            while True:
+                self.messages.append(self._socket.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        return self.messages
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+async def _refused_start(config: Path, tmp_path: Path, env: dict[str, str] | None = None) -> tuple[int, list[str], str]:
+    """Start `recomamp run`, wait for it to exit: its code, what it told systemd, and its output."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    log = tmp_path / "refused.log"
+    try:
+        process = await _start(config, log, env={"NOTIFY_SOCKET": str(notify.path), **(env or {})})
+        try:
+            # Generous: the start is a second or two on an idle machine; the deadline only stops a hung test.
+            code = await asyncio.wait_for(process.wait(), 60)
+        finally:
+            if process.returncode is None:
+                process.kill()
+        return code, notify.received(), log.read_text()
+    finally:
+        notify.close()
+
+
+async def test_a_second_daemon_on_a_taken_metrics_port_exits_before_ready_with_one_line(
+    db_dsn: str, simulator: AmcSimulator, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # the first replica's /metrics
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    listen = f"127.0.0.1:{taken.getsockname()[1]}"
+    try:
+        config = write_world_config(write_config, db_dsn, simulator)
+        code, told_systemd, output = await _refused_start(config, tmp_path, env={"RECOMAMP_METRICS__LISTEN": listen})
+    finally:
+        taken.close()
+    assert code != 0
+    assert not any("READY=1" in message for message in told_systemd)
+    naming = [line for line in output.splitlines() if "[metrics] listen" in line]
+    assert len(naming) == 1, output
+    (line,) = naming
+    assert json.loads(line)["event"] == "daemon_cannot_start"
+    assert (
+        json.loads(line)["reason"]
+        == f'[metrics] listen {listen} is in use: set another port, or "" to turn metrics off'
+    )
+    assert "background_task_died" not in output and "daemon_ready" not in output
+
+
+async def test_a_daemon_whose_control_socket_another_daemon_answers_on_exits_before_ready(
+    db_dsn: str, simulator: AmcSimulator, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    path = tmp_path / "control.sock"
+    answering = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # the first replica's control socket
+    answering.bind(str(path))
+    answering.listen()
+    try:
+        config = write_world_config(write_config, db_dsn, simulator, control_socket=str(path))
+        code, told_systemd, output = await _refused_start(config, tmp_path)
+        assert path.exists()  # the first daemon keeps its socket: `recomamp reload` still reaches it
+    finally:
+        answering.close()
+    assert code != 0
+    assert not any("READY=1" in message for message in told_systemd)
+    naming = [line for line in output.splitlines() if "[daemon] control_socket" in line]
+    assert len(naming) == 1, output
+    assert f"[daemon] control_socket {path} is in use by another running daemon" in json.loads(naming[0])["reason"]
