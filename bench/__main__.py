@@ -1,4 +1,5 @@
-"""`make bench`: the Snowflake load at 100k and 1M rows, and the scheduler at 10,000 due schedules.
+"""`make bench`: the Snowflake load at 100k and 1M rows, the scheduler at 10,000 due schedules, and `plan` /
+`apply` of a 2,000-schedule fleet.
 
 Each figure is printed beside its goal, and as a ratio against a baseline measured in the same run.
 """
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import scheduler
+from bench import fleet, scheduler
 from recomamp.sandbox.embedded import free_port, start_fakesnow
 
 VARIANTS = ("replace", "merge", "seed", "bare")
@@ -156,10 +157,32 @@ def scheduler_bench() -> bool:
     return all(met for _, met in goals)
 
 
+def fleet_bench() -> bool:
+    result: dict[str, Any] = fleet.main()
+    print(
+        f"Fleet (`recomamp plan` / `apply`, {result['schedules']:,} schedules, {result['users']} users, "
+        f"{result['instances']} instances; validating the files {result['validate_seconds']} s)"
+    )
+    for step in ("create", "unchanged", "edit"):
+        print(
+            f"  {step:>9}: plan {result[f'plan_{step}_seconds']} s, apply {result[f'apply_{step}_seconds']} s "
+            f"({result[f'plan_{step}_changes']} changes)"
+        )
+    worst = max(float(result[f"{kind}_{step}_seconds"]) for kind in ("plan", "apply") for step in ("create", "edit"))
+    goals = [
+        (f"plan and apply of 2,000 schedules each under 5 s: the slowest {worst} s", worst < 5),
+        ("applied again, nothing to do", int(result["plan_unchanged_changes"]) == 0),
+    ]
+    for text, met in goals:
+        print(f"  [{'met' if met else 'MISSED'}] {text}")
+    return all(met for _, met in goals)
+
+
 def main() -> int:
     load_ok = snowflake_load()
     scheduler_ok = scheduler_bench()
-    return 0 if load_ok and scheduler_ok else 1
+    fleet_ok = fleet_bench()
+    return 0 if load_ok and scheduler_ok and fleet_ok else 1
 
 
 raise SystemExit(main())
