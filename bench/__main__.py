@@ -1,5 +1,5 @@
 """`make bench`: the Snowflake load at 100k and 1M rows, the scheduler at 10,000 due schedules, and `plan` /
-`apply` of a 2,000-schedule fleet.
+`apply` of a 2,000-schedule fleet, and coverage of 3 years of windows and of a user's 1,000 schedules.
 
 Each figure is printed beside its goal, and as a ratio against a baseline measured in the same run.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, scheduler
+from bench import coverage, fleet, scheduler
 from recomamp.sandbox.embedded import free_port, start_fakesnow
 
 VARIANTS = ("replace", "merge", "seed", "bare")
@@ -178,11 +178,51 @@ def fleet_bench() -> bool:
     return all(met for _, met in goals)
 
 
+def coverage_bench() -> bool:
+    result: dict[str, Any] = coverage.main()
+    print(
+        f"\nCoverage ({result['runs']} runs: one daily schedule over 3 years, {result['user_schedules']:,} schedules "
+        "of one user over 400 days)"
+    )
+    print(
+        f"  schedules coverage, {result['schedule_windows']:,} windows: {result['schedule_coverage_seconds']} s "
+        f"(first {result['schedule_coverage_first_seconds']} s; the runs query alone "
+        f"{result['baseline_runs_query_seconds']} s); the CLI process {result['cli_schedule_coverage_seconds']} s"
+    )
+    print(
+        f"  coverage --user, {result['user_schedules']:,} schedules ({result['user_windows']:,} windows): "
+        f"{result['user_coverage_seconds']} s (first {result['user_coverage_first_seconds']} s); the CLI process "
+        f"{result['cli_user_coverage_seconds']} s (of which {result['cli_floor_seconds']} s is `recomamp --version`)"
+    )
+    print(
+        f"  the daemon's freshness check over {result['freshness_schedules']:,} schedules: "
+        f"{result['refresh_freshness_seconds']} s, {result['freshness_series_per_schedule']} series per schedule"
+    )
+    goals = [
+        (
+            f"coverage of 3 years of daily windows under 1 s (CLI): {result['cli_schedule_coverage_seconds']} s",
+            float(result["cli_schedule_coverage_seconds"]) < 1,
+        ),
+        (
+            f"coverage --user of 1,000 schedules under 1 s (CLI): {result['cli_user_coverage_seconds']} s",
+            float(result["cli_user_coverage_seconds"]) < 1,
+        ),
+        (
+            f"at most 3 freshness series per schedule: {result['freshness_series_per_schedule']}",
+            float(result["freshness_series_per_schedule"]) <= 3,
+        ),
+    ]
+    for text, met in goals:
+        print(f"  [{'met' if met else 'MISSED'}] {text}")
+    return all(met for _, met in goals)
+
+
 def main() -> int:
     load_ok = snowflake_load()
     scheduler_ok = scheduler_bench()
     fleet_ok = fleet_bench()
-    return 0 if load_ok and scheduler_ok and fleet_ok else 1
+    coverage_ok = coverage_bench()
+    return 0 if load_ok and scheduler_ok and fleet_ok and coverage_ok else 1
 
 
 raise SystemExit(main())
