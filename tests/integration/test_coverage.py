@@ -393,3 +393,66 @@ async def test_every_metric_the_dashboard_names_is_exported_by_a_running_daemon(
     assert named - exported == set(), f"the dashboard names metrics /metrics does not export: {named - exported}"
     # The freshness panels' series are there with a schedule each (two schedules, one loaded).
     assert {"recomamp_schedule_late", "recomamp_schedule_missing_windows", "recomamp_schedules_late"} <= exported
+
+
+async def test_two_replicas_checking_at_once_write_one_late_event_and_one_recovered(db_dsn: str) -> None:
+    from recomamp.services.coverage import refresh_freshness
+    from recomamp.store.db import init_connection
+
+    first, second = await asyncpg.connect(db_dsn), await asyncpg.connect(db_dsn)
+    for connection in (first, second):
+        await init_connection(connection)
+    try:
+        schedule_id = await daily_with_history(first)  # newest loaded window Oct 30: late since Nov 3 12:00
+        now = datetime(2026, 11, 20, tzinfo=UTC)
+        fleets = await asyncio.gather(refresh_freshness(first, now), refresh_freshness(second, now))
+        assert sorted(len(f.became_late) for f in fleets) == [0, 1]
+        assert all(f.late == 1 for f in fleets)  # both export the same gauges
+        events = await first.fetch("SELECT event, subject, payload FROM notifications ORDER BY id")
+        assert [(e["event"], e["subject"]) for e in events] == [("schedule_late", f"schedule:{schedule_id}")]
+        assert events[0]["payload"]["newest_window_end"] == "2026-10-31T00:00:00+00:00"
+        assert "recomamp schedules backfill" in events[0]["payload"]["text"]
+        again = await refresh_freshness(first, now + timedelta(minutes=1))
+        assert again.became_late == [] and await first.fetchval("SELECT count(*) FROM notifications") == 1
+
+        # A newer window loads (Nov 16, fired Nov 18): fresh again, one schedule_recovered.
+        await first.execute(
+            "INSERT INTO schedule_runs (schedule_id, instance_id, scheduled_for, status, window_start, window_end) "
+            "VALUES ($1, 1, $2, 'succeeded', $3, $4)",
+            schedule_id,
+            datetime(2026, 11, 18, 6, tzinfo=UTC),
+            datetime(2026, 11, 16, tzinfo=UTC),
+            datetime(2026, 11, 17, tzinfo=UTC),
+        )
+        fleets = await asyncio.gather(refresh_freshness(first, now), refresh_freshness(second, now))
+        assert sorted(len(f.recovered) for f in fleets) == [0, 1]
+        events = await first.fetch("SELECT event, payload FROM notifications ORDER BY id")
+        assert [e["event"] for e in events] == ["schedule_late", "schedule_recovered"]
+        assert events[1]["payload"]["late_since"] == "2026-11-20T00:00:00+00:00"
+        # A paused schedule is not checked: it is expected not to load (status lists it as paused).
+        await first.execute("UPDATE workflow_schedules SET is_active = FALSE WHERE id = $1", schedule_id)
+        assert (await refresh_freshness(first, now + timedelta(days=30))).schedules == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_schedule_of_its_own_grace_is_late_later(
+    db: asyncpg.Connection, config_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schedule_id = await daily_with_history(db)
+    assert await cli(config_path, "schedules", "grace", str(schedule_id), "48") == 0
+    assert await db.fetchval("SELECT freshness_grace_seconds FROM workflow_schedules WHERE id = $1", schedule_id) == (
+        48 * 3600
+    )
+    shown = await coverage_json(config_path, capsys, "schedules", "coverage", str(schedule_id), "--since", "2026-10-30")
+    assert shown["freshness"]["deadline"] == "2026-11-05T06:00:00Z"  # the fire of Nov 3 06:00 + 48 h
+    assert await cli(config_path, "schedules", "grace", str(schedule_id), "default") == 0
+    assert (
+        await db.fetchval("SELECT freshness_grace_seconds FROM workflow_schedules WHERE id = $1", schedule_id) is None
+    )
+    capsys.readouterr()
+    assert await cli(config_path, "schedules", "grace", str(schedule_id), "-1") == 2
+    assert "out of range; use 0 to 744 hours, or 'default'" in capsys.readouterr().err
+    assert await cli(config_path, "schedules", "grace", "999", "6") == 2
+    assert "no schedule 999" in capsys.readouterr().err
