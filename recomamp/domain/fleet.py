@@ -11,6 +11,7 @@ The natural key of a schedule is (user, name); of an instance (user, instance_id
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections.abc import Callable, Iterable
@@ -283,7 +284,10 @@ class FleetInvalid(ValueError):
     """The fleet file(s) have problems: all of them, each with its file, key path and fix. Nothing was written."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(set(problems), key=lambda p: (p.file, _path_order(p.path), p.message))
+        # In the order a person reads a file: its users, then its schedules, each by position.
+        self.problems = sorted(
+            set(problems), key=lambda p: (p.file, not p.path.startswith("users"), _path_order(p.path), p.message)
+        )
         super().__init__(f"{len(self.problems)} problem(s) in the fleet file(s)")
 
 
@@ -491,151 +495,193 @@ def _schedule_rules(schedule: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+@dataclass(frozen=True)
+class _Declared:
+    """What the files declare, read from the raw tables: a schedule naming a user whose entry has a problem
+    of its own is not also told that the user is undeclared."""
+
+    users: set[str]
+    instances: set[tuple[str, str]]
+    snowflake: set[str]
+
+
+def _raw_list(data: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    items = data.get(key)
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)] if isinstance(items, list) else []
+
+
 def validate(documents: list[Document], read_sql: SqlReader) -> Fleet:
-    """The fleet the documents describe, or FleetInvalid with every problem found. `read_sql(relative path)`
+    """The fleet the documents describe, or FleetInvalid with every problem found in one pass: each entry is
+    checked on its own (its keys, its values, the rules across its keys) and against the others (declared
+    users and instances, unique names, SQL files), whatever else is wrong with it. `read_sql(relative path)`
     returns a SQL file's text, or the Problem with it (missing, empty, outside the fleet directory)."""
     problems: list[Problem] = []
-    parsed: list[tuple[str, FleetDocument]] = []
-    raw_schedules: list[tuple[str, int, dict[str, Any]]] = []
+    users: list[tuple[str, int, FleetUser]] = []
+    declared = _Declared(set(), set(), set())
+    readable = [d for d in documents if d.data is not None and d.syntax_error is None]
     for document in documents:
         if document.syntax_error is not None or document.data is None:
             problems.append(Problem(document.file, "", f"not valid TOML: {document.syntax_error}"))
-            continue
-        raw = document.data.get("schedules")
-        if isinstance(raw, list):
-            raw_schedules += [(document.file, i, item) for i, item in enumerate(raw) if isinstance(item, dict)]
+    for document in readable:
+        assert document.data is not None
         try:
-            parsed.append((document.file, FleetDocument.model_validate(document.data)))
+            FleetDocument.model_validate(document.data)
         except ValidationError as exc:
             problems += [_problem_from_error(document.file, error) for error in exc.errors(include_url=False)]
-    for file, index, raw_schedule in raw_schedules:
-        for key, message in _schedule_rules(raw_schedule):
-            problems.append(Problem(file, f"schedules[{index}].{key}", message))
+        for index, raw_user in _raw_list(document.data, "users"):
+            email = str(raw_user.get("email", "")).lower()
+            declared.users.add(email)
+            declared.instances.update((email, str(i.get("instance_id"))) for _, i in _raw_list(raw_user, "instances"))
+            if "snowflake" in raw_user:
+                declared.snowflake.add(email)
+            with contextlib.suppress(ValidationError):  # reported above, with the document's key paths
+                users.append((document.file, index, FleetUser.model_validate(raw_user)))
+    schedules: list[tuple[str, int, FleetSchedule, str | None]] = []
+    names: dict[tuple[str, str], Where] = {}
+    for document in readable:
+        assert document.data is not None
+        for index, raw_schedule in _raw_list(document.data, "schedules"):
+            where = Where(document.file, f"schedules[{index}]")
+            rules = _schedule_rules(raw_schedule) + _cross_rules(raw_schedule, where, declared, names)
+            sql = raw_schedule.get("sql") if isinstance(raw_schedule.get("sql"), str) else None
+            sql_file = raw_schedule.get("sql_file")
+            if isinstance(sql_file, str) and not Path(sql_file).is_absolute():
+                read = read_sql(sql_file)
+                if isinstance(read, Problem):
+                    rules.append(("sql_file", read.message))
+                else:
+                    sql = read
+            problems += [Problem(where.file, f"{where.path}.{key}", message) for key, message in rules]
+            try:
+                schedule = FleetSchedule.model_validate(raw_schedule)
+            except ValidationError:
+                continue
+            if not rules:  # the domain's own checks would only say the same again
+                schedules.append((document.file, index, schedule, sql))
+    try:
+        fleet = _resolve(users, schedules)
+    except FleetInvalid as exc:
+        problems += exc.problems
     if problems:
-        # Cross-references need every document parsed: report what is wrong with the files first.
         raise FleetInvalid(problems)
-    return _resolve(parsed, read_sql)
+    return fleet
 
 
-def _resolve(parsed: list[tuple[str, FleetDocument]], read_sql: SqlReader) -> Fleet:
+def _cross_rules(
+    raw: dict[str, Any], where: Where, declared: _Declared, names: dict[tuple[str, str], Where]
+) -> list[tuple[str, str]]:
+    """A schedule against the rest of the fleet: its user, its instance, its name, its Snowflake target."""
+    user, instance, name = raw.get("user"), raw.get("instance"), raw.get("name")
+    if not isinstance(user, str):
+        return []
+    problems: list[tuple[str, str]] = []
+    if _key(user) not in declared.users:
+        known = ", ".join(sorted(declared.users)) or "none"
+        problems.append(
+            ("user", f'{user} is not declared; add a [[users]] entry with email = "{user}" (declared: {known})')
+        )
+        return problems
+    if isinstance(instance, str) and (_key(user), instance) not in declared.instances:
+        theirs = ", ".join(sorted(i for (u, i) in declared.instances if u == _key(user))) or "none"
+        problems.append(
+            (
+                "instance",
+                f"{user} declares no instance {instance!r}; add it to their instances, or use one of: {theirs}",
+            )
+        )
+    if isinstance(name, str):
+        earlier = names.setdefault((_key(user), name), where)
+        if earlier is not where:
+            problems.append(
+                (
+                    "name",
+                    f"{user} has two schedules named {name!r} (also {earlier.file}: {earlier.path}); a name is "
+                    "unique per user, rename one",
+                )
+            )
+    if raw.get("snowflake") is not None and _key(user) not in declared.snowflake:
+        problems.append(
+            (
+                "snowflake",
+                f"{user} has no Snowflake target; add [users.snowflake] to their [[users]] entry, or remove this "
+                "schedule's snowflake table",
+            )
+        )
+    return problems
+
+
+def _resolve(
+    parsed_users: list[tuple[str, int, FleetUser]], parsed_schedules: list[tuple[str, int, FleetSchedule, str | None]]
+) -> Fleet:
     problems: list[Problem] = []
     users: dict[str, DesiredUser] = {}
     instances: dict[tuple[str, str], DesiredInstance] = {}
     snowflake: dict[str, DesiredSnowflake] = {}
-    for file, document in parsed:
-        for u_index, user in enumerate(document.users):
-            where = Where(file, f"users[{u_index}]")
-            earlier = users.get(_key(user.email))
-            if earlier is not None:
-                problems.append(
-                    Problem(
-                        file,
-                        f"{where.path}.email",
-                        f"{user.email} is declared twice (also {earlier.where.file}: {earlier.where.path}); keep one",
-                    )
+    for file, u_index, user in parsed_users:
+        where = Where(file, f"users[{u_index}]")
+        earlier = users.get(_key(user.email))
+        if earlier is not None:
+            problems.append(
+                Problem(
+                    file,
+                    f"{where.path}.email",
+                    f"{user.email} is declared twice (also {earlier.where.file}: {earlier.where.path}); keep one",
                 )
-                continue
-            users[_key(user.email)] = DesiredUser(user.email, user.region, where)
-            for i_index, instance in enumerate(user.instances):
-                i_where = Where(file, f"{where.path}.instances[{i_index}]")
-                ikey = (_key(user.email), instance.instance_id)
-                if ikey in instances:
-                    problems.append(
-                        Problem(
-                            file,
-                            f"{i_where.path}.instance_id",
-                            f"{instance.instance_id} is declared twice for {user.email} (also "
-                            f"{instances[ikey].where.path}); keep one",
-                        )
-                    )
-                    continue
-                instances[ikey] = DesiredInstance(
-                    user.email,
-                    instance.instance_id,
-                    {
-                        "advertiser_id": instance.advertiser_id,
-                        "marketplace_id": instance.marketplace_id,
-                        "region": instance.region or user.region,
-                        "name": instance.name,
-                    },
-                    i_where,
-                )
-            if user.snowflake is not None:
-                sf = user.snowflake
-                snowflake[_key(user.email)] = DesiredSnowflake(
-                    user.email,
-                    {
-                        "account": sf.account,
-                        "user": sf.user,
-                        "database": sf.database,
-                        "schema": sf.schema_,
-                        "warehouse": sf.warehouse,
-                        "role": sf.role,
-                        "host": sf.host,
-                        "port": sf.port,
-                        "protocol": sf.protocol,
-                    },
-                    sf.references(),
-                    Where(file, f"{where.path}.snowflake"),
-                )
-    schedules: dict[tuple[str, str], DesiredSchedule] = {}
-    for file, document in parsed:
-        for s_index, schedule in enumerate(document.schedules):
-            path = f"schedules[{s_index}]"
-            owner = users.get(_key(schedule.user))
-            if owner is None:
-                declared = ", ".join(u.email for u in users.values()) or "none"
-                problems.append(
-                    Problem(
-                        file,
-                        f"{path}.user",
-                        f"{schedule.user} is not declared; add a [[users]] entry with email = "
-                        f'"{schedule.user}" (declared: {declared})',
-                    )
-                )
-                continue
-            if (_key(schedule.user), schedule.instance) not in instances:
-                theirs = ", ".join(i for (u, i) in instances if u == _key(schedule.user)) or "none"
-                problems.append(
-                    Problem(
-                        file,
-                        f"{path}.instance",
-                        f"{schedule.user} declares no instance {schedule.instance!r}; add it to their instances, "
-                        f"or use one of: {theirs}",
-                    )
-                )
-            skey = (_key(schedule.user), schedule.name)
-            if skey in schedules:
-                earlier_where = schedules[skey].where
-                problems.append(
-                    Problem(
-                        file,
-                        f"{path}.name",
-                        f"{schedule.user} has two schedules named {schedule.name!r} (also {earlier_where.file}: "
-                        f"{earlier_where.path}); a name is unique per user, rename one",
-                    )
-                )
-                continue
-            sql = schedule.sql
-            if schedule.sql_file is not None:
-                read = read_sql(schedule.sql_file)
-                if isinstance(read, Problem):
-                    problems.append(Problem(file, f"{path}.sql_file", read.message))
-                    continue
-                sql = read
-            if schedule.snowflake is not None and _key(schedule.user) not in snowflake:
-                problems.append(
-                    Problem(
-                        file,
-                        f"{path}.snowflake",
-                        f"{schedule.user} has no Snowflake target; add [users.snowflake] to their [[users]] entry, "
-                        "or remove this schedule's snowflake table",
-                    )
-                )
-            problems += [Problem(file, f"{path}.{key}", message) for key, message in _model_rules(schedule, sql)]
-            schedules[skey] = DesiredSchedule(
-                owner.email, schedule.name, _desired_schedule_fields(schedule, sql), Where(file, path)
             )
+            continue
+        users[_key(user.email)] = DesiredUser(user.email, user.region, where)
+        for i_index, instance in enumerate(user.instances):
+            i_where = Where(file, f"{where.path}.instances[{i_index}]")
+            ikey = (_key(user.email), instance.instance_id)
+            if ikey in instances:
+                problems.append(
+                    Problem(
+                        file,
+                        f"{i_where.path}.instance_id",
+                        f"{instance.instance_id} is declared twice for {user.email} (also "
+                        f"{instances[ikey].where.path}); keep one",
+                    )
+                )
+                continue
+            instances[ikey] = DesiredInstance(
+                user.email,
+                instance.instance_id,
+                {
+                    "advertiser_id": instance.advertiser_id,
+                    "marketplace_id": instance.marketplace_id,
+                    "region": instance.region or user.region,
+                    "name": instance.name,
+                },
+                i_where,
+            )
+        if user.snowflake is not None:
+            sf = user.snowflake
+            snowflake[_key(user.email)] = DesiredSnowflake(
+                user.email,
+                {
+                    "account": sf.account,
+                    "user": sf.user,
+                    "database": sf.database,
+                    "schema": sf.schema_,
+                    "warehouse": sf.warehouse,
+                    "role": sf.role,
+                    "host": sf.host,
+                    "port": sf.port,
+                    "protocol": sf.protocol,
+                },
+                sf.references(),
+                Where(file, f"{where.path}.snowflake"),
+            )
+    schedules: dict[tuple[str, str], DesiredSchedule] = {}
+    for file, s_index, schedule, sql in parsed_schedules:
+        path = f"schedules[{s_index}]"
+        owner = users.get(_key(schedule.user))
+        if owner is None:
+            continue  # its [[users]] entry has a problem of its own, reported
+        problems += [Problem(file, f"{path}.{key}", message) for key, message in _model_rules(schedule, sql)]
+        schedules[(_key(schedule.user), schedule.name)] = DesiredSchedule(
+            owner.email, schedule.name, _desired_schedule_fields(schedule, sql), Where(file, path)
+        )
     if problems:
         raise FleetInvalid(problems)
     return Fleet(list(users.values()), list(instances.values()), list(snowflake.values()), list(schedules.values()))

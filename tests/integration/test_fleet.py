@@ -571,6 +571,7 @@ BAD: dict[str, tuple[str, list[str]]] = {
             "schedules[1].snowflake.table:",
             "schedules[1].snowflake.key_columns:",
             "schedules[1].extra: unknown key",
+            "schedules[1].instance: ana@example.com declares no instance 'amc2'",
         ],
     ),
 }
