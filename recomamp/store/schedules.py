@@ -405,12 +405,19 @@ async def set_active(connection: Connection, schedule_id: int, active: bool, nex
         status = await connection.execute(
             "UPDATE workflow_schedules SET is_active = $2, paused_reason = CASE WHEN $2 THEN NULL ELSE 'paused by an "
             "operator' END, consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures END, "
-            "next_run_at = COALESCE($3, next_run_at), updated_at = now() WHERE id = $1",
+            "next_run_at = COALESCE($3, next_run_at), updated_at = now() WHERE id = $1 "
+            "AND (archived_at IS NULL OR NOT $2)",
             schedule_id,
             active,
             next_run_at,
         )
         if status.endswith(" 0"):
+            archived_at = await connection.fetchval(ARCHIVED_AT, schedule_id)
+            if archived_at is not None:
+                raise ValueError(
+                    f"schedule: {schedule_id} was archived on {archived_at:%Y-%m-%d} (removed from the fleet file), "
+                    "and its history is kept as it is; add it to the fleet file again for a new schedule"
+                )
             raise NotFound(f"schedule: no schedule {schedule_id}; see `recomamp schedules list`")
         await notify_wakeup(connection)
 
@@ -428,6 +435,9 @@ UPDATE workflow_schedules
 SET archived_at = now(), is_active = FALSE, next_run_at = NULL, paused_reason = $2, updated_at = now()
 WHERE id = $1 AND archived_at IS NULL
 """
+
+
+ARCHIVED_AT = "SELECT archived_at FROM workflow_schedules WHERE id = $1"
 
 
 async def archive_schedule(connection: Queryable, schedule_id: int, reason: str) -> None:

@@ -249,6 +249,10 @@ async def test_prune_archives_a_schedule_keeping_its_runs_and_letting_a_run_in_f
         )
     ]
     assert statuses == ["pending", "succeeded"]  # the history kept, the run in flight untouched
+    # An archived schedule is history: it cannot be resumed by hand.
+    capsys.readouterr()
+    assert await cli(config_path, "schedules", "resume", str(schedule_id)) == 2
+    assert f"schedule: {schedule_id} was archived on" in capsys.readouterr().err
     # The archived schedule is no longer part of the fleet: the same file with --prune plans nothing.
     assert (await plan_json(config_path, fleet.root, capsys, "--prune"))["changes"] == []
     assert await db.fetchval("SELECT count(*) FROM workflow_schedules") == 40
