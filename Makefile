@@ -41,8 +41,19 @@ soak: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .recomamp-demo .recomamp-standalone
 
-demo: install
-	$(BIN)/recomamp demo
+# The demo needs the package and its embedded servers, not the dev tools: a venv made for it installs
+# '.[sandbox]' only; one made by `make install` (a superset) is used as it is.
+SANDBOX_STAMP := $(VENV)/.sandbox-installed
+
+$(SANDBOX_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@# setuptools warns, on every editable build, about folders named like the package: not a demo's concern.
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[sandbox]'
+	touch $(SANDBOX_STAMP)
+
+demo: $(if $(wildcard $(STAMP)),$(STAMP),$(SANDBOX_STAMP))
+	@$(BIN)/recomamp demo
 
 # The service runs from a venv of its own: a regular (not editable) install of this checkout, built from a
 # Python the service user can execute (systemd/check-python refuses one under /root, /home or /tmp).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import textwrap
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
+from recomamp.cli.output import Column
+from recomamp.cli.output import table as print_table
 from recomamp.crypto import SecretBox, generate_key
 from recomamp.domain.models import ScheduleCreatePreset
 from recomamp.sandbox.embedded import FakeSnowflake, recreate_database, start_fakesnow, start_postgres
@@ -74,6 +77,10 @@ token_key_file = "{secret_dir / "token.key"}"
 [daemon]
 poll_interval_seconds = 0.5
 replica_name = "demo"
+# Each sandbox keeps its results and its control socket in its own folder: every sandbox database starts
+# at run 1, so a spool shared under the home folder would mix two sandboxes' run 1.
+spool_dir = "{secret_dir.parent / "spool"}"
+control_socket = "{secret_dir.parent / "control.sock"}"
 
 [retry]
 # The production waits are 5/10/20 s and 10/20/40 s; the demo shortens them.
@@ -311,14 +318,6 @@ def _snowflake_counts(snow: FakeSnowflake, tables: list[str]) -> list[tuple[str,
         connection.close()
 
 
-def _print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-
-
 async def _demo(workdir: Path) -> int:
     started = time.monotonic()
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
@@ -357,30 +356,27 @@ async def _demo(workdir: Path) -> int:
             ({**run, "email": run["user_email"], "name": run["schedule_name"]} for run in listed),
             key=lambda run: (run["email"], run["name"], run["id"]),
         )
-        table_rows = []
-        for run in runs:
-            token_calls = simulator.calls_by_user[("lwa_token", run["email"])]
-            message = run["error_message"] or ""
-            table_rows.append(
-                [
-                    str(run["id"]),
-                    run["email"],
-                    run["name"],
-                    run["status"],
-                    str(run["attempt"]),
-                    str(token_calls),
-                    str(run["snowflake_rows"] if run["snowflake_rows"] is not None else "-"),
-                    (message[:90] + "...") if len(message) > 90 else message,
-                ]
-            )
-        _print_table(
-            table_rows, ["run", "user", "schedule", "status", "attempt", "LWA calls", "rows in Snowflake", "message"]
+        print_table(
+            [run | {"lwa_calls": simulator.calls_by_user[("lwa_token", run["email"])]} for run in runs],
+            [
+                Column("id", "RUN"),
+                Column("email", "USER"),
+                Column("name", "SCHEDULE"),
+                Column("status"),
+                Column("attempt"),
+                Column("lwa_calls", "LWA CALLS"),
+                Column("snowflake_rows", "ROWS IN SNOWFLAKE"),
+            ],
         )
         failed = [run for run in runs if run["error_message"]]
         if failed:
-            print("\nwhat the failed runs say (recomamp runs show ID prints the rest):")
+            print("\nwhat the failed runs say (`recomamp runs show ID` shows each run whole):")
             for run in failed:
-                print(f"  run {run['id']}: {run['error_message']}")
+                print(
+                    textwrap.fill(
+                        run["error_message"], 118, initial_indent=f"  run {run['id']}: ", subsequent_indent="    "
+                    )
+                )
         tables = sorted({r["snowflake_table"] for r in runs if r["snowflake_table"] and r["snowflake_rows"]})
         print("\nrows in Snowflake:")
         for table, count in await asyncio.to_thread(_snowflake_counts, snow, tables):

@@ -15,7 +15,18 @@ It follows ../shared/AMC_API.md, not the client's convenience:
   whether an ad-hoc workflowId is echoed, whether every result part repeats the header, whether lists
   carry the SQL, and how long lists lag a POST.
 Tests script faults per route, per user and per instance, and read how many calls each route received.
-`recomamp sandbox` serves it; its `/_sandbox/*` routes script it from outside.
+`recomamp sandbox` (and `recomamp standalone`) serve it; its `/_sandbox/*` routes script it from outside,
+each a POST of a JSON body (answered with JSON):
+- `/_sandbox/consent` {"email": E, "decision": "approve"|"deny"}: who is signed in at "amazon.com" and what
+  they answer on the consent page. Until it is set, the page answers access_denied, as Amazon does for a
+  person who declines; `recomamp users authorize` then says so.
+- `/_sandbox/users` {"email": E, "refresh_token"?: T, "instances"?: [ID…]}: a user Amazon knows, with a
+  refresh token (answered) and AMC instances that discovery (GET /amc/instances) lists.
+- `/_sandbox/revoke` {"email": E}: the user revokes consent; their refresh token stops working.
+- `/_sandbox/faults` {"route": R, "faults": […], "user"?: E, "instance"?: ID}: answers to play next.
+- `/_sandbox/instances/{ID}` {profile fields}: rows, files and timings of that instance's results.
+- `/_sandbox/settings` {…}: the [unconfirmed] behaviours and the quota.
+`GET /_sandbox/calls`: how many calls each route received.
 """
 
 from __future__ import annotations
@@ -979,9 +990,13 @@ class AmcSimulator:
         return _json_response(profile.__dict__, 200)
 
     async def _admin_consent(self, request: web.Request) -> web.StreamResponse:
+        """Who is signed in at "amazon.com", and whether they approve (documented in the module docstring)."""
         body = await request.json()
-        self.consent_user = body.get("email")
-        self.consent_decision = body.get("decision", "approve")
+        decision = body.get("decision", "approve")
+        if not isinstance(body.get("email"), str) or decision not in ("approve", "deny"):
+            return _json_response({"error": 'give {"email": "…", "decision": "approve" or "deny"}'}, 400)
+        self.consent_user = body["email"]
+        self.consent_decision = decision
         return _json_response({"email": self.consent_user, "decision": self.consent_decision}, 200)
 
     async def _admin_settings(self, request: web.Request) -> web.StreamResponse:

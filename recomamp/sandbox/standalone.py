@@ -1,8 +1,11 @@
 """`recomamp standalone`: a sandbox that stays up to play in, after `make demo`.
 
 The embedded Postgres, the AMC/LWA simulator, the Snowflake emulator and the daemon, in the foreground. It
-writes DIR/recomamp.toml, seeds one healthy user with one daily schedule, prints `export RECOMAMP_CONFIG=…`
-and three commands to try, and on Ctrl-C (or SIGTERM) stops everything it started.
+starts afresh each time (the simulators keep nothing between starts, so neither does its database), writes
+DIR/recomamp.toml, seeds one healthy user with one daily schedule, and prints what to type in another
+terminal: the `recomamp` binary by its path, `export RECOMAMP_CONFIG=…`, a few commands, and a recipe for a
+user of one's own (authorized through the simulator's consent page, loading into the emulator). On Ctrl-C
+(or SIGTERM) it stops everything it started.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -17,7 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from recomamp.sandbox.demo import seed_user, write_installation
-from recomamp.sandbox.embedded import free_port, start_fakesnow, start_postgres
+from recomamp.sandbox.embedded import FakeSnowflake, free_port, start_fakesnow, start_postgres
 from recomamp.sandbox.simulator import AmcSimulator, InstanceProfile
 from recomamp.store.db import init_connection
 
@@ -26,7 +30,11 @@ DATABASE = "recomamp_standalone"
 
 async def _standalone(workdir: Path) -> int:
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-    print("recomamp standalone: starting an embedded Postgres, the AMC/LWA simulator and a Snowflake emulator…")
+    print(
+        f"recomamp standalone: starting afresh in {workdir} (the last standalone's database there is replaced): "
+        "an embedded Postgres, the AMC/LWA simulator and a Snowflake emulator…",
+        flush=True,
+    )
     admin_dsn = await asyncio.to_thread(start_postgres, workdir / "postgres")
     simulator = AmcSimulator(
         default_profile=InstanceProfile(rows=240, files=2, pending_seconds=1.0, running_seconds=3.0)
@@ -58,21 +66,7 @@ async def _standalone(workdir: Path) -> int:
                 stdout=log, stderr=asyncio.subprocess.STDOUT,
                 env={**os.environ, "PYTHONWARNINGS": "ignore"},
             )  # fmt: skip
-        print(
-            f"""
-Up: Postgres, the simulator on {simulator.base_url}, the Snowflake emulator on {snow.host}:{snow.port},
-and the daemon (pid {daemon.pid}, its JSON log in {log_path}; metrics on http://{metrics}/metrics).
-One user, ada@example.com, with one daily schedule (id 1); `schedules run-now 1` runs it now.
-
-In another terminal:
-  export RECOMAMP_CONFIG={config_path}
-  recomamp status
-  recomamp schedules run-now 1
-  recomamp runs list
-
-Ctrl-C stops everything this started.""",
-            flush=True,
-        )
+        print(guide(config_path, simulator.base_url, snow, daemon.pid, log_path, metrics), flush=True)
         waiter = asyncio.create_task(daemon.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -96,6 +90,56 @@ Ctrl-C stops everything this started.""",
         with contextlib.suppress(Exception):
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
+
+
+def recomamp_command() -> str:
+    """How to run this very recomamp from another terminal: its venv's script, by path (a new terminal has no
+    venv activated, so a bare `recomamp` is `command not found`)."""
+    script = Path(sys.executable).parent / "recomamp"
+    return str(script) if script.exists() else f"{sys.executable} -m recomamp"
+
+
+def guide(config_path: Path, simulator_url: str, snow: FakeSnowflake, pid: int, log_path: Path, metrics: str) -> str:
+    """What standalone prints once up: every line is to be typed (or pasted) as it is."""
+    binary = recomamp_command()
+    bin_dir = str(Path(binary).parent) if binary.endswith("/recomamp") else None
+    path_line = (
+        f"  export PATH={shlex.quote(bin_dir)}:$PATH   # recomamp is {binary}"
+        if bin_dir
+        else f"  alias recomamp={shlex.quote(binary)}"
+    )
+    email = "me@example.com"
+    return f"""
+Up: Postgres, the AMC/LWA simulator on {simulator_url}, the Snowflake emulator on {snow.host}:{snow.port},
+and the daemon (pid {pid}, its JSON log in {log_path}; metrics on http://{metrics}/metrics).
+One user, ada@example.com, with one daily schedule (id 1).
+
+In another terminal:
+{path_line}
+  export RECOMAMP_CONFIG={config_path}
+  recomamp status
+  recomamp schedules run-now 1
+  recomamp runs watch --schedule 1
+  recomamp runs list
+  recomamp reload                      # the daemon here re-reads {config_path.name}
+
+A user of your own, loading into the emulator (the simulator plays Amazon: POST /_sandbox/consent says who
+is signed in at "amazon.com" and approves; /_sandbox/users gives them an AMC instance to discover):
+  recomamp users add {email}
+  curl -s -XPOST {simulator_url}/_sandbox/users -d '{{"email": "{email}", "instances": ["amc-me-1"]}}'
+  curl -s -XPOST {simulator_url}/_sandbox/consent -d '{{"email": "{email}", "decision": "approve"}}'
+  recomamp users authorize {email} --paste
+      # it prints a link: open it with  curl -s -o /dev/null -w '%{{redirect_url}}\\n' 'LINK'
+      # and paste the URL that prints (a browser on this machine works too, without --paste)
+  recomamp instances discover {email} --add
+  echo sandbox | recomamp snowflake set {email} --account sandbox --login ME --database ANALYTICS \\
+      --password-file - --host {snow.host} --port {snow.port} --protocol http
+  recomamp snowflake test {email}
+  recomamp schedules create --user {email} --instance amc-me-1 --name mine --sql 'SELECT 1' --time 06:00 \\
+      --snowflake-table my_results
+  recomamp schedules run-now 2 && recomamp runs watch --schedule 2
+
+Ctrl-C stops everything this started."""
 
 
 def run_standalone(workdir: Path) -> int:
