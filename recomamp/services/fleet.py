@@ -186,6 +186,13 @@ async def snapshot(connection: Connection, box: SecretBox | None) -> Stored:
     """Everything the fleet covers, read in one go. With `box`, the Snowflake secrets decrypted (in memory
     only), so that a rotated secret behind an unchanged reference shows in the plan."""
     users = {row["email"].lower(): row for row in await fleet_store.users(connection)}
+    instance_rows = await fleet_store.instances(connection)
+    for key, user in users.items():
+        if user["region"] is None:
+            # Made by `users add`, before fleets: their region is their instances' (the most common one), as
+            # the consent page takes it, so that an export of them plans no change.
+            regions = [row["region"] for row in instance_rows if row["email"].lower() == key]
+            user["region"] = max(sorted(set(regions)), key=regions.count) if regions else None
     instances = {
         (row["email"].lower(), row["instance_id"]): {
             "advertiser_id": row["advertiser_id"],
@@ -193,7 +200,7 @@ async def snapshot(connection: Connection, box: SecretBox | None) -> Stored:
             "region": row["region"],
             "name": row["name"],
         }
-        for row in await fleet_store.instances(connection)
+        for row in instance_rows
     }
     snowflake: dict[str, StoredSnowflake] = {}
     for row in await fleet_store.snowflake_configs(connection):
@@ -437,11 +444,10 @@ async def export(connection: Connection, *, user: str | None = None) -> str:
     lines = ["# The recomamp fleet, exported. `recomamp plan` on this file shows no change.", ""]
     for email in emails:
         key = email.lower()
-        region = stored.users[key]["region"]
+        # A user with neither a region nor an instance (made by `users add` alone) has none to export: the file
+        # says na, and its plan records that region once.
+        region = stored.users[key]["region"] or "na"
         instances = {iid: fields for (owner, iid), fields in stored.instances.items() if owner == key}
-        if region is None:
-            counted = [f["region"] for f in instances.values()]
-            region = max(set(counted), key=counted.count) if counted else "na"
         lines += ["[[users]]", f"email = {_toml(email)}", f"region = {_toml(region)}", ""]
         for instance_id, fields in instances.items():
             lines += ["[[users.instances]]", f"instance_id = {_toml(instance_id)}"]

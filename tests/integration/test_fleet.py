@@ -307,13 +307,59 @@ async def test_export_then_plan_shows_no_change(
     await db.execute(
         "UPDATE workflow_schedules SET sql_query = $1 WHERE name = 's01'", "SELECT a AS x,\n  'it''s' AS y\nFROM t\n"
     )
+    # So does a user made one command at a time, before fleets (no region of their own, no secret reference).
+    assert await cli(config_path, "users", "add", "dora@example.com") == 0
+    assert (
+        await cli(
+            config_path,
+            "instances",
+            "add",
+            "dora@example.com",
+            "--instance-id",
+            "amcd",
+            "--region",
+            "eu",
+            "--advertiser-id",
+            "E",
+            "--marketplace-id",
+            "M",
+        )
+        == 0
+    )
+    assert (
+        await cli(
+            config_path,
+            "schedules",
+            "create",
+            "--user",
+            "dora@example.com",
+            "--instance",
+            "amcd",
+            "--name",
+            "by hand",
+            "--preset",
+            "weekly",
+            "--day-of-week",
+            "fri",
+            "--time",
+            "23:59",
+            "--sql",
+            "SELECT 1 AS one FROM t",
+            "--misfire",
+            "catch-up",
+            "--allow-overlap",
+            "--lookback-days",
+            "30",
+        )
+        == 0
+    )
     exported = tmp_path / "exported.toml"
     assert await cli(config_path, "export", f"--output={exported}") == 0
     capsys.readouterr()
     assert await cli(config_path, "plan", str(exported), "--detailed-exitcode", "--prune") == 0, capsys.readouterr()
     text = exported.read_text()
     assert "pw-of-" not in text and str(fleet.secrets / "ana@example.com.pw") in text
-    assert text.count("[[schedules]]") == 40 and text.count("[[users]]") == 3
+    assert text.count("[[schedules]]") == 41 and text.count("[[users]]") == 4
     one = tmp_path / "ben.toml"
     assert await cli(config_path, "export", f"--output={one}", "--user", "BEN@example.com") == 0
     assert one.read_text().count("[[users]]") == 1
