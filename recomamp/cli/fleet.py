@@ -56,13 +56,15 @@ def render_plan(result: Any) -> None:
         if change.user.lower() != (user or "").lower():
             user = change.user
             print(f"\n{user}")
-        label = f"{change.kind} {change.name}" if change.kind != "user" else "user"
+        label = {"user": "user", "snowflake": "snowflake target"}.get(change.kind, f"{change.kind} {change.name}")
         suffix = f" (id {change.schedule_id})" if change.schedule_id is not None and change.op != "+" else ""
         print(f"  {change.op} {label}{suffix}")
         if change.op == "+" and change.kind == "schedule":
             shown = {f.key: f.new for f in change.fields}
-            cadence = shown.get("cron") or " ".join(
-                str(shown[k]) for k in ("preset", "day_of_week", "day_of_month", "time") if k in shown
+            cadence = (
+                f"cron '{shown['cron']}'"
+                if shown.get("cron")
+                else " ".join(str(shown[k]) for k in ("preset", "day_of_week", "day_of_month", "time") if k in shown)
             )
             target = f" → {shown['snowflake.table']}" if "snowflake.table" in shown else ""
             query = "sql" if "sql" in shown else f"workflow {shown.get('workflow_id')}"
