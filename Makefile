@@ -69,7 +69,8 @@ service-venv:
 	$(SERVICE_VENV)/bin/recomamp --version
 
 # Installs the service: the venv (built when missing), the recomamp system user (home: its state
-# directory), /etc/recomamp with the example config (kept if one exists), and the unit. Run as root.
+# directory), /etc/recomamp with the example config (kept if one exists), and the units (recomamp.service, and
+# recomamp@.service for several replicas on one host). Run as root.
 # Secrets are yours to place. PYTHON=/usr/bin/python3 when the first python3 on the PATH is a pyenv one.
 install-systemd:
 	test -x $(SERVICE_VENV)/bin/recomamp || $(MAKE) service-venv PYTHON=$(PYTHON) SERVICE_VENV=$(SERVICE_VENV)
@@ -81,12 +82,14 @@ install-systemd:
 	test -f /etc/recomamp/recomamp.toml || $(SERVICE_VENV)/bin/recomamp example-config > /etc/recomamp/recomamp.toml
 	chgrp recomamp /etc/recomamp/recomamp.toml && chmod 0640 /etc/recomamp/recomamp.toml
 	sed 's#/opt/recomamp/venv#$(SERVICE_VENV)#g' systemd/recomamp.service > /etc/systemd/system/recomamp.service
+	sed 's#/opt/recomamp/venv#$(SERVICE_VENV)#g' systemd/recomamp@.service > /etc/systemd/system/recomamp@.service
 	systemctl daemon-reload
 	@echo "Next: put token-key, amazon-client-secret and database-dsn in /etc/recomamp/credentials (mode 0600),"
 	@echo "      then: CREDENTIALS_DIRECTORY=/etc/recomamp/credentials $(SERVICE_VENV)/bin/recomamp migrate up --config /etc/recomamp/recomamp.toml"
 	@echo "      then: systemctl enable --now recomamp"
 
 # The unit under a real systemd 252 (../shared/tools/systemd-sandbox): start, runs, journalctl recipes,
-# reload good and bad, restart, stop with a run in flight, a Postgres outage, the security score.
+# reload good and bad, restart, stop with a run in flight, a Postgres outage, the security score, and two
+# templated instances (recomamp@a, recomamp@b) on one host: both claim, a reload of one leaves the other alone.
 systemd-check: install
 	$(BIN)/python -m tests.systemd.check

@@ -12,7 +12,10 @@ Postgres 15 and the AMC/LWA simulator as transient units, and checks, each as an
 - `systemctl restart`; `systemctl stop` with a run in flight → drained, one summary line, Result=success;
 - Postgres stopped for longer than a shortened WatchdogSec= → no watchdog kill, NRestarts=0, and the run
   finishes once Postgres is back;
-- `systemd-analyze security recomamp` ≤ 1.5.
+- `systemd-analyze security recomamp` ≤ 1.5;
+- two templated instances, recomamp@a and recomamp@b, each with its own config, metrics port and control
+  socket: both active and ready, both claiming runs from the one database at the same time, and a reload of
+  one (its journal says so) leaves the other's process, config and claiming alone.
 
 The service venv is a regular (non-editable) install of this checkout, built on the host (the sandbox
 reaches no package index) from a Python the service user can execute.
@@ -124,16 +127,16 @@ def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60.0) ->
     raise CheckFailed(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
-def unit(*properties: str) -> dict[str, str]:
-    text = out(f"systemctl show recomamp -p {','.join(properties)}")
+def unit(*properties: str, name: str = "recomamp") -> dict[str, str]:
+    text = out(f"systemctl show {name} -p {','.join(properties)}")
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def journal(since: str = "", priority: str = "") -> list[dict[str, object]]:
+def journal(since: str = "", priority: str = "", name: str = "recomamp") -> list[dict[str, object]]:
     """The unit's JSON lines logged after `since` (an ISO timestamp; systemd's own lines are skipped, as the
     README's `jq -R 'fromjson?'` does). Not journal cursors: the service's lines and systemd's own land in
     different journal files (PrivateUsers=), so "the last cursor" of the unit is not the last line."""
-    lines = out(f"journalctl -u recomamp -o cat --no-pager{f' -p {priority}' if priority else ''}").splitlines()
+    lines = out(f"journalctl -u {name} -o cat --no-pager{f' -p {priority}' if priority else ''}").splitlines()
     events = []
     for line in lines:
         try:
@@ -145,15 +148,15 @@ def journal(since: str = "", priority: str = "") -> list[dict[str, object]]:
     return events
 
 
-def logged(mark: str, event: str, priority: str = "") -> list[dict[str, object]]:
+def logged(mark: str, event: str, priority: str = "", name: str = "recomamp") -> list[dict[str, object]]:
     """The lines of one event since the cursor, waiting a little: journald ingests stdout asynchronously."""
     found: list[dict[str, object]] = []
 
     def seen() -> bool:
-        found[:] = [e for e in journal(mark, priority) if e["event"] == event]
+        found[:] = [e for e in journal(mark, priority, name) if e["event"] == event]
         return bool(found)
 
-    wait_for(seen, f"{event} in the journal" + (f" at {priority}" if priority else ""), 10)
+    wait_for(seen, f"{event} in the journal of {name}" + (f" at {priority}" if priority else ""), 10)
     return found
 
 
@@ -244,8 +247,8 @@ def install() -> None:
     sim("/_sandbox/revoke", {"email": "bob@example.com"})  # bob's refresh token no longer works
 
 
-def write_config(text: str) -> None:
-    box(f"printf %s {shlex.quote(text)} > {CONFIG} && chgrp recomamp {CONFIG} && chmod 0640 {CONFIG}")
+def write_config(text: str, path: str = CONFIG) -> None:
+    box(f"printf %s {shlex.quote(text)} > {path} && chgrp recomamp {path} && chmod 0640 {path}")
 
 
 def start_postgres() -> None:
@@ -416,6 +419,98 @@ def security() -> None:
     require(match is not None and float(match.group(1)) <= 1.5, f"exposure {match.group(1) if match else '?'} ≤ 1.5")
 
 
+INSTANCES = {"a": 9464, "b": 9465}  # each instance's own [metrics] listen port
+
+
+def instance_config(name: str, **daemon: int) -> str:
+    """/etc/recomamp/NAME.toml: the shared settings, this instance's replica name and metrics port."""
+    extra = "".join(f"{key} = {value}\n" for key, value in daemon.items())
+    return CONFIG_TEXT.replace("[daemon]\n", f'[daemon]\nreplica_name = "replica-{name}"\n{extra}').replace(
+        '[metrics]\nlisten = ""', f'[metrics]\nlisten = "127.0.0.1:{INSTANCES[name]}"'
+    )
+
+
+def sql(query: str) -> str:
+    return out(f"{PG_BIN}/psql -h 127.0.0.1 -U postgres -d recomamp -Atc {shlex.quote(query)}").strip()
+
+
+def held_and_running(run_id: int) -> Callable[[], bool]:
+    def check() -> bool:
+        status, submitted, owner = sql(
+            "SELECT status, amc_execution_id IS NOT NULL, coalesce(lease_owner, '') "
+            f"FROM schedule_runs WHERE id = {run_id}"
+        ).split("|")
+        return status == "running" and submitted == "t" and owner != ""
+
+    return check
+
+
+def two_instances() -> None:
+    step("recomamp@a and recomamp@b on one host: own configs, ports and sockets; both claim; a reload of one")
+    box("systemctl stop recomamp")
+    for name in INSTANCES:
+        write_config(instance_config(name), f"/etc/recomamp/{name}.toml")
+    box("systemctl start recomamp@a recomamp@b")
+    pids = {}
+    for name, port in INSTANCES.items():
+        service = f"recomamp@{name}"
+        state = unit("ActiveState", "SubState", "MainPID", name=service)
+        require((state["ActiveState"], state["SubState"]) == ("active", "running"), f"{service} active (running)")
+        pids[name] = state["MainPID"]
+        ready = box(f"curl -sf http://127.0.0.1:{port}/readyz", check=False)
+        require(ready.returncode == 0, f"{service} answers /readyz on its own port {port}", ready.stdout)
+        box(f"test -S /run/recomamp-{name}/control.sock")
+        ok(f"{service} has its own control socket /run/recomamp-{name}/control.sock")
+    require(pids["a"] != pids["b"], f"two processes: {pids}")
+    # Both claim: the first run goes to whichever instance is quicker; that one is then reloaded down to one run
+    # at a time, so the second run can only be claimed by the other, while the first is still in flight there.
+    sim("/_sandbox/instances/amcada", {"running_seconds": 25})
+    ada = schedule_ids()["ada@example.com"]
+    admin(f"schedules run-now {ada} --window-start 2026-09-01")
+    first = max(int(str(r["id"])) for r in runs())
+    wait_for(held_and_running(first), f"run {first} submitted and running on one instance", 30)
+    owner = sql(f"SELECT lease_owner FROM schedule_runs WHERE id = {first}").removeprefix("replica-")
+    other = "b" if owner == "a" else "a"
+    mark = cursor()
+    write_config(instance_config(owner, max_concurrent_runs=1), f"/etc/recomamp/{owner}.toml")
+    result = box(f"systemctl reload recomamp@{owner}", check=False)
+    require(result.returncode == 0, f"`systemctl reload recomamp@{owner}` exits 0", result.stderr)
+    reloaded = logged(mark, "config_reloaded", name=f"recomamp@{owner}")
+    changed = reloaded[-1]["changed_keys"]
+    require(isinstance(changed, list) and "daemon.max_concurrent_runs" in changed, f"recomamp@{owner} logged {changed}")
+    admin(f"schedules run-now {ada} --window-start 2026-09-02")
+    second = max(int(str(r["id"])) for r in runs())
+    wait_for(held_and_running(second), f"run {second} submitted and running", 30)
+    holders = sql(f"SELECT string_agg(lease_owner, ',' ORDER BY id) FROM schedule_runs WHERE id IN ({first}, {second})")
+    require(
+        holders == f"replica-{owner},replica-{other}",
+        f"both claim: run {first} on recomamp@{owner}, run {second} on recomamp@{other}, at once",
+        holders,
+    )
+    left_alone = unit("MainPID", "ActiveState", "NRestarts", name=f"recomamp@{other}")
+    require(
+        left_alone == {"MainPID": pids[other], "ActiveState": "active", "NRestarts": "0"},
+        f"recomamp@{other} left alone by the reload: the same main PID {pids[other]}, no restart",
+        str(left_alone),
+    )
+    require(
+        not [e for e in journal(mark, name=f"recomamp@{other}") if str(e["event"]).startswith("config_reload")],
+        f"and no reload in recomamp@{other}'s journal",
+    )
+    wait_for(finished({first, second}), "both runs finish", 90)
+    rows = {int(str(r["id"])): r["status"] for r in runs()}
+    require(rows[first] == rows[second] == "succeeded", f"runs {first} and {second} succeeded", str(rows))
+    box("systemctl stop recomamp@a recomamp@b", timeout=120)
+    for name in INSTANCES:
+        state = unit("Result", "ActiveState", name=f"recomamp@{name}")
+        require(state == {"Result": "success", "ActiveState": "inactive"}, f"recomamp@{name} stopped cleanly")
+    text = out("systemd-analyze security recomamp@a --no-pager")
+    match = re.search(r"Overall exposure level for recomamp@a\.service: ([0-9.]+)", text)
+    require(
+        match is not None and float(match.group(1)) <= 1.5, f"recomamp@a exposure {match.group(1) if match else '?'}"
+    )
+
+
 def main() -> int:
     if not SDBOX.exists():
         print(f"systemd-check: {SDBOX} is missing (it comes with ../shared)", file=sys.stderr)
@@ -434,6 +529,7 @@ def main() -> int:
         readme_recipes(ada_run)
         database_outage(in_flight)
         security()
+        two_instances()
     except CheckFailed as failure:
         print(f"systemd-check FAILED: {failure}", file=sys.stderr)
         print(out("journalctl -u recomamp --no-pager -n 60 -o cat", check=False), file=sys.stderr)

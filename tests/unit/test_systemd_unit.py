@@ -13,12 +13,13 @@ import pytest
 from recomamp.config import DaemonSettings
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "recomamp.service"
+TEMPLATE = UNIT.with_name("recomamp@.service")  # several replicas on one host
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 
 
-def _settings() -> dict[str, list[str]]:
+def _settings(unit: Path = UNIT) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             key, _, value = line.partition("=")
             settings.setdefault(key.strip(), []).append(value.strip())
@@ -47,22 +48,48 @@ def test_the_unit_has_what_operators_rely_on() -> None:
     assert stop_seconds > DaemonSettings().drain_timeout_seconds
 
 
+def test_each_templated_instance_has_its_own_config_socket_and_spool_and_the_rest_is_the_units() -> None:
+    single, template = _settings(), _settings(TEMPLATE)
+    assert template["ExecStart"] == ["/opt/recomamp/venv/bin/recomamp run --config /etc/recomamp/%i.toml"]
+    assert template["ExecStartPre"] == ["/opt/recomamp/venv/bin/recomamp check-config /etc/recomamp/%i.toml"]
+    # Not under /run/recomamp, which systemd empties when recomamp.service stops.
+    assert template["RuntimeDirectory"] == ["recomamp-%i"]
+    assert template["StateDirectory"] == ["recomamp/%i"]
+    assert template["SyslogIdentifier"] == ["recomamp@%i"]
+    assert "HOME=/var/lib/recomamp/%i" in template["Environment"][1].split()
+    per_instance = {
+        "Description",
+        "ExecStart",
+        "ExecStartPre",
+        "RuntimeDirectory",
+        "StateDirectory",
+        "SyslogIdentifier",
+    }
+    for key in sorted((single.keys() | template.keys()) - per_instance - {"Environment"}):
+        assert template.get(key) == single.get(key), f"{key}= differs between recomamp.service and recomamp@.service"
+    assert template["Environment"][0] == single["Environment"][0]
+
+
 @needs_analyze
-def test_security_exposure_is_at_most_1_5() -> None:
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=["recomamp.service", "recomamp@.service"])
+def test_security_exposure_is_at_most_1_5(unit: Path, tmp_path: Path) -> None:
+    path = tmp_path / unit.name.replace("@.", "@a.")  # an instance of the template: what systemd scores
+    path.write_text(unit.read_text())
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(UNIT)], capture_output=True, text=True, check=False
+        ["systemd-analyze", "security", "--offline=yes", str(path)], capture_output=True, text=True, check=False
     )
-    match = re.search(r"Overall exposure level for recomamp\.service: ([0-9.]+)", result.stdout)
+    match = re.search(rf"Overall exposure level for {re.escape(path.name)}: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 1.5
 
 
 @needs_analyze
-def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", [UNIT, TEMPLATE], ids=["recomamp.service", "recomamp@.service"])
+def test_systemd_analyze_verify_is_clean(source: Path, tmp_path: Path) -> None:
     # verify checks that ExecStart= exists: point it at this checkout's installed command.
     installed = Path(sys.executable).parent / "recomamp"
-    unit = tmp_path / "recomamp.service"
-    unit.write_text(UNIT.read_text().replace("/opt/recomamp/venv/bin/recomamp", str(installed)))
+    unit = tmp_path / source.name.replace("@.", "@a.")
+    unit.write_text(source.read_text().replace("/opt/recomamp/venv/bin/recomamp", str(installed)))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
