@@ -230,7 +230,7 @@ async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
     path = write_world_config(write_config, db_dsn, simulator)
     daemon = Daemon(load_config(path), config_path=path)
     serving = asyncio.create_task(daemon.run())
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: daemon.ready, what="the daemon to be ready")  # a reload then swaps its services' config
     text = path.read_text()
     path.write_text(
         text.replace("poll_interval_seconds = 0.2", "poll_interval_seconds = 0.7").replace(
@@ -305,7 +305,8 @@ async def test_a_run_whose_lease_another_replica_took_is_stopped_here(
         "UPDATE schedule_runs SET lease_owner = 'replica-b', lease_token = gen_random_uuid(), "
         "lease_expires_at = now() + interval '1 hour'"
     )
-    await wait_until(lambda: not daemon._runs, seconds=2, what="our copy of the run to be stopped")
+    # The heartbeat (every 0.2 s) finds the lease gone; generous, since only a hung test reaches the deadline.
+    await wait_until(lambda: not daemon._runs, seconds=30, what="our copy of the run to be stopped")
     daemon.request_stop()
     assert await serving == 0
     row = await pool.fetchrow("SELECT status, lease_owner FROM schedule_runs")
@@ -372,7 +373,7 @@ async def test_once_mode_asked_to_stop_drains_within_the_timeout(
     running = asyncio.create_task(daemon.run())
     await wait_until(lambda: execution_submitted(pool), what="the run to be submitted")
     daemon.request_stop()
-    await asyncio.wait_for(running, 5)  # not the two minutes AMC would take
+    await asyncio.wait_for(running, 30)  # a 0.3 s drain: well within this, and not the two minutes AMC would take
     row = await pool.fetchrow("SELECT status, step, lease_owner FROM schedule_runs")
     assert row is not None
     assert (row["status"], row["step"], row["lease_owner"]) == ("pending", "submitted", None)  # released: resumes there
@@ -403,7 +404,7 @@ async def test_a_drain_longer_than_the_lease_keeps_heartbeating_so_runs_finish_a
     first = asyncio.create_task(draining.run())
     await wait_until(lambda: execution_submitted(pool, 3), what="three runs to be submitted")
     second = asyncio.create_task(other.run())
-    await asyncio.sleep(0.5)
+    await wait_until(lambda: other.ready, what="the other replica to serve, ready to adopt what the drain lets go")
     draining.request_stop()
     assert await asyncio.wait_for(first, 30) == 0
     other.request_stop()
