@@ -15,13 +15,15 @@ keeps a daily schedule that fires at 23:00 from looking late every evening.
 
 from __future__ import annotations
 
+import functools
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
-from recomamp.domain.schedules import Cadence, Window, fires_after, next_fire, to_instant, window_for
+from recomamp.domain.schedules import Cadence, Window, fires_after, next_fire, to_instant, window_for, windows_between
 
 # The grace a schedule gets past the fire that should have loaded its next window, unless it sets its own:
 # an AMC query that takes a few hours, or waits for the day's quota, is not late yet.
@@ -171,6 +173,42 @@ def complete(grid: Sequence[tuple[datetime, Window]], now: datetime) -> list[tup
     return [(fire, window) for fire, window in grid if fire <= now]
 
 
+# --- the missing-windows gauge: the same grid, kept compact between refreshes -----------------------------
+
+
+@functools.lru_cache(maxsize=20_000)
+def lookback_spans(cadence: Cadence, today: date) -> array[float]:
+    """The grid windows a day's look-back can count, as flat (fire, start, end) Unix times: every window
+    whose fire may lie within MISSING_LOOKBACK of a moment of local date `today`. Compact (about 400 bytes
+    for a daily grid) because the daemon keeps one per schedule for the day: a fleet of 10,000 schedules
+    walks its grids once a day, not at every refresh."""
+    lag = timedelta(days=cadence.data_lag_days)
+    first = today - lag - MISSING_LOOKBACK - timedelta(days=2)
+    last = today - lag + timedelta(days=1)  # a window starting later is fired after `today`
+    flat = array("d")
+    for fire, window in windows_between(cadence, first, last):
+        flat.extend((fire.timestamp(), window.start.timestamp(), window.end.timestamp()))
+    return flat
+
+
+def missing_in_lookback(spans: array[float], runs: Iterable[RunFact], now: datetime) -> int:
+    """How many windows fired within MISSING_LOOKBACK before `now` are missing (MISSING_STATES), each
+    window's state decided as `cover` decides it."""
+    by_window: dict[tuple[float, float], list[RunFact]] = {}
+    for run in runs:
+        by_window.setdefault((run.window_start.timestamp(), run.window_end.timestamp()), []).append(run)
+    low, high = (now - MISSING_LOOKBACK).timestamp(), now.timestamp()
+    missing = 0
+    for index in range(0, len(spans), 3):
+        fire, start, end = spans[index], spans[index + 1], spans[index + 2]
+        if not low < fire <= high:
+            continue
+        recorded = by_window.get((start, end))
+        if not recorded or _state_of(recorded)[0] in MISSING_STATES:
+            missing += 1
+    return missing
+
+
 # --- freshness ------------------------------------------------------------------------------------------
 
 
@@ -184,6 +222,7 @@ class Freshness:
         return max(timedelta(0), now - self.deadline) if self.deadline is not None else timedelta(0)
 
 
+@functools.lru_cache(maxsize=20_000)  # the same (cadence, newest end) at every refresh until a newer load
 def next_load_due(cadence: Cadence, newest_end: datetime) -> datetime | None:
     """The first fire whose window ends after `newest_end`: the one that should load newer data."""
     tz = cadence.tz

@@ -10,6 +10,7 @@ are the backfill's own.
 from __future__ import annotations
 
 import asyncio
+from array import array
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -17,14 +18,16 @@ from typing import Any
 from recomamp.domain.alerts import LatenessNotice, late_event, recovered_event
 from recomamp.domain.coverage import (
     DEFAULT_GRACE,
-    MISSING_LOOKBACK,
     Coverage,
     Freshness,
     FreshnessChange,
+    RunFact,
     complete,
     cover,
     episode_change,
     freshness,
+    lookback_spans,
+    missing_in_lookback,
 )
 from recomamp.domain.schedules import (
     Cadence,
@@ -273,22 +276,22 @@ class FleetFreshness:
         return sum(1 for s in self.schedules if s.late)
 
 
-def _evaluate(rows: list[dict[str, Any]], now: datetime) -> dict[int, tuple[Freshness, list[tuple[datetime, Window]]]]:
+def _evaluate(rows: list[dict[str, Any]], now: datetime) -> dict[int, tuple[Freshness, array[float]]]:
     """Each active schedule's freshness and its look-back grid; CPU only (run off the event loop)."""
-    grids: dict[tuple[Cadence, date], list[tuple[datetime, Window]]] = {}
-    evaluated: dict[int, tuple[Freshness, list[tuple[datetime, Window]]]] = {}
+    evaluated: dict[int, tuple[Freshness, array[float]]] = {}
     for row in rows:
         try:
             cadence = cadence_from_row(row)
         except (InvalidSchedule, ValueError):  # a schedule the daemon cannot fire is reported by the poll
             continue
-        today = _today(cadence, now)
-        key = (cadence, today)
-        if key not in grids:
-            first = today - timedelta(days=cadence.data_lag_days) - MISSING_LOOKBACK - timedelta(days=1)
-            grids[key] = [(f, w) for f, w in _grid(cadence, first, today, now) if f > now - MISSING_LOOKBACK]
-        evaluated[row["id"]] = (_freshness(row, cadence, now), grids[key])
+        evaluated[row["id"]] = (_freshness(row, cadence, now), lookback_spans(cadence, _today(cadence, now)))
     return evaluated
+
+
+def _count_missing(
+    evaluated: dict[int, tuple[Freshness, array[float]]], runs: dict[int, list[RunFact]], now: datetime
+) -> dict[int, int]:
+    return {sid: missing_in_lookback(spans, runs[sid], now) for sid, (_, spans) in evaluated.items()}
 
 
 async def refresh_freshness(connection: Connection, now: datetime) -> FleetFreshness:
@@ -296,12 +299,12 @@ async def refresh_freshness(connection: Connection, now: datetime) -> FleetFresh
     its event to the outbox (once over all replicas: the flip of late_since decides who writes it)."""
     rows = await coverage_store.schedules_freshness(connection)
     evaluated = await asyncio.to_thread(_evaluate, rows, now)
-    grids = {schedule_id: grid for schedule_id, (_, grid) in evaluated.items()}
     missing: dict[int, int] = {}
-    if grids:
-        low = min((g[0][1].start for g in grids.values() if g), default=now)
-        runs = await coverage_store.window_runs(connection, list(grids), low, now)
-        missing = {sid: len(cover(grid, runs[sid]).missing) for sid, grid in grids.items()}
+    starts = [spans[1] for _, spans in evaluated.values() if spans]
+    if starts:
+        low = datetime.fromtimestamp(min(starts), UTC)
+        runs = await coverage_store.window_runs(connection, list(evaluated), low, now)
+        missing = await asyncio.to_thread(_count_missing, evaluated, runs, now)
     result: list[ScheduleFreshness] = []
     became_late: list[int] = []
     recovered: list[int] = []

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from recomamp.cli.coverage import render_grid
 from recomamp.domain.coverage import (
     DEFAULT_GRACE,
+    MISSING_LOOKBACK,
     FreshnessChange,
     RunFact,
     WindowState,
@@ -15,6 +16,8 @@ from recomamp.domain.coverage import (
     cover,
     episode_change,
     freshness,
+    lookback_spans,
+    missing_in_lookback,
     next_load_due,
 )
 from recomamp.domain.schedules import Cadence, Preset, windows_between
@@ -152,3 +155,17 @@ def test_one_event_per_lateness_episode() -> None:
     assert episode_change(True, since) is None
     assert episode_change(False, since) is FreshnessChange.RECOVERED
     assert episode_change(False, None) is None
+
+
+def test_the_gauges_missing_count_is_covers_over_the_look_back() -> None:
+    # Fired within the 14 days before NOW (Nov 2 12:00): the windows starting Oct 17 to Oct 30.
+    spans = lookback_spans(DAILY, NOW.date())
+    assert missing_in_lookback(spans, history(), NOW) == 5  # Oct 17-20 never run, Oct 27 cancelled
+    grid = complete(windows_between(DAILY, date(2026, 10, 1), date(2026, 11, 2)), NOW)
+    in_lookback = [(f, w) for f, w in grid if f > NOW - MISSING_LOOKBACK]
+    assert [w.start_local.day for _, w in in_lookback] == list(range(17, 31))
+    assert len(cover(in_lookback, history()).missing) == 5
+    # Nothing recorded: every window of the look-back is missing; a day later the look-back moves on.
+    assert missing_in_lookback(spans, [], NOW) == 14
+    later = NOW + timedelta(days=1)
+    assert missing_in_lookback(lookback_spans(DAILY, later.date()), history(), later) == 5  # Oct 17 out, Oct 31 in
