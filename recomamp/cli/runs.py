@@ -321,14 +321,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     listing.add_argument("--limit", type=bounded_int(1, 10_000), default=50, help="at most N runs (default 50)")
     add_command(
         actions, "show", "one run: what it sent, where it loaded, every step's time", cmd_runs, common
-    ).add_argument("id", type=run_id)
+    ).add_argument("id", type=run_id, help="the run's id (`runs list`)")
     add_command(
         actions, "retry-upload", "load a run's result into its recorded table again", cmd_retry_upload, common
-    ).add_argument("id", type=run_id)
+    ).add_argument("id", type=run_id, help="the run's id (`runs list`)")
     add_command(
         actions, "cancel", "cancel a pending or running run (and its AMC execution)", cmd_cancel, common
-    ).add_argument("id", type=run_id)
+    ).add_argument("id", type=run_id, help="the run's id (`runs list`)")
     watch = add_command(actions, "watch", "follow runs until they end", cmd_watch, common)
-    watch.add_argument("ids", nargs="*", type=run_id, metavar="RUN_ID")
+    watch.add_argument("ids", nargs="*", type=run_id, metavar="RUN_ID", help="the runs to follow (or --schedule)")
     watch.add_argument("--schedule", type=run_id, metavar="ID", help="follow this schedule's runs in flight")
     watch.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)

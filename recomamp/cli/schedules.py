@@ -592,9 +592,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         ("pause", "pause a schedule"),
         ("resume", "resume a schedule from its next fire"),
     ):
-        add_command(actions, action, text, cmd_schedules, common).add_argument("id", type=schedule_id)
+        add_command(actions, action, text, cmd_schedules, common).add_argument(
+            "id", type=schedule_id, help="the schedule's id (`schedules list`)"
+        )
     delete = add_command(actions, "delete", "delete a schedule and its run history", cmd_schedules, common)
-    delete.add_argument("id", type=schedule_id)
+    delete.add_argument("id", type=schedule_id, help="the schedule's id (`schedules list`)")
     delete.add_argument(
         "--cancel-runs", action="store_true", help="cancel its runs in flight (and their AMC executions)"
     )
@@ -605,20 +607,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
         cmd_schedules,
         common,
     )
-    run_now.add_argument("id", type=schedule_id)
+    run_now.add_argument("id", type=schedule_id, help="the schedule's id (`schedules list`)")
     run_now.add_argument("--window-start", type=iso_date, metavar="DATE", help="another window of the grid")
     update = add_command(actions, "update", "change a schedule; only the flags given change", cmd_schedules, common)
-    update.add_argument("id", type=schedule_id)
+    update.add_argument("id", type=schedule_id, help="the schedule's id (`schedules list`)")
     schedule_flags(update, creating=False)
     preview = add_command(
         actions, "preview", "the next fires and their windows, and what an overdue poll would do", cmd_schedules, common
     )
-    preview.add_argument("id", type=schedule_id)
+    preview.add_argument("id", type=schedule_id, help="the schedule's id (`schedules list`)")
     preview.add_argument("--count", type=bounded_int(1, 1000), default=5, help="how many fires (default 5)")
     backfill = add_command(
         actions, "backfill", "one run per grid window in a date range, after scheduled runs", cmd_backfill, common
     )
-    backfill.add_argument("id", type=schedule_id)
+    backfill.add_argument("id", type=schedule_id, help="the schedule's id (`schedules list`)")
     backfill.add_argument("--from", dest="start", type=iso_date, metavar="DATE", help="first window start (YYYY-MM-DD)")
     backfill.add_argument("--to", dest="end", type=iso_date, metavar="DATE", help="last window start (YYYY-MM-DD)")
     backfill.add_argument("--dry-run", action="store_true", help="show the windows; create nothing")

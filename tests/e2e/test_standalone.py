@@ -137,6 +137,12 @@ async def test_standalone_stays_up_serves_the_cli_and_stops_everything_on_ctrl_c
         (mine,) = json.loads(out)
         assert (mine["status"], mine["step"], mine["snowflake_rows"]) == ("succeeded", "finished", 240), mine
         assert mine["snowflake_table"].endswith(".MY_RESULTS")
+        # Loading it again ends where it began: succeeded, its step finished (not the load's `uploading`).
+        code, out, err = await recomamp("runs", "retry-upload", str(mine["id"]), "--json", config=config)
+        assert code == 0, err
+        again = json.loads(out)
+        assert (again["status"], again["step"], again["snowflake_rows"]) == ("succeeded", "finished", 240), again
+        assert err == ""  # no daemon JSON log lines in the person's terminal
         process.send_signal(signal.SIGINT)
         rest = (await asyncio.wait_for(process.stdout.read(), 60)).decode()
         assert await asyncio.wait_for(process.wait(), 30) == 0, rest

@@ -281,3 +281,24 @@ async def test_the_common_mistakes_name_the_flag_that_was_typed(config: Path, db
             assert text in err, (extra, err)
         assert "time_of_day" not in err and "cron_expression" not in err and "snowflake_table_name" not in err
     assert await db.fetchval("SELECT count(*) FROM workflow_schedules") == 0
+
+
+def test_every_flag_and_argument_says_what_it_is() -> None:
+    """`--help` is where a person learns a flag: none is left without a line (argparse's own --help aside)."""
+    import argparse
+
+    from recomamp.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    missing += walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction | argparse._VersionAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    # coverage.py's own (another change, in flight): listed so this test guards every other command meanwhile.
+    pending = {"recomamp schedules coverage id", "recomamp schedules grace id", "recomamp coverage --user"}
+    assert sorted(set(walk(build_parser(), "recomamp")) - pending) == []
