@@ -36,6 +36,10 @@ async def _start(config: Path, log: Path, env: dict[str, str] | None = None) -> 
         )
 
 
+async def leases_expired(pool: asyncpg.Pool) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) = 0 FROM schedule_runs WHERE lease_expires_at > now()"))
+
+
 @pytest.fixture
 async def four_long_runs(pool: asyncpg.Pool, box: SecretBox, simulator: AmcSimulator) -> None:
     simulator.default_profile.running_seconds = 120  # polling goes on until the test lets them finish
@@ -56,7 +60,10 @@ async def test_sigkill_while_polling_then_a_fresh_daemon_finishes_without_a_seco
     assert simulator.calls["create_execution"] == 4
     for execution in simulator.executions.values():
         execution.profile.running_seconds = 0  # AMC finishes them while nobody watches
-    await asyncio.sleep(1.6)  # the dead replica's leases run out
+    # The dead replica's leases run out (1.5 s after its last renewal): wait for that, not for a guess of it.
+    await wait_until(
+        lambda: leases_expired(pool), seconds=30, what="the killed replica's leases to expire in the database"
+    )
     assert await Daemon(load_config(path), once=True).run() == 0
     rows = await pool.fetch("SELECT status, attempt, claims, interruptions FROM schedule_runs")
     # Each was interrupted once (the kill) after it had advanced: adopted, not counted as a second attempt.
@@ -95,7 +102,8 @@ async def test_sigterm_drains_releases_leases_and_notifies_systemd(
         assert "MONOTONIC_USEC=" in reloading
         await wait_until(lambda: "config_reloaded" in (tmp_path / "daemon.log").read_text(), what="config_reloaded")
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 15) == 0
+        # A 0.5 s drain; the deadline is generous (a loaded machine), and a drain that hangs still fails it.
+        assert await asyncio.wait_for(process.wait(), 60) == 0
         await wait_until(lambda: received("STOPPING=1"), what="STOPPING=1")
     finally:
         if process.returncode is None:
