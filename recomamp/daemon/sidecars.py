@@ -10,6 +10,7 @@ import asyncio
 import shutil
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +127,9 @@ async def send_notifications_once(daemon: Daemon) -> None:
 
 
 async def refresh_gauges(daemon: Daemon) -> None:
-    """The gauges that come from the database (re-authentication, paused schedules, quota, lag, last success)."""
+    """The gauges that come from the database (re-authentication, paused schedules, quota, lag, last success,
+    freshness)."""
+    from recomamp.services.coverage import refresh_freshness
     from recomamp.services.status import read_status
     from recomamp.store.db import is_connection_error
 
@@ -138,6 +141,10 @@ async def refresh_gauges(daemon: Daemon) -> None:
                 daemon._services.control_pool, quota_window_seconds=config.amc.quota_window_seconds
             )
             daemon.metrics.set_database_gauges(snapshot, config.amc.adhoc_executions_per_day)
+            # Freshness too: its gauges, and a lateness episode's start or end as an alert (once per episode).
+            async with daemon._services.control_pool.acquire() as connection:
+                fleet = await refresh_freshness(connection, datetime.now(UTC))
+            daemon.metrics.set_freshness_gauges(fleet)
             if failing:
                 log.info("metrics_gauges_refreshed_again")
             failing = False
