@@ -27,10 +27,13 @@ from recomamp.cli.common import (
 EXIT_CHANGES = 1  # plan --detailed-exitcode: the database differs from the file
 
 
-def _print_problems(problems: list[Any]) -> None:
+def _print_problems(problems: list[Any], *, as_json: bool) -> None:
     print(f"error: the fleet is invalid ({len(problems)} problem(s)); nothing was read or written:", file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
+    if as_json:  # for a CI job that annotates each line of the pull request
+        found = [{"file": p.file, "path": p.path, "message": p.message} for p in problems]
+        print(json.dumps({"valid": False, "problems": found}, indent=2))
 
 
 def _value(value: Any) -> str:
@@ -97,7 +100,7 @@ def _load_fleet(args: argparse.Namespace) -> Any:
     try:
         return load(Path(args.file))
     except FleetInvalid as exc:
-        _print_problems(exc.problems)
+        _print_problems(exc.problems, as_json=args.json)
         return None
 
 
@@ -200,6 +203,13 @@ async def _export(args: argparse.Namespace) -> str:
         return await export(connection, user=args.user)
 
 
+def cmd_example_fleet(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    sys.stdout.write(files("recomamp").joinpath("example-fleet.toml").read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     plan = add_command(
         commands,
@@ -235,3 +245,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     )
     export.add_argument("--user", metavar="EMAIL", help="only this user's part of the fleet")
     export.add_argument("--output", metavar="PATH", help="write to this file (default: stdout)")
+    add_command(
+        commands,
+        "example-fleet",
+        "print the example fleet file, two users and every kind of schedule (recomamp example-fleet > fleet.toml)",
+        cmd_example_fleet,
+        common,
+    )

@@ -666,3 +666,18 @@ async def test_a_user_declared_in_two_files_of_a_directory(
     err = capsys.readouterr().err
     assert "b.toml: users[0].email: ana@example.com is declared twice (also " in err and "a.toml: users[0])" in err
     assert (await counts(db))["users"] == 0
+
+
+async def test_plan_json_lists_the_problems_and_apply_without_a_terminal_needs_yes(
+    config_path: Path, fleet: FleetFiles, db: asyncpg.Connection, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[users]]\nemail = "ana@example.com"\nregion = "xx"\nhome = "?"\n')
+    assert await cli(config_path, "plan", str(bad), "--json") == 2
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["valid"] is False
+    assert sorted(p["path"] for p in answer["problems"]) == ["users[0].home", "users[0].region"]
+    # Not a terminal, no --yes: nothing can be confirmed, so nothing is applied.
+    assert await cli(config_path, "apply", str(fleet.write()), stdin="yes\n") == 2
+    assert "pass --yes" in capsys.readouterr().err
+    assert (await counts(db))["users"] == 0

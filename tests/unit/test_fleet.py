@@ -205,3 +205,11 @@ def test_an_exported_schedule_validates_back_to_the_same_fields() -> None:
     text = USERS + target + "\n".join(_schedule_lines("ana@example.com", "s", schedule_fields(row)))
     (schedule,) = fleet_of(text).schedules
     assert schedule.fields == schedule_fields(row)
+
+
+def test_the_shipped_example_fleet_is_valid() -> None:
+    from importlib.resources import files
+
+    text = files("recomamp").joinpath("example-fleet.toml").read_text(encoding="utf-8")
+    fleet = validate([Document("example-fleet.toml", tomllib.loads(text))], lambda path: Problem("", "", "no files"))
+    assert (len(fleet.users), len(fleet.instances), len(fleet.snowflake), len(fleet.schedules)) == (2, 3, 2, 3)
