@@ -164,7 +164,11 @@ async def cmd_apply(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAILURE
         except ApplyRefused as exc:
-            render_plan(PlanResult(exc.changes, args.prune))
+            refused = PlanResult(exc.changes, args.prune)
+            if args.json:
+                print(json.dumps({**refused.as_dict(), "applied": False}, indent=2, default=str))
+            else:
+                render_plan(refused)
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
     result = outcome.plan
