@@ -1,16 +1,20 @@
-"""Embedded servers: Postgres from the pgserver wheel, and fakesnow in server mode as a child process."""
+"""Embedded servers: Postgres from the pgserver wheel, and the Snowflake emulator (fakesnow behind a front that
+behaves like Snowflake, recomamp.sandbox.snowflake_emulator) as a child process."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -68,6 +72,42 @@ class FakeSnowflake:
     host: str
     port: int
     process: subprocess.Popen[bytes]
+
+    def _control(self, path: str, changes: dict[str, Any] | None = None) -> Any:
+        """The emulator's control endpoints (never the loader's way in): its account, settings, transactions."""
+        data = json.dumps(changes).encode() if changes is not None else None
+        request = urllib.request.Request(  # noqa: S310 - our own emulator on the loopback
+            f"http://{self.host}:{self.port}/_emulator/{path}",
+            data=data,
+            method="POST" if data is not None else "GET",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())
+
+    def account(self) -> dict[str, Any]:
+        """Statements, warehouse statements and seconds, lock waits: in total, and per session QUERY_TAG."""
+        return dict(self._control("account"))
+
+    def reset_account(self) -> None:
+        self._control("reset", {})
+
+    def transactions(self) -> list[dict[str, Any]]:
+        return list(self._control("transactions"))
+
+    def settings(self, **changes: float) -> dict[str, Any]:
+        return dict(self._control("settings", changes) if changes else self._control("settings"))
+
+    @contextlib.contextmanager
+    def configured(self, **changes: float) -> Iterator[None]:
+        """The emulator with these settings for the block (statement_latency_ms, copy_seconds,
+        blocking_idle_abort_seconds, idle_abort_seconds, lock_waiter_limit), then as before."""
+        before = self.settings()
+        self.settings(**changes)
+        try:
+            yield
+        finally:
+            self.settings(**{k: before[k] for k in changes})
 
     def stop(self) -> None:
         if self.process.poll() is None:
