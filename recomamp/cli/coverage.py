@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from recomamp.cli.common import EXIT_OK, UsageError, add_command, async_handler, bounded_int, database, iso_date, now
-from recomamp.cli.output import print_json, utc_text
+from recomamp.cli.output import Column, print_json, render_table, table, terminal_width, utc_text, window_text
 from recomamp.domain.coverage import LETTERS, MAX_GRACE_HOURS, MEANINGS, WindowCoverage, WindowState
 from recomamp.domain.schedules import Window
 
@@ -204,8 +204,9 @@ async def backfill_missing(args: argparse.Namespace) -> int:
     states = {w.window.start: w.state.value for w in covered.coverage.windows}
     rows = [
         {
-            "window_start": w.window.start_local.date().isoformat(),
-            "window_end": w.window.end_local.date().isoformat(),
+            "window_start": w.window.start_local.date(),
+            "window_end": w.window.end_local.date(),
+            "window": window_text(w.window.start, w.window.end, w.window.timezone),
             "was": states.get(w.window.start, "never_run"),
             "state": w.state,
             "run_id": w.run_id,
@@ -216,7 +217,10 @@ async def backfill_missing(args: argparse.Namespace) -> int:
     if getattr(args, "json", False) and not args.wait:
         print_json({"windows": rows, "created": plan.created, "dry_run": args.dry_run})
     elif not getattr(args, "json", False):
-        _print_rows(rows)
+        if rows:
+            table(rows, ["window", "was", "state", "run_id"], wide=getattr(args, "wide", False))
+        else:
+            print("(no missing or failed window)")
         verb = "would create" if args.dry_run else "created"
         count = len(plan.to_create) if args.dry_run else len(plan.created)
         print(
@@ -231,43 +235,40 @@ async def backfill_missing(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_rows(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("(no missing or failed window)")
-        return
-    columns = ["window_start", "window_end", "was", "state", "run_id"]
-    widths = {c: max(len(c), *(len(str(r[c] if r[c] is not None else "-")) for r in rows)) for c in columns}
-    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
-    for row in rows:
-        print("  ".join(str(row[c] if row[c] is not None else "-").ljust(widths[c]) for c in columns).rstrip())
-
-
-def render_user_lines(lines: list[Any]) -> list[str]:
+def render_user_lines(lines: list[Any], *, width: int | None = None) -> str:
     """`coverage --user`: one line per schedule."""
     if not lines:
-        return ["(the user has no schedules)"]
-    table = []
+        return "(the user has no schedules)"
+    rows = []
     for line in lines:
-        schedule = line.schedule
         fresh = line.freshness
+        newest = line.newest_loaded
         state = "error" if line.error else ("paused" if fresh is None else ("LATE" if fresh.late else "fresh"))
-        table.append(
+        rows.append(
             {
-                "id": str(schedule["id"]),
-                "name": str(schedule["name"]),
+                "id": line.schedule["id"],
+                "name": line.schedule["name"],
                 "state": state,
-                "range": f"{line.first.isoformat()}..{line.last.isoformat()}" if line.first else "-",
-                "loaded": str(line.counts.get("loaded", 0)),
-                "missing": str(line.missing),
-                "failed": str(line.counts.get("failed", 0)),
-                "newest loaded": _window_text(line.newest_loaded) if line.newest_loaded else (line.error or "-"),
+                "range": f"{line.first.isoformat()}..{line.last.isoformat()}" if line.first and line.last else None,
+                "loaded": line.counts.get("loaded", 0),
+                "missing": line.missing,
+                "failed": line.counts.get("failed", 0),
+                "newest": f"{window_text(newest.start, newest.end, newest.timezone)} {newest.timezone}"
+                if newest
+                else line.error,
             }
         )
-    columns = list(table[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in columns}
-    out = ["  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip()]
-    out += ["  ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in table]
-    return out
+    columns = [
+        Column("id", minimum=2),
+        Column("name", flexible=True),
+        Column("state", minimum=5),
+        Column("range", minimum=22),
+        Column("loaded", minimum=6),
+        Column("missing", minimum=7),
+        Column("failed", minimum=6),
+        Column("newest", "NEWEST LOADED", flexible=True),
+    ]
+    return render_table(rows, columns, width=width)
 
 
 @async_handler
@@ -302,7 +303,7 @@ async def cmd_user_coverage(args: argparse.Namespace) -> int:
             ]
         )
     else:
-        print("\n".join(render_user_lines(lines)))
+        print(render_user_lines(lines, width=terminal_width(getattr(args, "wide", False))))
     return EXIT_OK
 
 
