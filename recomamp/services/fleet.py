@@ -278,6 +278,9 @@ async def _make(connection: Connection, fleet: Fleet, change: Change, box: Secre
         return
     assert change.schedule_id is not None
     edits = {UPDATE_FIELD[key]: value for key, value in new.items() if key in UPDATE_FIELD}
+    if "snowflake_table_name" in edits:
+        # `schedules update` turns Snowflake on with a new table unless told otherwise: tell it what the file says.
+        edits["snowflake_enabled"] = desired.fields["snowflake.enabled"]
     if edits:
         await schedule_service.update(connection, change.schedule_id, ScheduleUpdate(**edits), now)
     if "paused" in new:

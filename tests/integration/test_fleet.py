@@ -681,3 +681,15 @@ async def test_plan_json_lists_the_problems_and_apply_without_a_terminal_needs_y
     assert await cli(config_path, "apply", str(fleet.write()), stdin="yes\n") == 2
     assert "pass --yes" in capsys.readouterr().err
     assert (await counts(db))["users"] == 0
+
+
+async def test_a_new_table_for_a_disabled_target_stays_disabled_in_one_apply(
+    config_path: Path, fleet: FleetFiles, db: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet.edits["s01"] = {"snowflake": '{ table = "A", enabled = false }'}
+    assert await cli(config_path, "apply", str(fleet.write()), "--yes") == 0
+    fleet.edits["s01"] = {"snowflake": '{ table = "B", enabled = false }'}
+    assert await cli(config_path, "apply", str(fleet.write()), "--yes") == 0
+    row = await one(db, "SELECT snowflake_enabled, snowflake_table_name FROM workflow_schedules WHERE name = 's01'")
+    assert (row["snowflake_enabled"], row["snowflake_table_name"]) == (False, "B")
+    assert (await plan_json(config_path, fleet.root, capsys))["changes"] == []
