@@ -100,7 +100,13 @@ def window_text(start: datetime, end: datetime, timezone: str | None) -> str:
     """`[2026-11-17, 2026-11-18)` in the schedule's own dates: what `--window-start` takes, end excluded.
     A window boundary that is not local midnight keeps its time, so no two windows read alike."""
     tz = zone(timezone)
-    local_start, local_end = start.astimezone(tz), end.astimezone(tz)
+
+    def local(moment: datetime) -> datetime:
+        # A wall-clock time without a zone (a Window's start_local) is already the schedule's; astimezone
+        # would read it as this machine's local time and shift it.
+        return moment.replace(tzinfo=tz) if moment.tzinfo is None else moment.astimezone(tz)
+
+    local_start, local_end = local(start), local(end)
 
     def one(moment: datetime) -> str:
         if (moment.hour, moment.minute, moment.second) == (0, 0, 0):

@@ -196,7 +196,7 @@ LIST_COLUMNS = [
     Column("name", flexible=True, minimum=10),
     Column("user_email", "USER", flexible=True, minimum=12),
     Column("instance_id", "INSTANCE", flexible=True, minimum=10),
-    Column("cadence", flexible=True, minimum=16),
+    Column("cadence", minimum=16),  # its zone is at the end: it gives way only after the names
     Column("state", flexible=True, minimum=6),
     Column("next_run", "NEXT RUN"),
     Column("table", "TABLE", flexible=True, minimum=10),

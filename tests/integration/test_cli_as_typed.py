@@ -133,6 +133,8 @@ async def test_every_list_fits_120_columns_keeps_the_fix_and_shows_local_windows
         assert answer.code == 0, answer.err
     queued = await recomamp("schedules", "run-now", "1", "--window-start", start.isoformat(), *c)
     assert queued.code == 0, queued.err
+    window = f"[{start.isoformat()}, {(start + timedelta(days=1)).isoformat()}) Europe/Berlin"
+    assert window in queued.out, queued.out
     fix = "`recomamp users authorize ada@example.com --rerun-failed`"
     await db.execute(
         "UPDATE schedule_runs SET status = 'failed', step = 'finished', error_kind = 'reauth_required', "
@@ -167,6 +169,12 @@ async def test_every_list_fits_120_columns_keeps_the_fix_and_shows_local_windows
         assert answer.code in (0, 1), (argv, answer.err)  # status: 1 when a person is needed
         if argv[-1] not in ("1",) or argv[1] in ("preview",):
             _assert_fits(answer.out)
+    listed = await recomamp("schedules", "list", *c)
+    assert "daily 06:00 Europe/Berlin" in listed.out, listed.out  # the zone survives the fit
+    backfill = await recomamp(
+        "schedules", "backfill", "1", "--from", start.isoformat(), "--to", start.isoformat(), "--dry-run", *c
+    )
+    assert f"[{start.isoformat()}, {end.isoformat()})" in backfill.out, backfill.out
     users = await recomamp("users", "list", *c)
     assert re.search(r"bo-without-a-token@example\.com\s+none\b", users.out), users.out
     assert "`recomamp users authorize bo-without-a-token@example.com`" in users.out
