@@ -142,7 +142,9 @@ async def test_a_replica_killed_between_the_marker_and_the_post_leaves_exactly_o
 async def test_thirty_five_schedules_on_one_instance_take_thirty_slots_and_five_wait_for_the_window_to_roll(
     pool: asyncpg.Pool, db_dsn: str, box: SecretBox, simulator: AmcSimulator, write_config: ConfigWriter
 ) -> None:
-    window = 6.0  # a "day", time-compressed; the simulator's own quota counts the same window
+    # A "day", time-compressed; the simulator's own quota counts the same window. Long enough for 35 claims and
+    # 30 POSTs on a loaded machine before the first slot frees: what is checked while the window is full.
+    window = 10.0
     simulator.adhoc_quota = 30
     simulator.quota_window_seconds = window
     simulator.default_profile.files = 1
@@ -163,16 +165,21 @@ async def test_thirty_five_schedules_on_one_instance_take_thirty_slots_and_five_
     daemon = Daemon(config)
     serving = asyncio.create_task(daemon.run())
     try:
-        await wait_until(
-            lambda: _count(pool, "status = 'succeeded'", 30), seconds=30, what="30 runs to succeed in the first window"
-        )
-        waiting = await pool.fetch("SELECT * FROM schedule_runs WHERE status = 'pending'")
+
+        async def window_full() -> bool:
+            # The 30 need only be submitted, not finished: the window fills with the POSTs.
+            return len(simulator.executions) == 30 and await _count(pool, "wait_reason = 'amc_quota'", 5)
+
+        await wait_until(window_full, seconds=60, what="30 POSTs in the first window and 5 runs waiting for it to roll")
+        waiting = await pool.fetch("SELECT * FROM schedule_runs WHERE wait_reason = 'amc_quota'")
         assert len(waiting) == 5 and len(simulator.executions) == 30
         for run in waiting:
             assert (run["wait_reason"], run["attempt"]) == ("amc_quota", 0)  # waiting costs no attempt
             assert "Waiting for AMC's ad-hoc quota on instance amcQ: 30 of 30" in run["error_message"]
             assert "Next slot at" in run["error_message"] and "Nothing failed" in run["error_message"]
-        await wait_until(lambda: _count(pool, "status = 'succeeded'", 35), seconds=30, what="the 5 after the roll")
+        await wait_until(
+            lambda: _count(pool, "status = 'succeeded'", 35), seconds=90, what="all 35, the 5 after the roll"
+        )
     finally:
         daemon.request_stop()
         assert await serving == 0
