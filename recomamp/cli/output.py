@@ -1,6 +1,6 @@
 """The one output layer of the CLI: JSON for scripts, tables and fields for people.
 
-JSON: one timestamp format (ISO 8601 in UTC with a `Z`, to the second or finer), dates as YYYY-MM-DD,
+JSON: one timestamp format (ISO 8601 in UTC with a `Z`, to the second), dates as YYYY-MM-DD,
 numbers as JSON numbers (a Postgres NUMERIC arrives as Decimal and would otherwise print as a string),
 durations as seconds. Tables: they fit the terminal (120 columns when it cannot be asked, at most 120
 unless `--wide`), and a cell that must be cut keeps its start and its tail, because the tail of a message
@@ -33,10 +33,10 @@ ELLIPSIS = "…"
 
 
 def utc_text(value: datetime) -> str:
-    """2026-11-17T06:00:00Z (microseconds kept when there are any)."""
+    """2026-11-17T06:00:00Z: always this shape, to the second (durations are given as seconds of their own)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def jsonable(value: Any) -> Any:

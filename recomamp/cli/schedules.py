@@ -248,7 +248,11 @@ def render_schedule(schedule: dict[str, Any]) -> str:
     lines += section(
         "Snowflake",
         {
-            "table": ".".join(p for p in (schedule["snowflake_schema_name"], schedule["snowflake_table_name"]) if p)
+            "table": (
+                f"{schedule['snowflake_schema_name']}.{schedule['snowflake_table_name']}"
+                if schedule["snowflake_schema_name"]
+                else f"{schedule['snowflake_table_name']} (in the user's default schema)"
+            )
             if schedule["snowflake_enabled"]
             else "off",
             "loads by": (f"merge on {', '.join(keys)}" if keys else "replacing each window")
@@ -551,10 +555,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
             "--auto-pause",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="pause the schedule after --failure-threshold failures in a row (default: on)",
+            help="pause the schedule after --failure-threshold failures in a row (default: off)",
         )
         sub.add_argument(
-            "--failure-threshold", type=bounded_int(1, 1000), metavar="N", help="failures in a row before it pauses"
+            "--failure-threshold",
+            type=bounded_int(1, 1000),
+            metavar="N",
+            help="with --auto-pause: failures in a row before it pauses (default 3)",
         )
         sub.add_argument(
             "--misfire",

@@ -201,7 +201,7 @@ async def test_paused_is_said_where_it_matters(config: Path) -> None:
     assert resumed.json()["state"] == "active" and resumed.json()["next_run_at"].endswith("Z")
 
 
-ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 LOOKS_LIKE_A_MOMENT = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d")
 A_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
