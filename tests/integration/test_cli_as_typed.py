@@ -240,6 +240,9 @@ async def test_every_command_answers_json_with_one_timestamp_format_and_typed_nu
         ["migrate", "status"],
         ["check-config"],
         ["keygen"],
+        ["runs", "cancel", "1"],
+        ["schedules", "backfill", "1", "--cancel"],
+        ["schedules", "delete", "1"],
     ]
     await db.execute(  # a replica, so that status has a heartbeat to report
         "INSERT INTO replicas (name, hostname, pid, version, runs_held) VALUES ('r1', 'h', 1, '0.2.0', 0)"
