@@ -157,14 +157,14 @@ async def test_cancelling_a_running_run_cancels_its_execution_and_writes_nothing
     async def submitted() -> bool:
         return bool(await pool.fetchval("SELECT amc_execution_id IS NOT NULL FROM schedule_runs"))
 
-    await wait_until(submitted, seconds=15, what="the run to submit its execution")
+    await wait_until(submitted, seconds=45, what="the run to submit its execution")
     run_id = await pool.fetchval("SELECT id FROM schedule_runs WHERE schedule_id = $1", schedule_id)
     assert await cli(config_path, "runs", "cancel", str(run_id)) == 0
 
     async def cancelled() -> bool:
         return bool(await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run_id) == "cancelled")
 
-    await wait_until(cancelled, seconds=15, what="the run to be cancelled")
+    await wait_until(cancelled, seconds=45, what="the run to be cancelled before its execution ends on its own")
     daemon.request_stop()
     assert await serving == 0
     run = await pool.fetchrow("SELECT * FROM schedule_runs WHERE id = $1", run_id)

@@ -131,9 +131,11 @@ async def add_due_schedule(
 
 
 async def wait_until(
-    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20.0, what: str = "the condition"
+    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 60.0, what: str = "the condition"
 ) -> None:
-    """Poll `condition` every 50 ms; fail the test, saying what never happened, after `seconds`."""
+    """Poll `condition` every 50 ms; fail the test, saying what never happened, after `seconds`. The default is
+    generous: a condition met in a second on an idle machine may take many on a loaded one, and only a test
+    that would hang reaches it."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         result = condition()
