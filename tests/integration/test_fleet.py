@@ -431,7 +431,7 @@ async def test_two_applies_at_once_cannot_interleave(
         await other.close()
 
 
-async def test_a_running_daemon_starts_a_schedule_applied_while_it_sleeps(
+async def test_a_running_daemon_starts_a_schedule_applied_while_it_sleeps_and_finishes_its_run_when_pruned(
     pool: asyncpg.Pool,
     db_dsn: str,
     box: SecretBox,
@@ -475,9 +475,24 @@ sql = "SELECT campaign_id, SUM(impressions) AS impressions FROM sponsored_ads_tr
         return bool(await pool.fetchval("SELECT count(*) FROM schedule_runs WHERE started_at IS NOT NULL"))
 
     await wait_until(started, seconds=75, what="the applied schedule's first run to start")
-    run = await one(pool, "SELECT scheduled_for, started_at FROM schedule_runs")
+    run = await one(pool, "SELECT id, scheduled_for, started_at FROM schedule_runs")
+    # Pruned while its run is in flight: the schedule is archived, the run still finishes.
+    without = tmp_path / "without.toml"
+    without.write_text(fleet_file.read_text().split("[[schedules]]")[0])
+    async with pool.acquire() as connection:
+        pruned = await fleet_service.apply(
+            connection, fleet_service.load(without), box=box, now=datetime.now(UTC), prune=True, operator="t"
+        )
+    assert [c.op for c in pruned.plan.changes] == ["-"]
+
+    async def succeeded() -> bool:
+        return bool(await pool.fetchval("SELECT status FROM schedule_runs WHERE id = $1", run["id"]) == "succeeded")
+
+    await wait_until(succeeded, seconds=30, what="the archived schedule's run in flight to finish")
     daemon.request_stop()
     assert await serving == 0
+    assert await pool.fetchval("SELECT count(*) FROM schedule_runs") == 1
+    assert await pool.fetchval("SELECT archived_at IS NOT NULL FROM workflow_schedules") is True
     assert run["scheduled_for"] == fire
     # On time: the NOTIFY made it re-read its next due time, not its 60 s poll.
     assert run["started_at"] - fire < timedelta(seconds=5), (run["started_at"], fire, time.time())
