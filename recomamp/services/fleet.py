@@ -288,8 +288,17 @@ async def _make(connection: Connection, fleet: Fleet, change: Change, box: Secre
 
 
 async def _make_all(connection: Connection, fleet: Fleet, changes: list[Change], box: SecretBox, now: datetime) -> None:
-    """Each change in its own savepoint: one refused change is recorded on it and the others still run, so
-    the plan lists every refusal at once."""
+    """Every change, or a `refused` on each one that cannot be made. The common case, nothing refused, runs
+    under one savepoint; after a refusal it is rolled back and run again with a savepoint per change, so that
+    one refusal does not hide the next and the plan lists them all."""
+    if not any(change.refused for change in changes):
+        try:
+            async with connection.transaction():
+                for change in changes:
+                    await _make(connection, fleet, change, box, now)
+            return
+        except (ValueError, LookupError):
+            pass  # rolled back to the savepoint: find every refusal, one savepoint each
     for change in changes:
         if change.refused:
             continue
