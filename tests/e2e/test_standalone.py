@@ -14,6 +14,7 @@ import aiohttp
 import psutil
 import pytest
 
+from recomamp.config import load_config
 from tests.integration.world import wait_until
 
 
@@ -98,6 +99,12 @@ async def test_standalone_stays_up_serves_the_cli_and_stops_everything_on_ctrl_c
         (export,) = [line.strip() for line in printed if line.strip().startswith("export RECOMAMP_CONFIG=")]
         config = export.removeprefix("export RECOMAMP_CONFIG=")
         assert Path(config) == workdir.resolve() / "recomamp.toml" and Path(config).exists()
+        # Its own spool and control socket: every sandbox database starts at run 1, so nothing may be shared.
+        installed = load_config(Path(config)).daemon
+        assert (installed.spool_dir, Path(installed.control_socket)) == (
+            workdir.resolve() / "spool",
+            workdir.resolve() / "control.sock",
+        )
         started = {child.pid for child in psutil.Process(process.pid).children(recursive=True)}
         assert started  # the daemon and the Snowflake emulator at least
 
