@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         get_logger("recomamp").error("daemon_cannot_start", reason=str(exc))
         if sys.stderr.isatty():  # under journald the JSON line above is the one line
             print(f"recomamp: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exc.exit_code  # 78 when a start-up check failed: the unit does not restart it
 
 
 RELOAD_TIMEOUT_SECONDS = 60.0

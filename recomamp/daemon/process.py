@@ -76,6 +76,19 @@ class PipelineFactory(Protocol):
 class DaemonError(Exception):
     """The daemon cannot start: the message says what to fix."""
 
+    exit_code = 1
+
+
+# EX_CONFIG (sysexits.h). The units say RestartPreventExitStatus=78: a port or socket that cannot be had is not
+# had on the next try either, so `systemctl start` fails once, visibly, instead of restarting in a loop.
+EXIT_START_CHECK_FAILED = 78
+
+
+class StartCheckFailed(DaemonError):
+    """Something the config names (the metrics address, the control socket) cannot be had at start."""
+
+    exit_code = EXIT_START_CHECK_FAILED
+
 
 @dataclass
 class Tally:
@@ -197,7 +210,7 @@ class Daemon:
         try:
             return await open_listeners(self)
         except (ListenError, ControlSocketError) as exc:
-            raise DaemonError(str(exc)) from exc
+            raise StartCheckFailed(str(exc)) from exc
 
     async def _await_database(self) -> bool:
         """Wait, with capped backoff, until the database answers and its schema is current."""

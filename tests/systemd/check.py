@@ -15,7 +15,8 @@ Postgres 15 and the AMC/LWA simulator as transient units, and checks, each as an
 - `systemd-analyze security recomamp` ≤ 1.5;
 - two templated instances, recomamp@a and recomamp@b, each with its own config, metrics port and control
   socket: both active and ready, both claiming runs from the one database at the same time, and a reload of
-  one (its journal says so) leaves the other's process, config and claiming alone.
+  one (its journal says so) leaves the other's process, config and claiming alone; a third instance on a
+  port another holds fails `systemctl start` once, with one line naming `[metrics] listen`, and no restart.
 
 The service venv is a regular (non-editable) install of this checkout, built on the host (the sandbox
 reaches no package index) from a Python the service user can execute.
@@ -445,6 +446,29 @@ def held_and_running(run_id: int) -> Callable[[], bool]:
     return check
 
 
+def taken_port(port: int) -> None:
+    """A third instance whose config names a port another one holds: `systemctl start` fails, once."""
+    config = instance_config("a").replace('replica_name = "replica-a"', 'replica_name = "replica-c"')
+    write_config(config.replace(f"127.0.0.1:{INSTANCES['a']}", f"127.0.0.1:{port}"), "/etc/recomamp/c.toml")
+    mark = cursor()
+    result = box("systemctl start recomamp@c", check=False)
+    require(result.returncode != 0, f"`systemctl start recomamp@c` on a taken port {port} fails: {result.returncode}")
+    time.sleep(6)  # longer than RestartSec=5s: a restart, were there one, would have happened
+    state = unit("ActiveState", "Result", "ExecMainStatus", "NRestarts", name="recomamp@c")
+    require(
+        state == {"ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "78", "NRestarts": "0"},
+        "it failed with 78, before READY, and was not restarted",
+        str(state),
+    )
+    lines = [e for e in journal(mark, name="recomamp@c") if "[metrics] listen" in json.dumps(e)]
+    require(
+        len(lines) == 1 and lines[0]["event"] == "daemon_cannot_start",
+        f"one line says why: {lines[0].get('reason') if lines else None!r}",
+        str(lines),
+    )
+    box("systemctl reset-failed recomamp@c")
+
+
 def two_instances() -> None:
     step("recomamp@a and recomamp@b on one host: own configs, ports and sockets; both claim; a reload of one")
     box("systemctl stop recomamp")
@@ -497,6 +521,7 @@ def two_instances() -> None:
         not [e for e in journal(mark, name=f"recomamp@{other}") if str(e["event"]).startswith("config_reload")],
         f"and no reload in recomamp@{other}'s journal",
     )
+    taken_port(INSTANCES[owner])
     wait_for(finished({first, second}), "both runs finish", 90)
     rows = {int(str(r["id"])): r["status"] for r in runs()}
     require(rows[first] == rows[second] == "succeeded", f"runs {first} and {second} succeeded", str(rows))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from recomamp.config import DaemonSettings
+from recomamp.daemon.process import EXIT_START_CHECK_FAILED
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "recomamp.service"
 TEMPLATE = UNIT.with_name("recomamp@.service")  # several replicas on one host
@@ -32,6 +33,8 @@ def test_the_unit_has_what_operators_rely_on() -> None:
     assert settings["NotifyAccess"] == ["main"]
     assert settings["KillMode"] == ["mixed"]
     assert settings["Restart"] == ["on-failure"]
+    # A failed start-up check (a taken port) exits 78 before READY=1: no restart loop.
+    assert settings["RestartPreventExitStatus"] == [str(EXIT_START_CHECK_FAILED)]
     assert settings["SyslogIdentifier"] == ["recomamp"]
     # No credential reaches ExecReload= on systemd 252: the reload client asks the daemon, which has them.
     assert settings["ExecReload"] == ["/opt/recomamp/venv/bin/recomamp reload"]
