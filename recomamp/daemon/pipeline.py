@@ -47,7 +47,6 @@ from recomamp.logs import get_logger
 from recomamp.snowflake.connection import BadPrivateKey, spec_from_row
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.snowflake.loader import (
-    LEDGER_PATIENCE_SECONDS,
     LoadCancelled,
     LoadSuperseded,
     LoadTarget,
@@ -602,9 +601,6 @@ class RunPipeline:
                         amc_execution_id=run.amc_execution_id
                         or (execution.execution_id if execution is not None else ""),
                         replace_loaded=replace_loaded,
-                        ledger_wait_until=run.downloaded_at.timestamp() + LEDGER_PATIENCE_SECONDS
-                        if run.downloaded_at is not None
-                        else None,
                     ),
                     files.paths,
                     # AMC's outputColumns types: a STRING column of digits stays text, a LONG stays a number.

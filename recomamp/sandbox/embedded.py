@@ -76,7 +76,7 @@ class FakeSnowflake:
     def _control(self, path: str, changes: dict[str, Any] | None = None) -> Any:
         """The emulator's control endpoints (never the loader's way in): its account, settings, transactions."""
         data = json.dumps(changes).encode() if changes is not None else None
-        request = urllib.request.Request(  # noqa: S310 - our own emulator on the loopback
+        request = urllib.request.Request(
             f"http://{self.host}:{self.port}/_emulator/{path}",
             data=data,
             method="POST" if data is not None else "GET",

@@ -60,7 +60,8 @@ class SnowflakeConnectionSpec:
     def auth_method(self) -> str:
         return "password" if self.password is not None else "key_pair"
 
-    def connect_kwargs(self, settings: SnowflakeSettings) -> dict[str, Any]:
+    def connect_kwargs(self, settings: SnowflakeSettings, query_tag: str = "recomamp") -> dict[str, Any]:
+        """`query_tag`: what Snowflake's query history and cost views attribute this session's statements to."""
         kwargs: dict[str, Any] = {
             "account": self.account,
             "user": self.user,
@@ -73,10 +74,17 @@ class SnowflakeConnectionSpec:
             # Snowflake cuts off a statement (and a wait for a lock) past these: a hung warehouse or a
             # blocked table never holds a load, its thread and its run's slot for ever.
             "session_parameters": {
-                "QUERY_TAG": "recomamp",
+                "QUERY_TAG": query_tag,
                 "STATEMENT_TIMEOUT_IN_SECONDS": settings.statement_timeout_seconds,
                 "LOCK_TIMEOUT": settings.lock_timeout_seconds,
+                # The time-series columns are naive UTC; a session in the account's zone would read them shifted.
+                "TIMEZONE": "UTC",
+                # A COPY whose client died stops 5 minutes later instead of running on into a dead transaction.
+                "ABORT_DETACHED_QUERY": True,
             },
+            # Explicit transactions only where the loader opens one (BEGIN … COMMIT); every other statement
+            # commits by itself, so nothing is left open if a load gives up between statements.
+            "autocommit": True,
             "client_session_keep_alive": False,
         }
         if self.warehouse:
@@ -98,10 +106,10 @@ class SnowflakeConnectionSpec:
             kwargs["protocol"] = self.protocol
         return kwargs
 
-    def connect(self, settings: SnowflakeSettings) -> Any:
+    def connect(self, settings: SnowflakeSettings, query_tag: str = "recomamp") -> Any:
         import snowflake.connector
 
-        return snowflake.connector.connect(**self.connect_kwargs(settings))
+        return snowflake.connector.connect(**self.connect_kwargs(settings, query_tag))
 
 
 def server_version(spec: SnowflakeConnectionSpec, settings: SnowflakeSettings) -> str:

@@ -37,6 +37,8 @@ _PERMANENT: dict[int, str] = {
     251005: "the Snowflake user name is missing",
     251006: "the Snowflake password is missing",
 }
+# A statement past STATEMENT_TIMEOUT_IN_SECONDS: a warehouse that was slow once; a second time, it is the load.
+STATEMENT_TIMEOUT = 630
 # errno values that mean "try again later".
 _TRANSIENT = frozenset({250001, 250003, 390114, 604, 251012})
 # An HTTP 5xx the connector retried until its network timeout (the service failed for a while, or the
@@ -56,6 +58,13 @@ def classify(exc: BaseException) -> SnowflakeFailure:
     lowered = text.lower()
     if "warehouse" in lowered and ("suspended" in lowered or "resuming" in lowered):
         return SnowflakeFailure(True, code, f"the Snowflake warehouse is suspended or resuming: {text}")
+    if code == STATEMENT_TIMEOUT:
+        return SnowflakeFailure(
+            True,
+            code,
+            f"a Snowflake statement ran past [snowflake] statement_timeout_seconds (Snowflake error 630: {text}); "
+            "a larger warehouse, or a longer timeout, lets it finish",
+        )
     if is_lock_conflict(exc):
         # Another session holds the rows (a load of the same run by another claim, or a reader's lock):
         # the whole load starts again, and its ledger check sees what the other one committed.
@@ -75,3 +84,8 @@ def is_lock_conflict(exc: BaseException) -> bool:
     errno = getattr(exc, "errno", None)
     text = str(getattr(exc, "msg", None) or exc).lower()
     return errno in _LOCK_CONFLICT or "conflict on" in text or "lock wait" in text
+
+
+def is_missing_object(exc: BaseException, name: str) -> bool:
+    """Snowflake's 002003 (does not exist, or not authorized) for the object `name`."""
+    return getattr(exc, "errno", None) == 2003 and name.upper() in str(getattr(exc, "msg", None) or exc).upper()

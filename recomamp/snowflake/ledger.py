@@ -1,18 +1,22 @@
-"""The load ledger: a small table beside the loaded tables that fences loads inside Snowflake itself.
+"""The load ledger: which claim of a run committed which AMC execution into a table, kept in Snowflake beside the
+loaded tables, so that the fence holds where the write happens.
 
-The run's lease in Postgres is checked immediately before each COMMIT, but a process can stall between
-that check and the COMMIT reaching Snowflake (a GC pause, a frozen VM). By then another replica may have
-adopted the run and loaded it. The ledger closes that gap where the write happens:
+The run's lease in Postgres is checked immediately before each COMMIT, but a process can stall between that
+check and the COMMIT reaching Snowflake (a GC pause, a frozen VM). By then another replica may have adopted the
+run and loaded it. Two claims of one run write the same table, and each load's first write is a DELETE on that
+table, which Snowflake locks whole until COMMIT: so the claims of one run are already ordered by the target
+table's own lock, and the ledger needs no lock of its own (one per schema would serialise every load of the
+schema, as an UPDATE on it did in earlier releases). It is appended to, inside the load's transaction, after
+that DELETE:
 
-- one row per (table, run): the highest claim that began to write, and the claim, AMC execution and row
-  count of the load that committed;
-- a load writes its claim first in its own transaction (`CLAIM <= mine`), so two claims of one run
-  serialise on that row: Snowflake makes the second wait for the first's COMMIT (or aborts it on a lock
-  conflict, and the load starts again);
-- after that write, a lower claim sees a higher one and commits nothing (`LoadSuperseded`), and an adopted
-  run whose execution another claim already committed writes nothing again (`AlreadyLoaded`).
+- `INSERT … WHERE NOT EXISTS (a higher claim of this run, or another claim that loaded this execution)`: one
+  row inserted means this claim may commit; none means it must not, and `decide` says why;
+- an adopted run whose execution another claim committed writes nothing again (`AlreadyLoaded`); a claim older
+  than one that committed writes nothing (`LedgerSuperseded`); an operator's retry-upload loads again.
 
-Claims come from Postgres (`schedule_runs.claims`, which only grows), so the order is the lease order.
+INSERT takes no table lock in Snowflake, so loads of different tables never wait on the ledger. Claims come
+from Postgres (`schedule_runs.claims`, which only grows), so the order is the lease order. Rows of earlier
+releases (CLAIM the highest claim that began, LOADED_CLAIM the committed one) read the same way.
 """
 
 from __future__ import annotations
@@ -24,9 +28,21 @@ from typing import Any
 from recomamp.domain.identifiers import qualified, quote
 
 LEDGER_TABLE = "RECOMAMP_LOADS"
+# Rows older than this are of runs no claim can still load; a run is retried or adopted within days.
+LEDGER_KEEP_DAYS = 64
 
 # (kind, sql, params) → runs one statement on the load's cursor; returns the cursor.
 Execute = Callable[[str, str, Any], Any]
+
+_COLUMNS = (
+    ("TABLE_NAME", "VARCHAR"),
+    ("RUN_ID", "NUMBER(38,0)"),
+    ("CLAIM", "NUMBER(38,0)"),
+    ("LOADED_CLAIM", "NUMBER(38,0)"),
+    ("AMC_EXECUTION_ID", "VARCHAR"),
+    ("ROWS_LOADED", "NUMBER(38,0)"),
+    ("LOADED_AT", "TIMESTAMP_NTZ"),
+)
 
 
 @dataclass(frozen=True)
@@ -51,20 +67,32 @@ class AlreadyLoaded(Exception):
         self.entry = entry
 
 
-def decide(entry: LedgerEntry | None, *, claim: int, amc_execution_id: str, replace_loaded: bool) -> None:
+def decide(entries: list[LedgerEntry], *, claim: int, amc_execution_id: str, replace_loaded: bool) -> None:
     """Raises when this claim must not write: a higher claim holds the run, or its result is already in."""
-    if entry is None:
-        return
-    if entry.claim > claim:
-        raise LedgerSuperseded(claim, entry.claim)
-    if (
-        not replace_loaded
-        and amc_execution_id
-        and entry.loaded_claim is not None
-        and entry.loaded_claim != claim
-        and entry.amc_execution_id == amc_execution_id
-    ):
-        raise AlreadyLoaded(entry)
+    for entry in entries:
+        if entry.claim > claim:
+            raise LedgerSuperseded(claim, entry.claim)
+    for entry in entries:
+        if (
+            not replace_loaded
+            and amc_execution_id
+            and entry.loaded_claim is not None
+            and entry.loaded_claim != claim
+            and entry.amc_execution_id == amc_execution_id
+        ):
+            raise AlreadyLoaded(entry)
+
+
+def create_sql(database: str, schema: str) -> str:
+    columns = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in _COLUMNS)
+    return f"CREATE TABLE IF NOT EXISTS {qualified(database, schema, LEDGER_TABLE)} ({columns})"
+
+
+def prune_sql(database: str, schema: str) -> str:
+    return (
+        f"DELETE FROM {qualified(database, schema, LEDGER_TABLE)} "
+        f"WHERE {quote('LOADED_AT')} < DATEADD(day, -{LEDGER_KEEP_DAYS}, CURRENT_TIMESTAMP())"
+    )
 
 
 class Ledger:
@@ -73,57 +101,56 @@ class Ledger:
         self._name = qualified(database, schema, LEDGER_TABLE)
         self._key = (table, run_id)
 
-    def ensure_row(self) -> None:
-        """Outside any transaction: the table, and this run's row (so that claims meet on one row)."""
-        self._execute(
-            "ddl",
-            f"CREATE TABLE IF NOT EXISTS {self._name} ("
-            f"{quote('TABLE_NAME')} VARCHAR, {quote('RUN_ID')} NUMBER(38,0), {quote('CLAIM')} NUMBER(38,0), "
-            f"{quote('LOADED_CLAIM')} NUMBER(38,0), {quote('AMC_EXECUTION_ID')} VARCHAR, "
-            f"{quote('ROWS_LOADED')} NUMBER(38,0), {quote('LOADED_AT')} TIMESTAMP_NTZ)",
-            None,
-        )
-        self._execute(
+    def record(self, *, claim: int, amc_execution_id: str, replace_loaded: bool, rows: int, loaded_at: str) -> bool:
+        """Inside the load's transaction, after its DELETE took the table's lock: append this claim's load unless
+        a higher claim of the run, or another claim that loaded this execution, is there. True: it may commit."""
+        match = f"{quote('TABLE_NAME')} = %s AND {quote('RUN_ID')} = %s"
+        cursor = self._execute(
             "dml",
-            f"INSERT INTO {self._name} ({quote('TABLE_NAME')}, {quote('RUN_ID')}, {quote('CLAIM')}) "
-            f"SELECT %s, %s, 0 WHERE NOT EXISTS (SELECT 1 FROM {self._name} "
-            f"WHERE {quote('TABLE_NAME')} = %s AND {quote('RUN_ID')} = %s)",
-            (*self._key, *self._key),
+            f"INSERT INTO {self._name} ({', '.join(quote(name) for name, _ in _COLUMNS)}) "
+            f"SELECT %s, %s, %s, %s, %s, %s, CAST(%s AS TIMESTAMP_NTZ) WHERE NOT EXISTS ("
+            f"SELECT 1 FROM {self._name} WHERE {match} AND ({quote('CLAIM')} > %s OR ("
+            f"%s AND {quote('LOADED_CLAIM')} IS NOT NULL AND {quote('LOADED_CLAIM')} <> %s "
+            f"AND {quote('AMC_EXECUTION_ID')} = %s)))",
+            (
+                *self._key,
+                claim,
+                claim,
+                amc_execution_id,
+                rows,
+                loaded_at,
+                *self._key,
+                claim,
+                bool(amc_execution_id) and not replace_loaded,
+                claim,
+                amc_execution_id,
+            ),
         )
+        return _inserted(cursor) > 0
 
-    def read(self) -> LedgerEntry | None:
+    def read(self) -> list[LedgerEntry]:
         cursor = self._execute(
             "select",
             f"SELECT {quote('CLAIM')}, {quote('LOADED_CLAIM')}, {quote('AMC_EXECUTION_ID')}, {quote('ROWS_LOADED')} "
             f"FROM {self._name} WHERE {quote('TABLE_NAME')} = %s AND {quote('RUN_ID')} = %s "
-            f"ORDER BY {quote('CLAIM')} DESC LIMIT 1",
+            f"ORDER BY {quote('CLAIM')} DESC",
             self._key,
         )
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        claim, loaded_claim, execution, rows = row
-        return LedgerEntry(
-            int(claim or 0),
-            int(loaded_claim) if loaded_claim is not None else None,
-            str(execution) if execution is not None else None,
-            int(rows) if rows is not None else None,
-        )
+        return [
+            LedgerEntry(
+                int(claim or 0),
+                int(loaded_claim) if loaded_claim is not None else None,
+                str(execution) if execution is not None else None,
+                int(rows) if rows is not None else None,
+            )
+            for claim, loaded_claim, execution, rows in cursor.fetchall()
+        ]
 
-    def take(self, claim: int) -> None:
-        """Inside the load's transaction, its first write: the row lock orders this claim against the others."""
-        self._execute(
-            "dml",
-            f"UPDATE {self._name} SET {quote('CLAIM')} = %s "
-            f"WHERE {quote('TABLE_NAME')} = %s AND {quote('RUN_ID')} = %s AND {quote('CLAIM')} <= %s",
-            (claim, *self._key, claim),
-        )
 
-    def mark_loaded(self, claim: int, amc_execution_id: str, rows: int, loaded_at: str) -> None:
-        self._execute(
-            "dml",
-            f"UPDATE {self._name} SET {quote('LOADED_CLAIM')} = %s, {quote('AMC_EXECUTION_ID')} = %s, "
-            f"{quote('ROWS_LOADED')} = %s, {quote('LOADED_AT')} = CAST(%s AS TIMESTAMP_NTZ) "
-            f"WHERE {quote('TABLE_NAME')} = %s AND {quote('RUN_ID')} = %s AND {quote('CLAIM')} = %s",
-            (claim, amc_execution_id, rows, loaded_at, *self._key, claim),
-        )
+def _inserted(cursor: Any) -> int:
+    """Rows an INSERT wrote: the connector's rowcount, else its one result row ("number of rows inserted")."""
+    count = getattr(cursor, "rowcount", None)
+    if isinstance(count, int) and count >= 0:
+        return count
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import json
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -105,8 +106,19 @@ class SnowflakeSink:
             if stop.is_set():
                 raise LoadCancelled("the load was cut off before its commit")
 
+        # Snowflake's cost and query views attribute each statement to the session's tag: say whose load it is.
+        query_tag = json.dumps(
+            {
+                "app": "recomamp",
+                "schedule": metadata.schedule_id,
+                "run": metadata.run_id,
+                "claim": metadata.claim,
+                "table": target.display,
+            },
+            separators=(",", ":"),
+        )
         loader = Loader(
-            functools.partial(spec.connect, settings),
+            functools.partial(spec.connect, settings, query_tag),
             LoadPolicy(
                 batch_rows=settings.batch_rows,
                 max_attempts=retry.snowflake_max_attempts,

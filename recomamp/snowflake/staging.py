@@ -317,8 +317,12 @@ def read_batches(
                     column_names=positional, skip_rows=1, block_size=_READ_BLOCK_BYTES, use_threads=False
                 ),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                # Only an empty field is no value: pyarrow's default markers would make a campaign or
+                # region called NA (Amazon's code for North America), N/A, null, nan or #N/A a NULL.
                 convert_options=pacsv.ConvertOptions(
-                    column_types=dict.fromkeys(positional, pa.string()), strings_can_be_null=True
+                    column_types=dict.fromkeys(positional, pa.string()),
+                    null_values=[""],
+                    strings_can_be_null=True,
                 ),
             )
         except _UNREADABLE as exc:

@@ -126,7 +126,7 @@ def test_a_waiter_fails_with_625_past_its_lock_timeout(emulator: FakeSnowflake, 
 
 
 def test_past_the_waiter_limit_a_statement_fails_with_625_at_once(emulator: FakeSnowflake, database: str) -> None:
-    """[clients] Past about 20 waiters on one lock the next statement fails with 000625 at once (limit set to 2 here)."""
+    """[clients] Past about 20 waiters on one lock the next statement fails with 000625 at once (2 here)."""
     with emulator.configured(lock_waiter_limit=2):
         connections = [connect(emulator) for _ in range(4)]
         try:
@@ -257,7 +257,10 @@ def test_parquet_timestamps_without_a_converted_type_need_use_logical_type(
         run(connection, f"CREATE TABLE {database}.S.TXT (ID NUMBER(38,0), SEEN_AT VARCHAR, DAY DATE)")
         run(connection, f"CREATE TEMPORARY STAGE {database}.S.STG")
         run(connection, f"PUT 'file://{path}' @{database}.S.STG/p/ AUTO_COMPRESS=FALSE")
-        copy = "COPY INTO {table} FROM @{db}.S.STG/p/ FILE_FORMAT=(TYPE=PARQUET{extra}) MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE"
+        copy = (
+            "COPY INTO {table} FROM @{db}.S.STG/p/ FILE_FORMAT=(TYPE=PARQUET{extra}) "
+            "MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE"
+        )
         with pytest.raises(ProgrammingError, match="USE_LOGICAL_TYPE"):
             run(connection, copy.format(table=f"{database}.S.TS", db=database, extra=""))
         assert run(connection, f"SELECT COUNT(*) FROM {database}.S.TS") == [(0,)]

@@ -22,6 +22,7 @@ from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.snowflake.connection import SnowflakeConnectionSpec, server_version
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.snowflake.loader import (
+    HOUSEKEEPING,
     LEGACY_WIDENING_SUFFIX,
     STAGING_PREFIX,
     WIDENING_SUFFIX,
@@ -221,11 +222,20 @@ async def test_staging_tables_are_dropped_and_those_of_dead_loads_cleaned_up(
     dead, young = f"{STAGING_PREFIX}{two_days_ago}_9_DEADBEEF", f"{STAGING_PREFIX}{two_days_ago + 86_400 + 600}_8_CAFE"
     for name in (dead, young):
         query(spec, f'CREATE TRANSIENT TABLE "{spec.database}"."AMC"."{name}" (X VARCHAR)')
+    HOUSEKEEPING.forget()  # a schema is swept at most hourly per process
     sink = SnowflakeSink(SETTINGS, RETRY)
-    await sink.load(
-        spec, LoadTarget(spec.database, "AMC", "cleaned"), metadata(1), [write_csv(tmp_path, "p.csv", FIRST)]
-    )
+    # Keyed loads make staging tables, so they sweep those of dead loads.
+    keyed = LoadTarget(spec.database, "AMC", "cleaned", key_columns=("event_date", "campaign_id"))
+    await sink.load(spec, keyed, metadata(1), [write_csv(tmp_path, "p.csv", FIRST)])
+    query(spec, f'CREATE TRANSIENT TABLE "{spec.database}"."AMC"."{dead}" (X VARCHAR)')
+    await sink.load(spec, keyed, metadata(2), [write_csv(tmp_path, "q.csv", FIRST)])
     await sink.close(5)
+    # Swept once in the hour: the dead table made after the first load waits for the next sweep.
+    assert query(
+        spec,
+        f"SELECT COUNT(*) FROM \"{spec.database}\".information_schema.tables WHERE table_name = '{dead}'",
+    ) == [(1,)]
+    query(spec, f'DROP TABLE "{spec.database}"."AMC"."{dead}"')
     left = query(
         spec,
         f'SELECT table_name FROM "{spec.database}".information_schema.tables '
@@ -419,12 +429,13 @@ def loads_of(run_id: int, spec: SnowflakeConnectionSpec, table: str = "LEDGERED"
     )
 
 
-async def test_a_claim_stalled_between_its_fence_and_its_commit_is_the_only_one_that_loads(
+async def test_an_adopter_ends_the_open_transaction_of_a_claim_stalled_before_its_commit(
     spec: SnowflakeConnectionSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The gap a Postgres lease cannot close: claim 1 passed its fence and stalls before COMMIT; claim 2
-    (an adopter) loads meanwhile. The ledger row serialises them: claim 2 waits or meets a conflict and
-    starts again, then finds claim 1's commit of the same execution and writes nothing."""
+    """The gap a Postgres lease cannot close: claim 1 passed its fence and stalls before COMMIT (a frozen VM, or a
+    killed process whose transaction Snowflake keeps with its locks for 5 idle minutes or 4 hours). Claim 2 (the
+    adopter) finds claim 1's named transaction, ends it with SYSTEM$ABORT_TRANSACTION, and loads at once; claim
+    1, when it resumes, commits nothing."""
     from recomamp.logs import configure_logging
 
     await create_database(spec)
@@ -443,18 +454,41 @@ async def test_a_claim_stalled_between_its_fence_and_its_commit_is_the_only_one_
     adopter = SnowflakeSink(SETTINGS, RETRY)
     first = asyncio.create_task(stalled.load(spec, target, claimed(41, 1), files, fence=stalled_fence))
     await asyncio.wait_for(fence_passed.wait(), 30)
-    second = asyncio.create_task(adopter.load(spec, target, claimed(41, 2), files))
-    await asyncio.sleep(2.0)  # the adopter is blocked on (or retrying against) the stalled claim's ledger row
-    assert not second.done()
+    # Claim 1's transaction holds the table's lock; the adopter does not wait for Snowflake to abort it.
+    second_result = await asyncio.wait_for(adopter.load(spec, target, claimed(41, 2), files), 30)
+    assert not first.done()
     loop.call_soon(resume.set)
-    first_result, second_result = await asyncio.wait_for(asyncio.gather(first, second), 60)
+    with pytest.raises(LoadSuperseded, match="claim 2"):
+        await asyncio.wait_for(first, 60)
     await stalled.close(5)
     await adopter.close(5)
-    assert (first_result.already_loaded, second_result.already_loaded) == (False, True)
-    assert second_result.rows == first_result.rows == 3
+    assert not second_result.already_loaded and second_result.rows == 3
     assert len(loads_of(41, spec)) == 3
     events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert events.count("snowflake_stale_claim_aborted") == 1
     assert events.count("snowflake_load_completed") == 1
+
+
+async def test_an_adopter_finds_what_a_stalled_claim_committed_and_writes_nothing(
+    spec: SnowflakeConnectionSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Claim 1 committed (its process stalled after the COMMIT, before Postgres heard of it); claim 2 of the same
+    execution finds its ledger row and writes nothing, so the window is not replaced twice."""
+    from recomamp.logs import configure_logging
+
+    await create_database(spec)
+    configure_logging("info")
+    target = LoadTarget(spec.database, "AMC", "ledgered")
+    files = [write_csv(tmp_path, "part-00000.csv", FIRST)]
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    first = await sink.load(spec, target, claimed(40, 1), files)
+    loaded = loads_of(40, spec)
+    second = await sink.load(spec, target, claimed(40, 2), files)
+    await sink.close(5)
+    assert (first.already_loaded, second.already_loaded) == (False, True)
+    assert second.rows == first.rows == 3
+    assert loads_of(40, spec) == loaded  # the same rows, the same uploaded_at: not written again
+    events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert events.count("snowflake_load_already_committed") == 1
 
 
@@ -486,36 +520,6 @@ async def test_retry_upload_loads_again_and_a_new_execution_is_never_skipped(
     other = await sink.load(spec, target, claimed(43, 3, "exec-2"), [write_csv(tmp_path / "b", "p.csv", SECOND)])
     await sink.close(5)
     assert not other.already_loaded and len(loads_of(43, spec)) == 2
-
-
-async def test_a_ledger_row_held_by_a_dead_claims_transaction_delays_the_load_but_does_not_stop_it(
-    spec: SnowflakeConnectionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A process killed mid-transaction leaves it open (in Snowflake for hours): the next claim waits its
-    patience, then loads without the ledger's ordering, saying so; the window replace keeps rows exact."""
-    from recomamp.logs import configure_logging
-    from recomamp.snowflake import loader as loader_module
-
-    await create_database(spec)
-    configure_logging("info")
-    monkeypatch.setattr(loader_module, "LEDGER_PATIENCE_SECONDS", 2.0)
-    target = LoadTarget(spec.database, "AMC", "ledgered")
-    files = [write_csv(tmp_path, "part-00000.csv", FIRST)]
-    sink = SnowflakeSink(SETTINGS, RETRY)
-    await sink.load(spec, target, claimed(44, 1), files)
-    dead = spec.connect(SETTINGS)  # the killed claim: its transaction stays open on the ledger row
-    cursor = dead.cursor()
-    cursor.execute(f'USE SCHEMA "{spec.database}"."AMC"')
-    cursor.execute("BEGIN")
-    cursor.execute('UPDATE RECOMAMP_LOADS SET "CLAIM" = 2 WHERE "RUN_ID" = 44')
-    try:
-        result = await sink.load(spec, target, claimed(44, 3, "exec-3"), [write_csv(tmp_path / "b", "p.csv", SECOND)])
-    finally:
-        dead.close()
-    await sink.close(5)
-    assert not result.already_loaded and len(loads_of(44, spec)) == 2
-    out = capsys.readouterr().out
-    assert '"snowflake_ledger_row_held"' in out and '"snowflake_ledger_row_busy"' in out
 
 
 async def test_a_column_that_turns_text_in_a_later_batch_keeps_every_spelling(
@@ -579,36 +583,3 @@ async def test_a_column_widened_to_text_by_the_table_keeps_the_spelling_of_this_
     assert kinds == [("TEXT",)]
     rows = query(spec, f'SELECT flag FROM "{spec.database}".AMC.FLAGS ORDER BY recomamp_run_id, flag')
     assert [r[0].lower() for r in rows] == ["true", "007", "10"]
-
-
-async def test_a_claim_after_the_runs_patience_is_spent_does_not_wait_for_a_dead_holder_again(
-    spec: SnowflakeConnectionSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The patience counts from the run's first download, not from each claim: the claims after one that died
-    mid-transaction do not each wait the full time (and burn an attempt apiece if they are cut short)."""
-    import time
-
-    from recomamp.logs import configure_logging
-
-    await create_database(spec)
-    configure_logging("info")
-    target = LoadTarget(spec.database, "AMC", "ledgered")
-    sink = SnowflakeSink(SETTINGS, RETRY)
-    await sink.load(spec, target, claimed(50, 1), [write_csv(tmp_path / "a", "p.csv", FIRST)])
-    dead = spec.connect(SETTINGS)
-    cursor = dead.cursor()
-    cursor.execute(f'USE SCHEMA "{spec.database}"."AMC"')
-    cursor.execute("BEGIN")
-    cursor.execute('UPDATE RECOMAMP_LOADS SET "CLAIM" = 2 WHERE "RUN_ID" = 50')
-    try:
-        started = time.monotonic()
-        late = replace(claimed(50, 3, "exec-3"), ledger_wait_until=time.time() - 1)
-        result = await sink.load(spec, target, late, [write_csv(tmp_path / "b", "p.csv", SECOND)])
-        took = time.monotonic() - started
-    finally:
-        dead.close()
-    await sink.close(5)
-    assert not result.already_loaded and len(loads_of(50, spec)) == 2
-    out = capsys.readouterr().out
-    assert '"snowflake_ledger_row_held"' in out and '"snowflake_ledger_row_busy"' not in out
-    assert took < 5  # not the 10 s patience

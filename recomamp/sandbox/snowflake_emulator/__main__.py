@@ -33,10 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from recomamp.sandbox.snowflake_emulator import parquet
-    from recomamp.sandbox.snowflake_emulator.server import Emulator, Settings, map_duckdb_conflicts
+    from recomamp.sandbox.snowflake_emulator.server import (
+        Emulator,
+        Settings,
+        keep_null_timestamps,
+        map_duckdb_conflicts,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     map_duckdb_conflicts()
+    keep_null_timestamps()
     parquet.install()
     emulator = Emulator(
         Settings(

@@ -84,7 +84,7 @@ class TableLocks:
     def waiting(self, table: str) -> int:
         return len(self._waiters.get(table, ()))
 
-    async def acquire(self, table: str, transaction: Transaction, timeout: float) -> float:
+    async def acquire(self, table: str, transaction: Transaction, lock_timeout: float) -> float:
         """Take `table`'s lock for `transaction` (kept until release_all). Returns the seconds waited."""
         holder = self._holders.get(table)
         if holder is None or holder is transaction:
@@ -101,7 +101,7 @@ class TableLocks:
         queue.append(waiter)
         started = self._clock()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.granted), timeout)
+            await asyncio.wait_for(asyncio.shield(waiter.granted), lock_timeout)
         except TimeoutError:
             self._forget(table, waiter)
             if waiter.granted.done() and not waiter.granted.cancelled():
@@ -109,7 +109,7 @@ class TableLocks:
             raise LockRefused(
                 f"Statement has locked table '{table}' in transaction {holder.id} and this lock has not yet been "
                 f"released. Your statement was aborted because it waited for the lock longer than LOCK_TIMEOUT "
-                f"({timeout:g} s)."
+                f"({lock_timeout:g} s)."
             ) from None
         except BaseException:
             self._forget(table, waiter)

@@ -35,9 +35,11 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import fakesnow.server as fakesnow_server
 import snowflake.connector.errors
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -46,7 +48,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
 
-import fakesnow.server as fakesnow_server
 from recomamp.sandbox.snowflake_emulator import parquet
 from recomamp.sandbox.snowflake_emulator.locks import LOCK_ERRNO, LOCK_SQLSTATE, LockRefused, TableLocks, Transaction
 from recomamp.sandbox.snowflake_emulator.statements import Kind, Statement, classify
@@ -65,6 +66,9 @@ class Settings:
     blocking_idle_abort_seconds: float = 300.0
     idle_abort_seconds: float = 14_400.0
     lock_waiter_limit: int = 20
+    # A fault to script: the next N uploaded files are acknowledged and never stored (a stage's files gone before
+    # the COPY, as a purge or a lifecycle rule can do), so the COPY finds no file.
+    lose_uploads: int = 0
 
 
 @dataclass
@@ -111,6 +115,8 @@ class Session:
     transaction: Transaction | None = None
     begun_in_duckdb: bool = False
     last_put_source: str = ""
+    # A temporary stage is dropped, files and all, when its session ends [published].
+    temporary_stages: set[str] = field(default_factory=set)
     # Said once to the next statement after another session aborted this one's transaction.
     aborted_message: str | None = None
 
@@ -164,9 +170,11 @@ class Emulator:
         if request.query_params.get("delete"):
             with contextlib.suppress(fakesnow_server.ServerError):
                 session = self.sessions.pop(fakesnow_server.to_token(request), None)
-                if session is not None and session.transaction is not None:
+                if session is not None:
                     async with session.busy:
-                        await self._end(session, "ROLLBACK")
+                        if session.transaction is not None:
+                            await self._end(session, "ROLLBACK")
+                        await run_in_threadpool(_drop_stage_files, session.temporary_stages)
         return await fakesnow_server.session(request)
 
     # --- statements --------------------------------------------------------------------------------
@@ -196,7 +204,7 @@ class Emulator:
             started = time.monotonic()
             waited, refused = [0.0], False
             try:
-                response = await self._execute(session, statement, request, waited)
+                response = await self._execute(session, statement, sql, request, waited)
             except StatementFailed as failure:
                 refused = failure.errno == LOCK_ERRNO
                 response = _error(failure.errno, failure.sqlstate, failure.message)
@@ -205,7 +213,9 @@ class Emulator:
             usage.add(statement, elapsed, waited[0], refused)
         return response
 
-    async def _execute(self, session: Session, statement: Statement, request: Request, waited: list[float]) -> Response:
+    async def _execute(
+        self, session: Session, statement: Statement, sql: str, request: Request, waited: list[float]
+    ) -> Response:
         if session.aborted_message is not None:
             message, session.aborted_message = session.aborted_message, None
             if statement.kind is not Kind.ROLLBACK:
@@ -228,7 +238,11 @@ class Emulator:
         if kind is Kind.ABORT_TRANSACTION:
             assert statement.transaction_id is not None
             answer = await self._abort_by_id(statement.transaction_id, session)
-            return await _delegate(request, _values_sql([f"SYSTEM$ABORT_TRANSACTION({statement.transaction_id})"], [(answer,)]))
+            return await _delegate(
+                request, _values_sql([f"SYSTEM$ABORT_TRANSACTION({statement.transaction_id})"], [(answer,)])
+            )
+        if kind is Kind.DDL and (stage := _temporary_stage(sql)):
+            session.temporary_stages.add(_fully_qualified(stage, session))
         if kind is Kind.DDL and session.transaction is not None:
             log.info("ddl committed the open transaction %s of session %s", session.transaction.id, session.token[:8])
             await self._end(session, "COMMIT")
@@ -324,18 +338,18 @@ class Emulator:
         """Snowflake's aborts of idle transactions: while one blocks someone, and after hours regardless."""
         while True:
             await asyncio.sleep(interval)
-            for transaction, reason in self.locks.to_abort():
-                await self.abort(transaction, reason)
+            for blocking, reason in self.locks.to_abort():
+                await self.abort(blocking, reason)
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                transaction = session.transaction
+                idle = session.transaction
                 if (
-                    transaction is not None
-                    and not transaction.busy
-                    and not transaction.tables
-                    and now - transaction.last_active >= self.settings.idle_abort_seconds
+                    idle is not None
+                    and not idle.busy
+                    and not idle.tables
+                    and now - idle.last_active >= self.settings.idle_abort_seconds
                 ):
-                    await self.abort(transaction, f"it was idle for {now - transaction.last_active:.0f} s")
+                    await self.abort(idle, f"it was idle for {now - idle.last_active:.0f} s")
 
     def _show_transactions(self, caller: Session) -> str:
         """SHOW TRANSACTIONS lists the current user's transactions."""
@@ -376,6 +390,14 @@ class Emulator:
             self.apply_settings()
         return JSONResponse(asdict(self.settings))
 
+    async def upload(self, request: Request) -> Response:
+        if self.settings.lose_uploads > 0:
+            self.settings.lose_uploads -= 1
+            await request.body()
+            log.warning("upload %s acknowledged and dropped (lose_uploads)", request.path_params["path"])
+            return Response()
+        return await fakesnow_server.bucket_upload(request)
+
     async def transactions(self, _: Request) -> Response:
         return JSONResponse(
             [
@@ -409,12 +431,13 @@ class Emulator:
             Route("/_emulator/reset", self.reset, methods=["POST"]),
             Route("/_emulator/settings", self.settings_endpoint, methods=["GET", "POST"]),
             Route("/_emulator/transactions", self.transactions, methods=["GET"]),
+            Route("/fs_bucket/{path:path}", self.upload, methods=["PUT"]),
             *(r for r in fakesnow_server.routes if getattr(r, "path", "") not in _OURS),
         ]
         return Starlette(routes=routes, lifespan=lifespan)
 
 
-_OURS = {"/session/v1/login-request", "/session", "/queries/v1/query-request"}
+_OURS = {"/session/v1/login-request", "/session", "/queries/v1/query-request", "/fs_bucket/{path:path}"}
 
 
 _PUT_SOURCE = re.compile(r"^\s*PUT\s+'?file://([^'\s]+)", re.I)
@@ -423,6 +446,33 @@ _PUT_SOURCE = re.compile(r"^\s*PUT\s+'?file://([^'\s]+)", re.I)
 def _put_source(sql: str) -> str:
     match = _PUT_SOURCE.match(sql)
     return match.group(1) if match else ""
+
+
+_TEMPORARY_STAGE = re.compile(
+    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMPORARY\s+STAGE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\S+)", re.I
+)
+
+
+def _temporary_stage(sql: str) -> str | None:
+    match = _TEMPORARY_STAGE.match(sql)
+    return match.group(1).replace('"', "") if match else None
+
+
+def _fully_qualified(name: str, session: Session) -> str:
+    parts = name.upper().split(".")
+    while len(parts) < 3:
+        parts.insert(0, (session.conn.schema if len(parts) == 1 else session.conn.database) or "")
+    return ".".join(parts)
+
+
+def _drop_stage_files(stages: set[str]) -> None:
+    import shutil
+
+    from fakesnow.transforms import stage
+
+    for name in stages:
+        with contextlib.suppress(Exception):
+            shutil.rmtree(stage.internal_dir(name), ignore_errors=True)
 
 
 def _json_body(body: bytes, request: Request) -> dict[str, Any]:
@@ -452,7 +502,7 @@ async def _delegate(request: Request, sql: str | None = None) -> Response:
     return await fakesnow_server.query_request(Request(scope, receive))
 
 
-def _values_sql(columns: list[str], rows: list[tuple[str | None, ...]]) -> str:
+def _values_sql(columns: list[str], rows: Sequence[Sequence[str | None]]) -> str:
     names = ", ".join(f'"{c}"' for c in columns)
     if not rows:
         nulls = ", ".join(f'CAST(NULL AS VARCHAR) AS "{c}"' for c in columns)
@@ -521,3 +571,28 @@ def map_duckdb_conflicts() -> None:
 
     execute._emulator = True  # type: ignore[attr-defined]
     FakeSnowflakeCursor.execute = execute  # type: ignore[method-assign]
+
+
+def keep_null_timestamps() -> None:
+    """fakesnow sends a NULL timestamp to the client as the epoch (1970-01-01): a struct whose validity it drops.
+    Snowflake sends NULL."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from fakesnow import arrow
+
+    original = arrow.timestamp_to_sf_struct
+    if getattr(original, "_emulator", False):
+        return
+
+    def timestamp_to_sf_struct(ts: Any) -> Any:
+        if isinstance(ts, pa.ChunkedArray):
+            ts = ts.combine_chunks()
+        if not ts.null_count:
+            return original(ts)
+        struct = original(pc.fill_null(ts, pa.scalar(0, ts.type)))
+        fields = [struct.type.field(i) for i in range(struct.type.num_fields)]
+        children = [struct.field(i) for i in range(struct.type.num_fields)]
+        return pa.StructArray.from_arrays(children, fields=fields, mask=ts.is_null())
+
+    timestamp_to_sf_struct._emulator = True  # type: ignore[attr-defined]
+    arrow.timestamp_to_sf_struct = timestamp_to_sf_struct

@@ -7,9 +7,8 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from sqlglot import exp
-
 from fakesnow.dialect import parse_one
+from sqlglot import exp
 
 
 class Kind(enum.Enum):
@@ -40,7 +39,9 @@ class Statement:
     copy_options: dict[str, str] = field(default_factory=dict)
 
 
-_BEGIN = re.compile(r"^\s*(?:BEGIN|START\s+TRANSACTION)(?:\s+(?:WORK|TRANSACTION))?(?:\s+NAME\s+(\S+?))?\s*;?\s*$", re.I)
+_BEGIN = re.compile(
+    r"^\s*(?:BEGIN|START\s+TRANSACTION)(?:\s+(?:WORK|TRANSACTION))?(?:\s+NAME\s+(\S+?))?\s*;?\s*$", re.I
+)
 _COMMIT = re.compile(r"^\s*COMMIT(?:\s+WORK)?\s*;?\s*$", re.I)
 _ROLLBACK = re.compile(r"^\s*ROLLBACK(?:\s+WORK)?\s*;?\s*$", re.I)
 _CURRENT_TRANSACTION = re.compile(r"^\s*SELECT\s+CURRENT_TRANSACTION\s*\(\s*\)\s*;?\s*$", re.I)
