@@ -79,10 +79,25 @@ async def cmd_users(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def simulator_hint(message: str, consent_url: str, email: str) -> str:
+    """On the sandbox's consent page nobody clicks "approve": the simulator denies until told who approves."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(consent_url)
+    if "access_denied" not in message or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return ""
+    base = f"{parts.scheme}://{parts.netloc}"
+    return (
+        f" (this is the sandbox's simulator: tell it who approves with `curl -s -XPOST {base}/_sandbox/consent "
+        f'-d \'{{"email": "{email}", "decision": "approve"}}\'`, then authorize again)'
+    )
+
+
 @async_handler
 async def cmd_authorize(args: argparse.Namespace) -> int:
     """Consent URL → the browser's redirect (loopback listener) or a pasted URL → stored, proven, rerun."""
     from recomamp.services.authorize import (
+        AuthorizeError,
         code_from_paste,
         complete,
         consent_request,
@@ -99,16 +114,19 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
     # With --json, stdout is the one JSON answer; the person's instructions go to stderr.
     say = sys.stderr if args.json else sys.stdout
     print(f"Open this link, sign in as {args.email}'s Amazon Ads login and approve:\n\n  {request.url}\n", file=say)
-    if args.paste:
-        print(
-            "Then paste the whole URL the browser was sent to (or only its code), and press Enter:",
-            file=say,
-            flush=True,
-        )
-        code = code_from_paste(sys.stdin.readline(), request)
-    else:
-        print(f"Waiting for the browser on {request.redirect_uri} (Ctrl-C to stop)…", file=say, flush=True)
-        code = await wait_for_browser(request)
+    try:
+        if args.paste:
+            print(
+                "Then paste the whole URL the browser was sent to (or only its code), and press Enter:",
+                file=say,
+                flush=True,
+            )
+            code = code_from_paste(sys.stdin.readline(), request)
+        else:
+            print(f"Waiting for the browser on {request.redirect_uri} (Ctrl-C to stop)…", file=say, flush=True)
+            code = await wait_for_browser(request)
+    except AuthorizeError as exc:
+        raise AuthorizeError(f"{exc}{simulator_hint(str(exc), request.url, args.email)}") from None
     result = await complete(config, args.email, code, request, region=region, rerun_failed=args.rerun_failed)
     if args.json:
         print_json(result)

@@ -70,3 +70,13 @@ def test_a_table_fits_its_width_by_cutting_the_flexible_columns_first() -> None:
 def test_quota_is_shown_by_instance_id_and_by_host_only_where_two_hosts_share_one() -> None:
     quota = {"https://a.example/amc1": 3, "https://a.example/amc2": 1, "https://b.example/amc2": 2}
     assert instance_labels(quota) == {"amc1": 3, "https://a.example/amc2": 1, "https://b.example/amc2": 2}
+
+
+def test_a_denied_consent_at_the_simulator_says_how_to_approve_and_at_amazon_says_nothing_more() -> None:
+    from recomamp.cli.users import simulator_hint
+
+    denied = "Amazon says the user denied access (access_denied): nothing stored"
+    hint = simulator_hint(denied, "http://127.0.0.1:8900/ap/oa?client_id=x", "me@example.com")
+    assert "curl -s -XPOST http://127.0.0.1:8900/_sandbox/consent" in hint and '"email": "me@example.com"' in hint
+    assert simulator_hint(denied, "https://www.amazon.com/ap/oa?client_id=x", "me@example.com") == ""
+    assert simulator_hint("Amazon answered server_error", "http://127.0.0.1:8900/ap/oa", "me@example.com") == ""
