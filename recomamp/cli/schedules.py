@@ -200,7 +200,6 @@ LIST_COLUMNS = [
     Column("state", flexible=True, minimum=6),
     Column("next_run", "NEXT RUN"),
     Column("table", "TABLE", flexible=True, minimum=10),
-    Column("consecutive_failures", "FAILS", minimum=5),
 ]
 
 
@@ -210,7 +209,8 @@ def list_row(schedule: dict[str, Any]) -> dict[str, Any]:
         table_name = ".".join(p for p in (schedule["snowflake_schema_name"], schedule["snowflake_table_name"]) if p)
     return schedule | {
         "cadence": cadence_text(schedule),
-        "state": state_text(schedule),
+        "state": state_text(schedule)
+        + (f", {schedule['consecutive_failures']} failed" if schedule["consecutive_failures"] else ""),
         "next_run": when(schedule["next_run_at"]) if schedule["is_active"] else "- (paused)",
         "table": table_name or "- (no Snowflake)",
     }
