@@ -12,8 +12,9 @@ that systemd restarts it:
   outage is not a hang: the tasks wait for the database and the watchdog goes on;
 - notifier, gauges, control, housekeeping: alerts, the database gauges, `recomamp reload`, pruning.
 
-Start: /metrics (and health) and the control socket are bound first; an address or socket that cannot be
-had ends the start with one line naming its key, before READY=1 (and before waiting for the database). The
+Start: the spool is checked for writing, and /metrics (and health) and the control socket are bound, first;
+a directory, address or socket that cannot be had ends the start (exit 78) with one line naming its key,
+before READY=1 (and before waiting for the database). The
 database is awaited with capped backoff (STATUS says since when and what is tried); READY is sent once it
 answers and the schema is current. The daemon never exits because the database is away.
 SIGTERM/SIGINT: stop claiming; let runs finish for up to the drain timeout while the heartbeat keeps
@@ -85,9 +86,24 @@ EXIT_START_CHECK_FAILED = 78
 
 
 class StartCheckFailed(DaemonError):
-    """Something the config names (the metrics address, the control socket) cannot be had at start."""
+    """Something the config names (the spool, the metrics address, the control socket) cannot be had at start."""
 
     exit_code = EXIT_START_CHECK_FAILED
+
+
+def spool_problem(spool_dir: Path) -> str | None:
+    """Whether results can be written where they are kept: found at start, not by every run's download."""
+    try:
+        spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = spool_dir / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return (
+            f"[daemon] spool_dir {spool_dir} cannot be written ({exc.strerror or exc}): set a directory the daemon "
+            "may write, or leave it out for the default (under systemd, its StateDirectory=)"
+        )
+    return None
 
 
 @dataclass
@@ -184,6 +200,9 @@ class Daemon:
         self._install_signals()
         # What can be checked at start is checked before READY=1 (and before waiting for the database): a taken
         # port or control socket is one line and a failed start, not a task that dies after READY.
+        problem = await asyncio.to_thread(spool_problem, self._config.daemon.spool_dir)
+        if problem is not None:
+            raise StartCheckFailed(problem)
         self._listeners = None if self._once else await self._open_listeners()
         try:
             if not await self._await_database():

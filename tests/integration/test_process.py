@@ -203,3 +203,17 @@ async def test_a_daemon_whose_control_socket_another_daemon_answers_on_exits_bef
     naming = [line for line in output.splitlines() if "[daemon] control_socket" in line]
     assert len(naming) == 1, output
     assert f"[daemon] control_socket {path} is in use by another running daemon" in json.loads(naming[0])["reason"]
+
+
+async def test_a_spool_that_cannot_be_written_stops_the_start_before_ready(
+    db_dsn: str, simulator: AmcSimulator, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"  # a file where the spool's parent directory should be: as root too, no mkdir
+    blocker.write_text("")
+    config = write_world_config(write_config, db_dsn, simulator, spool_dir=str(blocker / "spool"))
+    code, told_systemd, output = await _refused_start(config, tmp_path)
+    assert code == 78
+    assert not any("READY=1" in message for message in told_systemd)
+    (line,) = [json.loads(line) for line in output.splitlines() if "[daemon] spool_dir" in line]
+    assert line["event"] == "daemon_cannot_start"
+    assert line["reason"].startswith(f"[daemon] spool_dir {blocker / 'spool'} cannot be written (Not a directory)")
