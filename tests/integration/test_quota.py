@@ -12,6 +12,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Iterator
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -22,6 +23,7 @@ from recomamp.crypto import SecretBox
 from recomamp.daemon.process import Daemon
 from recomamp.logs import configure_logging
 from recomamp.sandbox.simulator import AmcSimulator, Fault
+from recomamp.store import quota as quota_store
 from tests.conftest import ConfigWriter
 from tests.integration.world import add_due_schedule, add_tenant, wait_until, write_world_config
 
@@ -111,3 +113,36 @@ async def test_amc_refuses_while_our_count_says_free_and_the_run_waits_for_the_n
     assert await pool.fetchval("SELECT count(*) FROM amc_submissions") == 2
     waited = await pool.fetchval("SELECT count(*) FROM schedule_runs WHERE claims > 1 AND attempt = 1")
     assert waited == 1  # the wait cost no attempt
+
+
+async def test_a_refusal_while_a_block_is_in_force_waits_for_the_block_and_is_not_logged_again(
+    pool: asyncpg.Pool,
+) -> None:
+    async def refuse(retry_after: float | None) -> quota_store.Refusal:
+        async with pool.acquire() as connection:
+            return await quota_store.refused(
+                connection,
+                slot_id=None,
+                instance_key="https://amc/amcX",
+                limit=30,
+                window_seconds=86_400,
+                retry_after_seconds=retry_after,
+                fallback_seconds=3600,
+                detail="quota exceeded",
+            )
+
+    # None of ours in the window and no Retry-After: nothing to count from, so the fallback (an hour).
+    first = await refuse(None)
+    assert first.first and (first.wait.basis, first.local_used) == ("fallback", 0)
+    # Another run's POST, in flight meanwhile, is refused with a Retry-After of 2 minutes: the block reaches further.
+    second = await refuse(120)
+    assert not second.first  # one log line for the episode, not one per refused run
+    assert (second.wait.basis, second.wait.until) == ("block_in_force", first.wait.until)
+    now = await pool.fetchval("SELECT now()")
+    assert timedelta(minutes=59) < first.wait.until - now <= timedelta(minutes=60)
+    assert await pool.fetchval("SELECT blocked_until FROM amc_quota_blocks") == first.wait.until
+    # Once the block is over, AMC's Retry-After is the wait.
+    await pool.execute("UPDATE amc_quota_blocks SET blocked_until = now() - interval '1 second'")
+    third = await refuse(120)
+    assert third.first and third.wait.basis == "retry_after"
+    assert timedelta(seconds=110) < third.wait.until - now <= timedelta(seconds=125)
