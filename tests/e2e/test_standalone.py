@@ -88,6 +88,7 @@ async def test_standalone_stays_up_serves_the_cli_and_stops_everything_on_ctrl_c
         sys.executable, "-m", "recomamp", "standalone", "--dir", str(workdir),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        start_new_session=True,  # its own process group: the cleanup below can reach its children
     )  # fmt: skip
     assert process.stdout is not None
     printed: list[str] = []
@@ -155,8 +156,15 @@ async def test_standalone_stays_up_serves_the_cli_and_stops_everything_on_ctrl_c
         assert await asyncio.wait_for(process.wait(), 30) == 0, rest
     finally:
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            # A failed assertion above: stop it as a person would (Ctrl-C), so that its daemon, Postgres and
+            # emulator stop too; SIGKILL only for what is left, the whole group, since a killed standalone
+            # cannot stop its children and they would hold this folder's ports, socket and data.
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
     assert "stopping:" in rest
     alive = [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert alive == []
