@@ -91,8 +91,9 @@ def _spec(snow_port: int, database: str) -> SnowflakeConnectionSpec:
     )
 
 
-def _cursor(spec: SnowflakeConnectionSpec) -> tuple[Any, Any]:
-    connection = spec.connect(SETTINGS)
+def _cursor(spec: SnowflakeConnectionSpec, query_tag: str = "bench") -> tuple[Any, Any]:
+    """`query_tag`: whose statements the emulator's account counts them as (the bench's own set-up: "bench")."""
+    connection = spec.connect(SETTINGS, query_tag)
     cursor = connection.cursor()
     cursor.execute(f'CREATE DATABASE IF NOT EXISTS "{spec.database}"')
     cursor.execute(f'CREATE SCHEMA IF NOT EXISTS "{spec.database}"."AMC"')
@@ -126,7 +127,7 @@ def seed_load(spec: SnowflakeConnectionSpec, files: list[Path]) -> int:
     frame.to_parquet(buffer, index=False)
     types = {c: _PANDAS_TO_SNOWFLAKE.get(str(t), "VARCHAR") for c, t in frame.dtypes.items()}
     columns = ", ".join(f'"{c}" {t}' for c, t in types.items())
-    connection, cursor = _cursor(spec)
+    connection, cursor = _cursor(spec, "seed")
     try:
         cursor.execute("CREATE TEMPORARY STAGE SEED_STAGE")
         # write_pandas COPYs into a temporary table; fakesnow's COPY does not see temporary tables.
