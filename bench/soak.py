@@ -25,12 +25,13 @@ from pydantic import SecretStr
 from recomamp.amazon.lwa import LwaClient
 from recomamp.config import RetrySettings
 from recomamp.crypto import SecretBox
+from recomamp.domain.retry import TokenPolicy
 from recomamp.logs import configure_logging, get_logger, known_secret_count
 from recomamp.sandbox.embedded import recreate_database, start_postgres
 from recomamp.sandbox.simulator import AmcSimulator
+from recomamp.services.tokens import TokenService, set_refresh_token
 from recomamp.store import migrations
 from recomamp.store.db import create_pool
-from recomamp.tokens import TokenPolicy, TokenService, set_refresh_token
 
 USERS = 100
 HOURS = 24 * 30
@@ -121,7 +122,7 @@ async def _run(admin_dsn: str) -> dict[str, Any]:
 def main() -> dict[str, Any]:
     # Logs are rendered for real (redaction included) into a stream nobody reads.
     configure_logging("info", stream=open(os.devnull, "w"))  # noqa: SIM115 - for the life of the process
-    logging.getLogger("recomamp.tokens").setLevel(logging.INFO)
+    logging.getLogger("recomamp.services.tokens").setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="recomamp-soak-") as directory:
         admin_dsn = start_postgres(Path(directory) / "pg")
         return asyncio.run(_run(admin_dsn))

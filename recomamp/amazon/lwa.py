@@ -1,22 +1,31 @@
-"""Login with Amazon: one token-endpoint call per method (a refresh, or an authorization-code exchange).
-Retrying is the token service's job; classification is `domain.retry.classify_lwa_response`'s."""
+"""Login with Amazon: one token-endpoint call per method (a refresh, or an authorization-code exchange), and
+`refresh_with_retries`, the refresh with classified retries (tenacity; the policy is `domain.retry.TokenPolicy`).
+Classification is `domain.retry.classify_lwa_response`'s; single-flight over replicas is `services.tokens`'."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from recomamp.domain.retry import (
     AttemptFailure,
     FailureKind,
+    TokenError,
+    TokenPolicy,
     classify_lwa_response,
     classify_network_exception,
+    token_failure_message,
 )
+from recomamp.logs import get_logger
+
+log = get_logger(__name__)
 
 # Network failures that a retry may heal. aiohttp raises ServerDisconnectedError, ClientOSError and
 # friends (all ClientError) and asyncio.TimeoutError for a response that hangs past the timeout.
@@ -122,4 +131,79 @@ def parse_grant(text: str) -> TokenGrant:
         access_token=access,
         refresh_token=refresh if isinstance(refresh, str) and refresh else None,
         expires_in_seconds=expires_in,
+    )
+
+
+async def refresh_with_retries(
+    lwa: LwaClient,
+    refresh_token: str,
+    *,
+    email: str,
+    policy: TokenPolicy,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    observe: Callable[[str], None] = lambda _: None,
+) -> TokenGrant:
+    """One refresh with classified retries: 5xx, 429 and network errors are retried, 4xx never.
+
+    Every failed attempt is logged with its number, its cause and whether it will be retried.
+    Raises TokenError whose message says whether the failure is temporary or who must act.
+    """
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, LwaAttemptFailed):
+            return policy.backoff.wait_after(exc.failure, state.attempt_number)
+        return 0.0
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        retry=retry_if_exception(lambda exc: isinstance(exc, LwaAttemptFailed) and exc.failure.retryable),
+        wait=wait,
+        sleep=sleep,
+        reraise=True,
+    )
+    attempt_number = 0
+    try:
+        async for attempt in retrying:
+            attempt_number = attempt.retry_state.attempt_number
+            with attempt:
+                try:
+                    grant = await lwa.refresh(refresh_token)
+                except LwaAttemptFailed as exc:
+                    observe(exc.failure.kind.value)
+                    _log_attempt(email, attempt_number, exc.failure, policy)
+                    raise
+                observe("ok")
+                return grant
+    except LwaAttemptFailed as exc:
+        permanent, message = token_failure_message(exc.failure, attempt_number, email)
+        log.error(
+            "token_refresh_gave_up",
+            user_email=email,
+            attempts=attempt_number,
+            permanent=permanent,
+            failure_kind=exc.failure.kind.value,
+            http_status=exc.failure.http_status,
+            error_code=exc.failure.error_code,
+        )
+        raise TokenError(
+            exc.failure.kind.value, message, permanent=permanent, attempts=attempt_number, failure=exc.failure
+        ) from exc
+    raise AssertionError("tenacity ended without a result or an error")  # pragma: no cover
+
+
+def _log_attempt(email: str, attempt: int, failure: AttemptFailure, policy: TokenPolicy) -> None:
+    will_retry = failure.retryable and attempt < policy.max_attempts
+    (log.warning if will_retry else log.error)(
+        "token_refresh_attempt_failed",
+        user_email=email,
+        attempt=attempt,
+        max_attempts=policy.max_attempts,
+        failure_kind=failure.kind.value,
+        http_status=failure.http_status,
+        error_code=failure.error_code,
+        error_description=failure.error_description,
+        exception_class=failure.exception_class,
+        will_retry=will_retry,
+        wait_seconds=policy.backoff.wait_after(failure, attempt) if will_retry else None,
     )

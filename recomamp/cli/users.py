@@ -33,9 +33,9 @@ def token_state(row: dict[str, Any]) -> tuple[str, str | None]:
 @async_handler
 async def cmd_users(args: argparse.Namespace) -> int:
     from recomamp.crypto import SecretBox
+    from recomamp.services.tokens import set_refresh_token
     from recomamp.store import catalog
     from recomamp.store import users as user_store
-    from recomamp.tokens import set_refresh_token
 
     async with database(args) as (config, connection):
         if args.users_command == "add":

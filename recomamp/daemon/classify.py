@@ -17,11 +17,11 @@ import aiohttp
 from recomamp.amazon.results import SpoolError
 from recomamp.amazon.transport import AmcError, QuotaRefused
 from recomamp.crypto import SecretUnreadable
+from recomamp.domain.retry import TokenError
 from recomamp.domain.runs import Decision, Defer, Fail, Lost, Wait
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.store.db import is_connection_error
 from recomamp.store.runs import LeaseLost
-from recomamp.tokens import TokenError
 
 
 class QuotaWait(Exception):

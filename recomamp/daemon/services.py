@@ -17,11 +17,12 @@ from recomamp.config import OWN_POOL_CONNECTIONS, Config
 from recomamp.crypto import SecretBox
 from recomamp.daemon.database import DatabaseGate, DatabaseHealth
 from recomamp.daemon.leases import LeaseKeeper
+from recomamp.domain.retry import TokenPolicy
 from recomamp.logs import register_secret
 from recomamp.observe.metrics import Metrics
+from recomamp.services.tokens import TokenService
 from recomamp.snowflake.sink import SnowflakeSink
 from recomamp.store.db import create_pool
-from recomamp.tokens import TokenPolicy, TokenService
 
 
 def amc_policy(config: Config) -> AmcRetryPolicy:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class FailureKind(StrEnum):
@@ -171,3 +171,75 @@ def token_failure_message(failure: AttemptFailure, attempts: int, email: str = "
         "or the network had a problem, and the refresh will be tried again on the next run. Nobody needs to "
         "act unless it persists."
     )
+
+
+class TokenError(Exception):
+    """No usable access token. `permanent` says whether someone must act; the message says who and what."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        permanent: bool,
+        attempts: int = 0,
+        failure: AttemptFailure | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.permanent = permanent
+        self.attempts = attempts
+        self.failure = failure
+
+
+class LwaRetrySettings(Protocol):
+    """What the token policy reads of `config.RetrySettings` (named here so that domain/ imports no config)."""
+
+    @property
+    def lwa_max_attempts(self) -> int: ...
+    @property
+    def lwa_server_error_waits(self) -> Sequence[float]: ...
+    @property
+    def lwa_throttle_waits(self) -> Sequence[float]: ...
+    @property
+    def lwa_network_waits(self) -> Sequence[float]: ...
+    @property
+    def retry_after_cap_seconds(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """How a token refresh is retried, and how early a token is refreshed before it expires."""
+
+    max_attempts: int
+    backoff: BackoffPolicy
+    refresh_margin: timedelta
+    request_timeout_seconds: float = 30.0
+
+    @classmethod
+    def from_settings(
+        cls, retry: LwaRetrySettings, refresh_margin_seconds: int, request_timeout_seconds: float = 30.0
+    ) -> TokenPolicy:
+        return cls(
+            max_attempts=retry.lwa_max_attempts,
+            backoff=BackoffPolicy(
+                server_error_waits=retry.lwa_server_error_waits,
+                throttle_waits=retry.lwa_throttle_waits,
+                network_waits=retry.lwa_network_waits,
+                retry_after_cap_seconds=retry.retry_after_cap_seconds,
+            ),
+            refresh_margin=timedelta(seconds=refresh_margin_seconds),
+            request_timeout_seconds=request_timeout_seconds,
+        )
+
+    @property
+    def refresh_lease_seconds(self) -> float:
+        """Long enough for the longest retry sequence: every attempt timing out, every wait at its longest."""
+        longest_wait = max(
+            max(self.backoff.server_error_waits, default=0.0),
+            max(self.backoff.throttle_waits, default=0.0),
+            max(self.backoff.network_waits, default=0.0),
+            self.backoff.retry_after_cap_seconds,
+        )
+        return self.max_attempts * self.request_timeout_seconds + (self.max_attempts - 1) * longest_wait + 15.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from recomamp.crypto import SecretBox
 from recomamp.sandbox.simulator import AmcSimulator
+from recomamp.services.tokens import set_refresh_token
 from recomamp.store import catalog
 from recomamp.store.db import Queryable
-from recomamp.tokens import set_refresh_token
 
 
 async def add_sandbox_user(

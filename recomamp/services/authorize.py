@@ -181,12 +181,12 @@ async def complete(
     config: Config, email: str, code: str, request: ConsentRequest, *, region: str, rerun_failed: bool
 ) -> dict[str, Any]:
     """Exchange the code, store the refresh token, prove it, and optionally queue the failed runs again."""
-    from recomamp.daemon.pipeline import UserTokenSource
     from recomamp.daemon.services import open_services
     from recomamp.services.instances import cli_replica
+    from recomamp.services.load import UserTokenSource
     from recomamp.services.runs import rerun_failed_for_reauth
+    from recomamp.services.tokens import set_refresh_token
     from recomamp.store import catalog
-    from recomamp.tokens import set_refresh_token
 
     check_age(request)
     async with open_services(config, replica=cli_replica()) as services:

@@ -11,10 +11,11 @@ from pydantic import SecretStr
 from recomamp.amazon.lwa import LwaClient
 from recomamp.config import RetrySettings
 from recomamp.crypto import SecretBox
+from recomamp.domain.retry import TokenPolicy
 from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow
 from recomamp.sandbox.simulator import AmcSimulator
+from recomamp.services.tokens import TokenService, set_refresh_token
 from recomamp.store.db import create_pool
-from recomamp.tokens import TokenPolicy, TokenService, set_refresh_token
 
 ZERO_WAITS = RetrySettings(
     lwa_server_error_waits=(0.0,),

@@ -18,7 +18,7 @@ from recomamp.amazon.transport import AmcError, AmcRetryPolicy, AmcTarget, Quota
 from recomamp.crypto import SecretBox
 from recomamp.sandbox.results_data import RESULT_COLUMNS, expected_rows
 from recomamp.sandbox.simulator import AmcSimulator, Fault, Unconfirmed
-from recomamp.tokens import TokenService
+from recomamp.services.tokens import TokenService
 from tests.integration.conftest import add_user, make_token_service
 
 POLICY = AmcRetryPolicy(

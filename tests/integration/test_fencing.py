@@ -224,7 +224,8 @@ async def test_two_replicas_refresh_one_user_through_503s_with_one_sequence_and_
     """LWA answers 503, 503, then OK, with real waits between attempts; a command timeout shorter than the
     whole sequence proves nobody holds a transaction (or waits on a lock) across it."""
     from recomamp.config import RetrySettings
-    from recomamp.tokens import TokenPolicy, TokenService
+    from recomamp.domain.retry import TokenPolicy
+    from recomamp.services.tokens import TokenService
 
     policy = TokenPolicy.from_settings(RetrySettings(lwa_server_error_waits=(0.6, 0.6)), refresh_margin_seconds=300)
     pools = [await create_pool(db_dsn, size=5, command_timeout=0.5, connect_timeout=5) for _ in range(2)]

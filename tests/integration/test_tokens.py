@@ -14,9 +14,10 @@ import pytest
 import structlog
 
 from recomamp.crypto import SecretBox
+from recomamp.domain.retry import TokenError
 from recomamp.logs import configure_logging
 from recomamp.sandbox.simulator import AmcSimulator, Fault
-from recomamp.tokens import TokenError, set_refresh_token
+from recomamp.services.tokens import set_refresh_token
 from tests.integration.conftest import add_user, make_token_service
 
 

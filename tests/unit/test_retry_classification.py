@@ -11,17 +11,18 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from recomamp.amazon.lwa import LwaClient
+from recomamp.amazon.lwa import LwaClient, refresh_with_retries
 from recomamp.config import RetrySettings
 from recomamp.domain.retry import (
     AttemptFailure,
     BackoffPolicy,
     FailureKind,
+    TokenError,
+    TokenPolicy,
     classify_lwa_response,
     parse_retry_after,
 )
 from recomamp.logs import configure_logging
-from recomamp.tokens import TokenError, TokenPolicy, refresh_with_retries
 from tests.http_mocks import mock_http as aioresponses
 
 TOKEN_URL = "https://lwa.test/auth/o2/token"

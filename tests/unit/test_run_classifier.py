@@ -14,10 +14,10 @@ from recomamp.amazon.results import SpoolError
 from recomamp.amazon.transport import AmcError, QuotaRefused, SubmitUncertain
 from recomamp.crypto import SecretUnreadable
 from recomamp.daemon.classify import QuotaWait, classify
+from recomamp.domain.retry import TokenError
 from recomamp.domain.runs import Defer, Fail, Lost, Wait, give_up_message
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.store.runs import LeaseLost
-from recomamp.tokens import TokenError
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
 

@@ -15,16 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from recomamp.amazon.lwa import LwaAttemptFailed, LwaClient, TokenGrant
-from recomamp.config import RetrySettings
+from recomamp.amazon.lwa import LwaClient, refresh_with_retries
 from recomamp.crypto import SecretBox, SecretUnreadable
-from recomamp.domain.retry import AttemptFailure, BackoffPolicy, FailureKind, token_failure_message
+from recomamp.domain.retry import FailureKind, TokenError, TokenPolicy
 from recomamp.logs import get_logger
 from recomamp.store import users as user_store
 from recomamp.store.db import Queryable
@@ -33,61 +30,6 @@ from recomamp.store.users import UserTokens
 log = get_logger(__name__)
 
 REAUTH_MESSAGE = "User needs to re-authenticate via Amazon OAuth"
-
-
-class TokenError(Exception):
-    """No usable access token. `permanent` says whether someone must act; the message says who and what."""
-
-    def __init__(
-        self,
-        kind: str,
-        message: str,
-        *,
-        permanent: bool,
-        attempts: int = 0,
-        failure: AttemptFailure | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.permanent = permanent
-        self.attempts = attempts
-        self.failure = failure
-
-
-@dataclass(frozen=True)
-class TokenPolicy:
-    max_attempts: int
-    backoff: BackoffPolicy
-    refresh_margin: timedelta
-    request_timeout_seconds: float = 30.0
-
-    @classmethod
-    def from_settings(
-        cls, retry: RetrySettings, refresh_margin_seconds: int, request_timeout_seconds: float = 30.0
-    ) -> TokenPolicy:
-        return cls(
-            max_attempts=retry.lwa_max_attempts,
-            backoff=BackoffPolicy(
-                server_error_waits=retry.lwa_server_error_waits,
-                throttle_waits=retry.lwa_throttle_waits,
-                network_waits=retry.lwa_network_waits,
-                retry_after_cap_seconds=retry.retry_after_cap_seconds,
-            ),
-            refresh_margin=timedelta(seconds=refresh_margin_seconds),
-            request_timeout_seconds=request_timeout_seconds,
-        )
-
-    @property
-    def refresh_lease_seconds(self) -> float:
-        """Long enough for the longest retry sequence: every attempt timing out, every wait at its longest."""
-        longest_wait = max(
-            max(self.backoff.server_error_waits, default=0.0),
-            max(self.backoff.throttle_waits, default=0.0),
-            max(self.backoff.network_waits, default=0.0),
-            self.backoff.retry_after_cap_seconds,
-        )
-        return self.max_attempts * self.request_timeout_seconds + (self.max_attempts - 1) * longest_wait + 15.0
 
 
 def _reauth_error(user: UserTokens) -> TokenError:
@@ -283,81 +225,6 @@ class TokenService:
         )
         log.info("token_refreshed", user_email=user.email, token_expires_in_seconds=grant.expires_in_seconds)
         return grant.access_token
-
-
-async def refresh_with_retries(
-    lwa: LwaClient,
-    refresh_token: str,
-    *,
-    email: str,
-    policy: TokenPolicy,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    observe: Callable[[str], None] = lambda _: None,
-) -> TokenGrant:
-    """One refresh with classified retries: 5xx, 429 and network errors are retried, 4xx never.
-
-    Every failed attempt is logged with its number, its cause and whether it will be retried.
-    Raises TokenError whose message says whether the failure is temporary or who must act.
-    """
-
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, LwaAttemptFailed):
-            return policy.backoff.wait_after(exc.failure, state.attempt_number)
-        return 0.0
-
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts),
-        retry=retry_if_exception(lambda exc: isinstance(exc, LwaAttemptFailed) and exc.failure.retryable),
-        wait=wait,
-        sleep=sleep,
-        reraise=True,
-    )
-    attempt_number = 0
-    try:
-        async for attempt in retrying:
-            attempt_number = attempt.retry_state.attempt_number
-            with attempt:
-                try:
-                    grant = await lwa.refresh(refresh_token)
-                except LwaAttemptFailed as exc:
-                    observe(exc.failure.kind.value)
-                    _log_attempt(email, attempt_number, exc.failure, policy)
-                    raise
-                observe("ok")
-                return grant
-    except LwaAttemptFailed as exc:
-        permanent, message = token_failure_message(exc.failure, attempt_number, email)
-        log.error(
-            "token_refresh_gave_up",
-            user_email=email,
-            attempts=attempt_number,
-            permanent=permanent,
-            failure_kind=exc.failure.kind.value,
-            http_status=exc.failure.http_status,
-            error_code=exc.failure.error_code,
-        )
-        raise TokenError(
-            exc.failure.kind.value, message, permanent=permanent, attempts=attempt_number, failure=exc.failure
-        ) from exc
-    raise AssertionError("tenacity ended without a result or an error")  # pragma: no cover
-
-
-def _log_attempt(email: str, attempt: int, failure: AttemptFailure, policy: TokenPolicy) -> None:
-    will_retry = failure.retryable and attempt < policy.max_attempts
-    (log.warning if will_retry else log.error)(
-        "token_refresh_attempt_failed",
-        user_email=email,
-        attempt=attempt,
-        max_attempts=policy.max_attempts,
-        failure_kind=failure.kind.value,
-        http_status=failure.http_status,
-        error_code=failure.error_code,
-        error_description=failure.error_description,
-        exception_class=failure.exception_class,
-        will_retry=will_retry,
-        wait_seconds=policy.backoff.wait_after(failure, attempt) if will_retry else None,
-    )
 
 
 async def set_refresh_token(connection: Queryable, box: SecretBox, user_id: int, refresh_token: str) -> datetime | None:
