@@ -1,38 +1,25 @@
-"""A simulator of Login with Amazon and the AMC reporting API, over real HTTP (aiohttp).
+"""The AMC half of the sandbox's simulator, following ../shared/AMC_API.md, not the client's convenience:
+flat execution objects with the published fields: windows converted to UTC with a Z plus the `…Original`
+fields as sent, executionCategory, expireTime, dataGaps, outputColumns, and the SQL as a top-level `sqlQuery`
+only with includeWorkflow=true. Lists need workflowId or minCreationTime, the latter strictly
+`yyyy-MM-ddTHH:mm:ss` with a timeZone (a Z or a fraction is a 400), with nextToken pages. PUT (cancel) answers
+with an empty object; 400 when already terminal. GET /amc/accounts and GET /amc/instances (with apiEndpoint).
+The daily ad-hoc quota per instance, with a refusal whose status is configurable. Results behind pre-signed
+links that expire (403 AccessDenied XML), results that expire with the execution.
 
-It follows ../shared/AMC_API.md, not the client's convenience:
-- LWA: the refresh grant and its errors by code; the consent page (/ap/oa) and the authorization-code
-  grant (single-use codes that expire, an exact redirect_uri from the allowed list, PKCE S256).
-- AMC: flat execution objects with the published fields: windows converted to UTC with a Z plus the
-  `…Original` fields as sent, executionCategory, expireTime, dataGaps, outputColumns, and the SQL as a
-  top-level `sqlQuery` only with includeWorkflow=true. Lists need workflowId or minCreationTime, the
-  latter strictly `yyyy-MM-ddTHH:mm:ss` with a timeZone (a Z or a fraction is a 400), with nextToken
-  pages. PUT (cancel) answers with an empty object; 400 when already terminal. GET /amc/accounts and
-  GET /amc/instances (with apiEndpoint). The daily ad-hoc quota per instance, with a refusal whose
-  status is configurable. Results behind pre-signed links that expire (403 AccessDenied XML), results
-  that expire with the execution.
-- Facts marked [unconfirmed] can be played either way (`Unconfirmed`): whether SQL comments survive,
-  whether an ad-hoc workflowId is echoed, whether every result part repeats the header, whether lists
-  carry the SQL, and how long lists lag a POST.
-Tests script faults per route, per user and per instance, and read how many calls each route received.
-`recomamp sandbox` (and `recomamp standalone`) serve it; its `/_sandbox/*` routes script it from outside,
-each a POST of a JSON body (answered with JSON):
-- `/_sandbox/consent` {"email": E, "decision": "approve"|"deny"}: who is signed in at "amazon.com" and what
-  they answer on the consent page. Until it is set, the page answers access_denied, as Amazon does for a
-  person who declines; `recomamp users authorize` then says so.
-- `/_sandbox/users` {"email": E, "refresh_token"?: T, "instances"?: [ID…]}: a user Amazon knows, with a
-  refresh token (answered) and AMC instances that discovery (GET /amc/instances) lists.
-- `/_sandbox/revoke` {"email": E}: the user revokes consent; their refresh token stops working.
-- `/_sandbox/faults` {"route": R, "faults": […], "user"?: E, "instance"?: ID}: answers to play next.
+Facts marked [unconfirmed] can be played either way (`Unconfirmed`): whether SQL comments survive, whether an
+ad-hoc workflowId is echoed, whether every result part repeats the header, whether lists carry the SQL, and
+how long lists lag a POST.
+
+A call is authenticated with an access token the LWA half issued. Its `/_sandbox/*` routes, each a POST of a
+JSON body (answered with JSON):
 - `/_sandbox/instances/{ID}` {profile fields}: rows, files and timings of that instance's results.
 - `/_sandbox/settings` {…}: the [unconfirmed] behaviours and the quota.
-`GET /_sandbox/calls`: how many calls each route received.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -40,33 +27,18 @@ import re
 import secrets
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
-from urllib.parse import urlencode
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
 from recomamp.sandbox.results_data import RESULT_SCHEMA, generate_csv, part_bounds
-
-Route = Literal[
-    "lwa_token",
-    "consent",
-    "create_execution",
-    "get_execution",
-    "list_executions",
-    "cancel_execution",
-    "download_urls",
-    "download_file",
-    "workflows",
-    "accounts",
-    "instances",
-]
-ROUTES: tuple[str, ...] = Route.__args__  # type: ignore[attr-defined]
+from recomamp.sandbox.simulator.faults import Fault, FaultScript, json_response, play
+from recomamp.sandbox.simulator.lwa import LwaSimulator
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "REJECTED"})
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -76,74 +48,6 @@ _LINE_COMMENT = re.compile(r"--[^\n]*")
 
 def _utc_text(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour, used once."""
-
-    status: int | None = None
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    hang_seconds: float | None = None  # answer only after this long: the client times out first
-    drop: bool = False  # close the connection without an answer
-    create_anyway: bool = False  # create_execution: create it, then answer with the fault
-    truncate: bool = False  # download_file: send part of the body, then close
-    # AMC handles the call only after this long (a slow gateway), then answers as usual: a POST is counted
-    # against the quota when it is handled, not when the client sent it.
-    delay_seconds: float | None = None
-
-    @classmethod
-    def http(cls, status: int, body: Any = None, **headers: str) -> Fault:
-        return cls(status=status, body=body, headers=headers)
-
-    @classmethod
-    def invalid_grant(cls) -> Fault:
-        return cls.http(
-            400,
-            {
-                "error": "invalid_grant",
-                "error_description": "The request has an invalid grant parameter : refresh_token. "
-                "User may have revoked or didn't grant the permission.",
-            },
-        )
-
-    @classmethod
-    def invalid_client(cls, status: int = 401) -> Fault:
-        return cls.http(status, {"error": "invalid_client", "error_description": "Client authentication failed"})
-
-    @classmethod
-    def throttled(cls, retry_after: float | None = None) -> Fault:
-        headers = {"Retry-After": str(int(retry_after))} if retry_after is not None else {}
-        return cls(status=429, body={"code": "429", "details": "Too Many Requests"}, headers=headers)
-
-    @classmethod
-    def hang(cls, seconds: float = 30.0) -> Fault:
-        return cls(hang_seconds=seconds)
-
-    @classmethod
-    def slow(cls, seconds: float) -> Fault:
-        return cls(delay_seconds=seconds)
-
-    @classmethod
-    def dropped(cls) -> Fault:
-        return cls(drop=True)
-
-    @classmethod
-    def created_but_504(cls) -> Fault:
-        return cls(status=504, body={"message": "Endpoint request timed out"}, create_anyway=True)
-
-    @classmethod
-    def created_but_dropped(cls) -> Fault:
-        return cls(drop=True, create_anyway=True)
-
-    @classmethod
-    def truncated(cls) -> Fault:
-        return cls(truncate=True)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Fault:
-        return cls(**data)
 
 
 _DEFERRED_FAULT = web.RequestKey("deferred_fault", Fault)
@@ -215,83 +119,43 @@ class SimInstance:
     api_endpoint: str | None  # None: the simulator's own URL
 
 
-@dataclass
-class _AuthCode:
-    email: str
-    redirect_uri: str
-    code_challenge: str | None
-    expires: float
-    used: bool = False
-
-
-class AmcSimulator:
+class AmcApiSimulator:
     def __init__(
         self,
+        lwa: LwaSimulator,
+        faults: FaultScript,
         *,
-        client_id: str = "amzn1.application-oa2-client.sandbox",
-        client_secret: str = "sandbox-client-secret",
-        access_token_ttl_seconds: int = 3600,
-        link_ttl_seconds: float = 600.0,
-        result_ttl_seconds: float = 86_400.0,
-        list_page_size: int = 25,
-        url_page_size: int = 25,
-        rotate_refresh_tokens: bool = False,
-        return_refresh_token: bool = True,
-        expires_in_as_string: bool = False,
-        default_profile: InstanceProfile | None = None,
-        adhoc_quota: int | None = 30,
-        quota_window_seconds: float = 86_400.0,
-        quota_refusal_status: int = 400,
-        code_ttl_seconds: float = 300.0,
-        allowed_return_urls: tuple[str, ...] = ("http://localhost:8765/callback",),
-        unconfirmed: Unconfirmed | None = None,
+        link_ttl_seconds: float,
+        result_ttl_seconds: float,
+        list_page_size: int,
+        url_page_size: int,
+        default_profile: InstanceProfile | None,
+        adhoc_quota: int | None,
+        quota_window_seconds: float,
+        quota_refusal_status: int,
+        unconfirmed: Unconfirmed | None,
     ) -> None:
-        self.client_id = client_id
-        self.client_secret = client_secret
-        self.access_token_ttl_seconds = access_token_ttl_seconds
+        self.lwa = lwa
+        self.faults = faults
         self.link_ttl_seconds = link_ttl_seconds
         self.result_ttl_seconds = result_ttl_seconds
         self.list_page_size = list_page_size
         self.url_page_size = url_page_size
-        self.rotate_refresh_tokens = rotate_refresh_tokens
-        self.return_refresh_token = return_refresh_token  # LWA may leave it out of a refresh answer
-        self.expires_in_as_string = expires_in_as_string  # one Amazon doc shows "3600"
         self.default_profile = default_profile or InstanceProfile()
         self.adhoc_quota = adhoc_quota
         self.quota_window_seconds = quota_window_seconds
         self.quota_refusal_status = quota_refusal_status
-        self.code_ttl_seconds = code_ttl_seconds
-        self.allowed_return_urls = list(allowed_return_urls)
         self.unconfirmed = unconfirmed or Unconfirmed()
         self.profiles: dict[str, InstanceProfile] = {}
         self.instances: dict[str, SimInstance] = {}
         self.accounts_of: dict[str, list[str]] = {}  # email -> instance ids
-        self.refresh_tokens: dict[str, str] = {}  # refresh token -> user email, while it is valid
-        self._issued_to: dict[str, str] = {}  # every refresh token ever issued -> email, to count calls
-        self.access_tokens: dict[str, tuple[str, float]] = {}  # access token -> (email, expires, monotonic)
-        self.codes: dict[str, _AuthCode] = {}
-        self.consent_user: str | None = None  # who is signed in at amazon.com in "the browser"
-        self.consent_decision: Literal["approve", "deny"] = "approve"
         self.executions: dict[str, SimExecution] = {}
         self.submissions: dict[str, deque[float]] = {}  # instance -> POST times (wall clock), for the quota
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: Counter[str] = Counter()
-        self.calls_by_user: Counter[tuple[str, str]] = Counter()
-        self.calls_by_instance: Counter[tuple[str, str]] = Counter()
-        self.last_headers: dict[str, dict[str, str]] = {}
-        self._faults: dict[tuple[str, str | None, str | None], deque[Fault]] = {}
         self._signing_key = secrets.token_bytes(32)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
+        self.base_url = ""  # where it is served: download links and apiEndpoint point here
 
     # --- scripting, from Python ----------------------------------------------------------------------
-
-    def add_user(self, email: str, refresh_token: str | None = None) -> str:
-        token = refresh_token or f"Atzr|sim-{secrets.token_urlsafe(48)}"
-        self.refresh_tokens[token] = email
-        self._issued_to[token] = email
-        self.accounts_of.setdefault(email, [])
-        return token
 
     def add_instance(
         self,
@@ -311,29 +175,11 @@ class AmcSimulator:
         self.accounts_of.setdefault(email, []).append(instance_id)
         return instance
 
-    def revoke(self, email: str) -> None:
-        """The user revoked recomamp's access at Amazon: their refresh and access tokens stop working."""
-        self.refresh_tokens = {t: e for t, e in self.refresh_tokens.items() if e != email}
-        self.access_tokens = {t: v for t, v in self.access_tokens.items() if v[0] != email}
-
-    def expire_access_tokens(self, email: str | None = None) -> None:
-        self.access_tokens = {t: v for t, v in self.access_tokens.items() if email is not None and v[0] != email}
-
     def profile(self, instance_id: str) -> InstanceProfile:
         return self.profiles.setdefault(instance_id, InstanceProfile(**self.default_profile.__dict__))
 
     def add_workflow(self, instance_id: str, workflow_id: str, sql_query: str) -> None:
         self.workflows[(instance_id, workflow_id)] = {"workflowId": workflow_id, "sqlQuery": sql_query}
-
-    def add_faults(
-        self, route: Route | str, *faults: Fault, user: str | None = None, instance: str | None = None
-    ) -> None:
-        if route not in ROUTES:
-            raise ValueError(f"unknown route {route!r}; routes: {', '.join(ROUTES)}")
-        self._faults.setdefault((route, user, instance), deque()).extend(faults)
-
-    def pending_faults(self) -> int:
-        return sum(len(queue) for queue in self._faults.values())
 
     def executions_for(self, instance_id: str) -> list[SimExecution]:
         return [e for e in self.executions.values() if e.instance_id == instance_id]
@@ -369,10 +215,7 @@ class AmcSimulator:
 
     # --- serving -------------------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/auth/o2/token", self._token)
-        app.router.add_get("/ap/oa", self._consent)
+    def mount(self, app: web.Application) -> None:
         app.router.add_get("/amc/accounts", self._accounts)
         app.router.add_get("/amc/instances", self._instances)
         base = "/amc/reporting/{instance_id}"
@@ -384,202 +227,26 @@ class AmcSimulator:
         app.router.add_post(f"{base}/workflows", self._create_workflow)
         app.router.add_route("*", f"{base}/workflows/{{workflow_id}}", self._workflow)
         app.router.add_get("/results/{execution_id}/{part}", self._download_file)
-        app.router.add_post("/_sandbox/users", self._admin_users)
-        app.router.add_post("/_sandbox/revoke", self._admin_revoke)
-        app.router.add_post("/_sandbox/faults", self._admin_faults)
         app.router.add_post("/_sandbox/instances/{instance_id}", self._admin_instance)
-        app.router.add_post("/_sandbox/consent", self._admin_consent)
         app.router.add_post("/_sandbox/settings", self._admin_settings)
-        app.router.add_get("/_sandbox/calls", self._admin_calls)
-        return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        bound_port = server.sockets[0].getsockname()[1]
-        self.base_url = f"http://{host}:{bound_port}"
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @asynccontextmanager
-    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-        url = await self.start(host, port)
-        try:
-            yield url
-        finally:
-            await self.stop()
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.base_url}/auth/o2/token"
-
-    @property
-    def consent_url(self) -> str:
-        return f"{self.base_url}/ap/oa"
-
-    # --- fault machinery -----------------------------------------------------------------------------
-
-    def _count(self, route: str, user: str | None, instance: str | None, request: web.Request | None = None) -> None:
-        self.calls[route] += 1
-        if user:
-            self.calls_by_user[(route, user)] += 1
-        if instance:
-            self.calls_by_instance[(route, instance)] += 1
-        if request is not None:
-            self.last_headers[route] = dict(request.headers)
-
-    def _take_fault(self, route: str, user: str | None, instance: str | None) -> Fault | None:
-        for key in ((route, user, instance), (route, user, None), (route, None, instance), (route, None, None)):
-            queue = self._faults.get(key)
-            if queue:
-                return queue.popleft()
-        return None
-
-    async def _apply(self, request: web.Request, fault: Fault) -> web.StreamResponse:
-        if fault.hang_seconds is not None:
-            await asyncio.sleep(fault.hang_seconds)
-        if fault.drop:
-            if request.transport is not None:
-                request.transport.close()
-            raise asyncio.CancelledError  # the connection is gone: nothing is sent
-        return _json_response(fault.body if fault.body is not None else {}, fault.status or 500, fault.headers)
-
-    # --- Login with Amazon ---------------------------------------------------------------------------
-
-    def _issue(self, email: str, body: dict[str, Any]) -> web.Response:
-        access = f"Atza|sim-{secrets.token_urlsafe(300)}"
-        self.access_tokens[access] = (email, time.monotonic() + self.access_token_ttl_seconds)
-        ttl: int | str = (
-            str(self.access_token_ttl_seconds) if self.expires_in_as_string else self.access_token_ttl_seconds
-        )
-        return _json_response({"access_token": access, "token_type": "bearer", "expires_in": ttl, **body}, 200)
-
-    async def _token(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
-        grant_type = str(form.get("grant_type", ""))
-        refresh_token = str(form.get("refresh_token", ""))
-        code = str(form.get("code", ""))
-        caller = self._issued_to.get(refresh_token) or (self.codes[code].email if code in self.codes else None)
-        self._count("lwa_token", caller, None, request)
-        fault = self._take_fault("lwa_token", caller, None)
-        if fault is not None and (fault.status is not None or fault.hang_seconds or fault.drop):
-            return await self._apply(request, fault)
-        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
-            return _json_response({"error": "invalid_client", "error_description": "Client authentication failed"}, 401)
-        if grant_type == "authorization_code":
-            return self._exchange_code(form)
-        if grant_type != "refresh_token":
-            return _json_response(
-                {"error": "unsupported_grant_type", "error_description": f"Unsupported grant_type {grant_type!r}"}, 400
-            )
-        if not refresh_token:
-            return _json_response(
-                {"error": "invalid_request", "error_description": "The request is missing a required parameter"},
-                400,
-            )
-        user = self.refresh_tokens.get(refresh_token)
-        if user is None:
-            return await self._apply(request, Fault.invalid_grant())
-        body: dict[str, Any] = {}
-        if self.rotate_refresh_tokens:
-            del self.refresh_tokens[refresh_token]
-            body["refresh_token"] = self.add_user(user)
-        elif self.return_refresh_token:
-            body["refresh_token"] = refresh_token
-        return self._issue(user, body)
-
-    def _exchange_code(self, form: Any) -> web.Response:
-        code = str(form.get("code", ""))
-        grant = self.codes.get(code)
-        if not code or "redirect_uri" not in form:
-            return _json_response(
-                {"error": "invalid_request", "error_description": "code and redirect_uri are required"}, 400
-            )
-        if grant is None or grant.used or time.monotonic() > grant.expires:
-            if grant is not None:
-                grant.used = True
-            return _json_response(
-                {"error": "invalid_grant", "error_description": "The authorization code is invalid or has expired"}, 400
-            )
-        grant.used = True  # single use, even when the exchange fails below
-        if str(form.get("redirect_uri")) != grant.redirect_uri:
-            return _json_response(
-                {
-                    "error": "invalid_grant",
-                    "error_description": "redirect_uri does not match the authorization request",
-                },
-                400,
-            )
-        if grant.code_challenge is not None:
-            verifier = str(form.get("code_verifier", ""))
-            computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-            if not verifier or not hmac.compare_digest(computed, grant.code_challenge):
-                return _json_response(
-                    {"error": "invalid_grant", "error_description": "code_verifier does not match the code_challenge"},
-                    400,
-                )
-        return self._issue(grant.email, {"refresh_token": self.add_user(grant.email)})
-
-    async def _consent(self, request: web.Request) -> web.StreamResponse:
-        """amazon.com/ap/oa: the person signs in and approves (or not); Amazon redirects back."""
-        query = request.query
-        self._count("consent", self.consent_user, None, request)
-        fault = self._take_fault("consent", self.consent_user, None)
-        if fault is not None:
-            return await self._apply(request, fault)
-        redirect_uri = query.get("redirect_uri", "")
-        if query.get("client_id") != self.client_id:
-            return web.Response(status=400, text="An unknown client_id was given", content_type="text/plain")
-        if redirect_uri not in self.allowed_return_urls:
-            return web.Response(
-                status=400,
-                text=f"400 Bad Request: redirect URI {redirect_uri} has not been whitelisted",
-                content_type="text/plain",
-            )
-        if query.get("response_type") != "code" or "advertising::campaign_management" not in query.get("scope", ""):
-            return web.Response(status=400, text="response_type=code and the advertising scope are required")
-        challenge = query.get("code_challenge")
-        if challenge is not None and query.get("code_challenge_method") != "S256":
-            return web.Response(status=400, text="code_challenge_method must be S256")
-        state = query.get("state")
-        params: dict[str, str] = {}
-        if self.consent_decision == "deny" or self.consent_user is None:
-            params = {"error": "access_denied", "error_description": "The user denied the request"}
-        else:
-            code = secrets.token_urlsafe(24)
-            self.codes[code] = _AuthCode(
-                self.consent_user, redirect_uri, challenge, time.monotonic() + self.code_ttl_seconds
-            )
-            params = {"code": code, "scope": "advertising::campaign_management"}
-        if state is not None:
-            params["state"] = state
-        raise web.HTTPFound(f"{redirect_uri}{'&' if '?' in redirect_uri else '?'}{urlencode(params)}")
-
-    # --- AMC -----------------------------------------------------------------------------------------
+    # --- calls ---------------------------------------------------------------------------------------
 
     def _authenticate(
         self, request: web.Request, *, needs_account: bool = True
     ) -> tuple[str | None, web.Response | None]:
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ").strip()
-        entry = self.access_tokens.get(token)
-        if entry is None or entry[1] < time.monotonic():
-            return None, _json_response({"code": "401", "details": "Authentication failed"}, 401)
-        if request.headers.get("Amazon-Advertising-API-ClientId") != self.client_id:
-            return entry[0], _json_response({"code": "401", "details": "Invalid client id header"}, 401)
+        user = self.lwa.holder(token)
+        if user is None:
+            return None, json_response({"code": "401", "details": "Authentication failed"}, 401)
+        if request.headers.get("Amazon-Advertising-API-ClientId") != self.lwa.client_id:
+            return user, json_response({"code": "401", "details": "Invalid client id header"}, 401)
         if needs_account:
             for name in ("Amazon-Advertising-API-AdvertiserId", "Amazon-Advertising-API-MarketplaceId"):
                 if not request.headers.get(name):
-                    return entry[0], _json_response({"code": "400", "details": f"Missing header {name}"}, 400)
-        return entry[0], None
+                    return user, json_response({"code": "400", "details": f"Missing header {name}"}, 400)
+        return user, None
 
     async def _enter(
         self, request: web.Request, route: str, *, needs_account: bool = True
@@ -587,8 +254,8 @@ class AmcSimulator:
         """Authenticate, count, and apply a scripted fault if one is due for this call."""
         instance = request.match_info.get("instance_id")
         user, denied = self._authenticate(request, needs_account=needs_account)
-        self._count(route, user, instance, request)
-        fault = self._take_fault(route, user, instance)
+        self.faults.count(route, user, instance, request)
+        fault = self.faults.take(route, user, instance)
         if fault is not None and fault.delay_seconds is not None:
             await asyncio.sleep(fault.delay_seconds)
             if fault == Fault(delay_seconds=fault.delay_seconds):
@@ -596,7 +263,7 @@ class AmcSimulator:
         if fault is not None and fault.create_anyway:
             request[_DEFERRED_FAULT] = fault
         elif fault is not None:
-            return user, await self._apply(request, fault)
+            return user, await play(request, fault)
         if denied is not None:
             return user, denied
         return user, None
@@ -616,7 +283,7 @@ class AmcSimulator:
                     "marketplaceId": instance.marketplace_id,
                 },
             )
-        return _json_response({"amcAccounts": list(seen.values())}, 200)
+        return json_response({"amcAccounts": list(seen.values())}, 200)
 
     async def _instances(self, request: web.Request) -> web.StreamResponse:
         user, early = await self._enter(request, "instances")
@@ -639,7 +306,7 @@ class AmcSimulator:
                     "s3BucketName": f"amc-{instance.instance_id}",
                 }
             )
-        return _json_response({"instances": found}, 200)
+        return json_response({"instances": found}, 200)
 
     def _view(self, execution: SimExecution, include_workflow: bool = False) -> dict[str, Any]:
         now = time.monotonic()
@@ -695,8 +362,8 @@ class AmcSimulator:
         if len(recent) < self.adhoc_quota:
             recent.append(now)
             return None
-        self.calls["quota_refusal"] += 1
-        return _json_response(
+        self.faults.calls["quota_refusal"] += 1
+        return json_response(
             {
                 "code": str(self.quota_refusal_status),
                 "details": f"Ad hoc workflow execution quota exceeded: {self.adhoc_quota} executions per 24 hours "
@@ -715,18 +382,18 @@ class AmcSimulator:
         try:
             body = await request.json()
         except json.JSONDecodeError:
-            return _json_response({"code": "400", "details": "Malformed JSON body"}, 400)
+            return json_response({"code": "400", "details": "Malformed JSON body"}, 400)
         problem, execution = self._validate_create(instance_id, body)
         if problem is not None:
-            return _json_response({"code": "400", "details": problem}, 400)
+            return json_response({"code": "400", "details": problem}, 400)
         assert execution is not None
         refusal = self._quota_refusal(instance_id)
         if refusal is not None:
             return refusal
         self.executions[execution.execution_id] = execution
         if fault is not None:
-            return await self._apply(request, fault)
-        return _json_response(self._view(execution), 200)
+            return await play(request, fault)
+        return json_response(self._view(execution), 200)
 
     def _validate_create(self, instance_id: str, body: Any) -> tuple[str | None, SimExecution | None]:
         if not isinstance(body, dict):
@@ -806,9 +473,9 @@ class AmcSimulator:
             return early
         execution = self._find(request)
         if execution is None:
-            return _json_response({"code": "404", "details": "Execution not found"}, 404)
+            return json_response({"code": "404", "details": "Execution not found"}, 404)
         include = request.query.get("includeWorkflow", "false").lower() == "true"
-        return _json_response(self._view(execution, include), 200)
+        return json_response(self._view(execution, include), 200)
 
     def _find(self, request: web.Request) -> SimExecution | None:
         execution = self.executions.get(request.match_info["execution_id"])
@@ -823,7 +490,7 @@ class AmcSimulator:
         instance_id = request.match_info["instance_id"]
         query = request.query
         if "workflowId" not in query and "minCreationTime" not in query:
-            return _json_response({"code": "400", "details": "Must provide either workflowId or minCreationTime"}, 400)
+            return json_response({"code": "400", "details": "Must provide either workflowId or minCreationTime"}, 400)
         visible_after = time.monotonic() - self.unconfirmed.listing_lag_seconds
         matching = [
             e for e in self.executions.values() if e.instance_id == instance_id and e.created_monotonic <= visible_after
@@ -831,7 +498,7 @@ class AmcSimulator:
         try:
             zone = ZoneInfo(query.get("timeZone", "UTC"))
         except (ZoneInfoNotFoundError, ValueError):
-            return _json_response({"code": "400", "details": f"Unknown timeZone {query.get('timeZone')!r}"}, 400)
+            return json_response({"code": "400", "details": f"Unknown timeZone {query.get('timeZone')!r}"}, 400)
         bounds: tuple[tuple[str, Callable[[SimExecution, datetime], bool]], ...] = (
             ("minCreationTime", lambda e, t: e.create_time >= t),
             ("maxCreationTime", lambda e, t: e.create_time <= t),
@@ -840,7 +507,7 @@ class AmcSimulator:
             if key in query:
                 if not _STRICT_TIME.match(query[key]):
                     # What a public client got for a value with a Z and a fraction.
-                    return _json_response(
+                    return json_response(
                         {"code": "400", "details": "Must provide either workflowId or minCreationTime"}, 400
                     )
                 bound = datetime.strptime(query[key], _TIME_FORMAT).replace(tzinfo=zone)
@@ -855,7 +522,7 @@ class AmcSimulator:
         body: dict[str, Any] = {"executions": [self._view(e, include) for e in page]}
         if next_token:
             body["nextToken"] = next_token
-        return _json_response(body, 200)
+        return json_response(body, 200)
 
     async def _cancel_execution(self, request: web.Request) -> web.StreamResponse:
         _, early = await self._enter(request, "cancel_execution")
@@ -863,14 +530,14 @@ class AmcSimulator:
             return early
         execution = self._find(request)
         if execution is None:
-            return _json_response({"code": "404", "details": "Execution not found"}, 404)
+            return json_response({"code": "404", "details": "Execution not found"}, 404)
         body = await request.json()
         if body.get("status") != "CANCELLED":
-            return _json_response({"code": "400", "details": "Only status CANCELLED may be set"}, 400)
+            return json_response({"code": "400", "details": "Only status CANCELLED may be set"}, 400)
         if execution.status(time.monotonic()) in TERMINAL:
-            return _json_response({"code": "400", "details": "The execution is already in a terminal state"}, 400)
+            return json_response({"code": "400", "details": "The execution is already in a terminal state"}, 400)
         execution.cancelled_at = datetime.now(UTC)
-        return _json_response({}, 200)  # an empty object: GET afterwards
+        return json_response({}, 200)  # an empty object: GET afterwards
 
     def _sign(self, execution_id: str, part: int, expires: float) -> str:
         message = f"{execution_id}/{part}/{expires:.3f}".encode()
@@ -882,12 +549,12 @@ class AmcSimulator:
             return early
         execution = self._find(request)
         if execution is None:
-            return _json_response({"code": "404", "details": "Execution not found"}, 404)
+            return json_response({"code": "404", "details": "Execution not found"}, 404)
         status = execution.status(time.monotonic())
         if status != "SUCCEEDED":
-            return _json_response({"code": "400", "details": f"Execution is {status}; no results"}, 400)
+            return json_response({"code": "400", "details": f"Execution is {status}; no results"}, 400)
         if datetime.now(UTC) >= execution.expire_time:
-            return _json_response({"code": "400", "details": "The results of this execution have expired"}, 400)
+            return json_response({"code": "400", "details": "The results of this execution have expired"}, 400)
         expires = time.time() + self.link_ttl_seconds
         urls = [
             f"{self.base_url}/results/{execution.execution_id}/{part}"
@@ -900,12 +567,12 @@ class AmcSimulator:
         body: dict[str, Any] = {"downloadUrls": page, "metadataDownloadUrls": []}
         if next_token:
             body["nextToken"] = next_token
-        return _json_response(body, 200)
+        return json_response(body, 200)
 
     async def _download_file(self, request: web.Request) -> web.StreamResponse:
         execution = self.executions.get(request.match_info["execution_id"])
         instance = execution.instance_id if execution else None
-        self._count("download_file", None, instance)
+        self.faults.count("download_file", None, instance)
         part = int(request.match_info["part"])
         try:
             expires = float(request.query["X-Amz-Expires"])
@@ -916,9 +583,9 @@ class AmcSimulator:
             return _access_denied("The request signature we calculated does not match the signature you provided")
         if time.time() > expires:
             return _access_denied("Request has expired")
-        fault = self._take_fault("download_file", None, instance)
+        fault = self.faults.take("download_file", None, instance)
         if fault is not None and not fault.truncate:
-            return await self._apply(request, fault)
+            return await play(request, fault)
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/csv"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -943,9 +610,9 @@ class AmcSimulator:
         body = await request.json()
         workflow_id, sql = body.get("workflowId"), body.get("sqlQuery")
         if not isinstance(workflow_id, str) or not isinstance(sql, str):
-            return _json_response({"code": "400", "details": "workflowId and sqlQuery are required"}, 400)
+            return json_response({"code": "400", "details": "workflowId and sqlQuery are required"}, 400)
         self.add_workflow(request.match_info["instance_id"], workflow_id, sql)
-        return _json_response({"workflowId": workflow_id}, 200)
+        return json_response({"workflowId": workflow_id}, 200)
 
     async def _workflow(self, request: web.Request) -> web.StreamResponse:
         _, early = await self._enter(request, "workflows")
@@ -953,51 +620,24 @@ class AmcSimulator:
             return early
         key = (request.match_info["instance_id"], request.match_info["workflow_id"])
         if key not in self.workflows:
-            return _json_response({"code": "404", "details": "Workflow not found"}, 404)
+            return json_response({"code": "404", "details": "Workflow not found"}, 404)
         if request.method == "DELETE":
             del self.workflows[key]
-            return _json_response({}, 200)
+            return json_response({}, 200)
         if request.method == "PUT":
             body = await request.json()
             self.workflows[key]["sqlQuery"] = body.get("sqlQuery", self.workflows[key]["sqlQuery"])
-        return _json_response(self.workflows[key], 200)
+        return json_response(self.workflows[key], 200)
 
     # --- scripting over HTTP, for `recomamp sandbox` ------------------------------------------------
-
-    async def _admin_users(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        token = self.add_user(body["email"], body.get("refresh_token"))
-        for instance_id in body.get("instances", []):
-            self.add_instance(body["email"], instance_id)
-        return _json_response({"refresh_token": token}, 200)
-
-    async def _admin_revoke(self, request: web.Request) -> web.StreamResponse:
-        self.revoke((await request.json())["email"])
-        return _json_response({}, 200)
-
-    async def _admin_faults(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        faults = [Fault.from_json(item) for item in body["faults"]]
-        self.add_faults(body["route"], *faults, user=body.get("user"), instance=body.get("instance"))
-        return _json_response({"pending": self.pending_faults()}, 200)
 
     async def _admin_instance(self, request: web.Request) -> web.StreamResponse:
         profile = self.profile(request.match_info["instance_id"])
         for key, value in (await request.json()).items():
             if not hasattr(profile, key):
-                return _json_response({"error": f"unknown profile field {key}"}, 400)
+                return json_response({"error": f"unknown profile field {key}"}, 400)
             setattr(profile, key, value)
-        return _json_response(profile.__dict__, 200)
-
-    async def _admin_consent(self, request: web.Request) -> web.StreamResponse:
-        """Who is signed in at "amazon.com", and whether they approve (documented in the module docstring)."""
-        body = await request.json()
-        decision = body.get("decision", "approve")
-        if not isinstance(body.get("email"), str) or decision not in ("approve", "deny"):
-            return _json_response({"error": 'give {"email": "…", "decision": "approve" or "deny"}'}, 400)
-        self.consent_user = body["email"]
-        self.consent_decision = decision
-        return _json_response({"email": self.consent_user, "decision": self.consent_decision}, 200)
+        return json_response(profile.__dict__, 200)
 
     async def _admin_settings(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -1007,20 +647,8 @@ class AmcSimulator:
             elif key in ("adhoc_quota", "quota_window_seconds", "quota_refusal_status", "result_ttl_seconds"):
                 setattr(self, key, value)
             else:
-                return _json_response({"error": f"unknown setting {key}"}, 400)
-        return _json_response({**self.unconfirmed.__dict__, "adhoc_quota": self.adhoc_quota}, 200)
-
-    async def _admin_calls(self, _: web.Request) -> web.StreamResponse:
-        return _json_response(dict(self.calls), 200)
-
-
-def _json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=body if isinstance(body, str) else json.dumps(body),
-        content_type="application/json",
-        headers=headers,
-    )
+                return json_response({"error": f"unknown setting {key}"}, 400)
+        return json_response({**self.unconfirmed.__dict__, "adhoc_quota": self.adhoc_quota}, 200)
 
 
 def _access_denied(message: str) -> web.Response:
