@@ -6,7 +6,7 @@ that systemd restarts it:
   interval, whichever comes first), and NOTIFY (schedule created, edited, resumed or run now) wakes it;
 - dispatcher: leases runnable runs within the shared limits and starts one coroutine per run, never
   one for a run this process already runs;
-- lease keeper: renews the leases of runs in flight on a connection of its own (daemon.leases);
+- lease keeper: renews the leases of runs in flight on a connection of its own (store.heartbeat);
 - listener: LISTENs for the wake-ups;
 - watchdog: feeds systemd's watchdog while the event loop turns and every task is alive. A database
   outage is not a hang: the tasks wait for the database and the watchdog goes on;
@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import asyncpg
 
 from recomamp.config import Config, ConfigError, changed_keys, load_config, restart_only
-from recomamp.daemon.database import DatabaseHealth
 from recomamp.daemon.pipeline import RunOutcome, RunPipeline
-from recomamp.daemon.services import Services, open_services
 from recomamp.logs import get_logger, set_level
 from recomamp.observe.metrics import Metrics
+from recomamp.services.adapters import Services
 from recomamp.store import migrations
 from recomamp.store.db import connect, describe_dsn, is_connection_error
+from recomamp.store.outage import DatabaseHealth
 from recomamp.store.runs import LeaseOnCreate, RunLease, claim_runs
 from recomamp.store.schedules import (
     _BEFORE_ALL,
@@ -57,6 +57,7 @@ from recomamp.store.schedules import (
     plan_schedules,
 )
 from recomamp.systemd import Notifier, watchdog_interval_seconds
+from recomamp.wiring import open_services
 
 if TYPE_CHECKING:
     from recomamp.daemon.sidecars import Listeners

@@ -1,4 +1,4 @@
-"""The daemon's side of database outages: retry with capped backoff, and one log line per change of state.
+"""Database outages: retry with capped backoff, and one log line per change of state.
 
 A database that is away is a state, not an error: the poll loop, the heartbeat and every run's writes
 wait for it (with waits growing to [database] outage_max_wait_seconds) and go on where they stopped.

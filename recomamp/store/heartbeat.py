@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import asyncpg
 
 from recomamp import __version__
-from recomamp.daemon.database import DatabaseHealth
 from recomamp.logs import get_logger
 from recomamp.store import replicas
 from recomamp.store.db import is_connection_error, open_connection
+from recomamp.store.outage import DatabaseHealth
 from recomamp.store.runs import RunLease, release_leases, renew_leases
 
 log = get_logger(__name__)
