@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -71,18 +71,35 @@ def _read_secret_file(path: Path, key: str) -> str:
     return text
 
 
-def _resolve_secret(data: dict[str, Any], key: str, credential: str) -> None:
-    """Fill `data[key]` from `data[key + '_file']` or the systemd credential, when it is not given inline."""
-    file_key = f"{key}_file"
-    file_value = data.get(file_key)
-    if data.get(key) is not None:
-        return
-    if file_value is not None:
-        data[key] = _read_secret_file(Path(str(file_value)), file_key)
-        return
-    credential_path = _credential_path(credential)
-    if credential_path is not None:
-        data[key] = _read_secret_file(credential_path, f"$CREDENTIALS_DIRECTORY/{credential}")
+def _resolve_secret(
+    data: Any,
+    key: str,
+    *,
+    file_key: str,
+    missing: str,
+    credential: str | None = None,
+    credential_key: str | None = None,
+    parse: Callable[[str], Any] = str,
+) -> Any:
+    """The one place a secret's sources are tried, in order: `data[key]` inline; the file named by
+    `data[file_key]`; the systemd credential, fixed (`credential`) or named by `data[credential_key]`, which
+    must then exist. `missing` (the message that says what to set) when none gives it. The text read is
+    stored as `parse(text)`. Used by each section's `mode="before"` validator, so `data` is raw input."""
+    if not isinstance(data, dict) or data.get(key) is not None:
+        return data
+    data = dict(data)
+    if credential_key is not None:
+        credential = data.get(credential_key) or None
+    if data.get(file_key) is not None:
+        text = _read_secret_file(Path(str(data[file_key])), file_key)
+    elif credential is not None and (path := _credential_path(str(credential))) is not None:
+        text = _read_secret_file(path, f"$CREDENTIALS_DIRECTORY/{credential}")
+    elif credential is not None and credential_key is not None:
+        raise ValueError(f"{credential_key}: no systemd credential {credential!r} in $CREDENTIALS_DIRECTORY")
+    else:
+        raise ValueError(missing)
+    data[key] = parse(text)
+    return data
 
 
 # The daemon's own tasks (poller, dispatcher, notification sender, metrics, housekeeping) have a small pool
@@ -113,14 +130,13 @@ class DatabaseSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _secret_sources(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            _resolve_secret(data, "dsn", CREDENTIAL_DSN)
-            if data.get("dsn") is None:
-                raise ValueError(
-                    f"dsn is missing: set [database] dsn, dsn_file, or the systemd credential '{CREDENTIAL_DSN}'"
-                )
-        return data
+        return _resolve_secret(
+            data,
+            "dsn",
+            file_key="dsn_file",
+            credential=CREDENTIAL_DSN,
+            missing=f"dsn is missing: set [database] dsn, dsn_file, or the systemd credential '{CREDENTIAL_DSN}'",
+        )
 
     @field_validator("dsn")
     @classmethod
@@ -147,10 +163,12 @@ def _check_http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-class AmcBaseUrls(_Section):
-    na: str = "https://advertising-api.amazon.com"
-    eu: str = "https://advertising-api-eu.amazon.com"
-    fe: str = "https://advertising-api-fe.amazon.com"
+class RegionUrls(_Section):
+    """One http(s) URL per Amazon region; each subclass gives Amazon's own as the defaults."""
+
+    na: str
+    eu: str
+    fe: str
 
     @field_validator("na", "eu", "fe")
     @classmethod
@@ -162,21 +180,18 @@ class AmcBaseUrls(_Section):
         return url
 
 
-class ConsentUrls(_Section):
+class AmcBaseUrls(RegionUrls):
+    na: str = "https://advertising-api.amazon.com"
+    eu: str = "https://advertising-api-eu.amazon.com"
+    fe: str = "https://advertising-api-fe.amazon.com"
+
+
+class ConsentUrls(RegionUrls):
     """Login with Amazon's consent page per region (../shared/AMC_API.md, "Authorization-code grant")."""
 
     na: str = "https://www.amazon.com/ap/oa"
     eu: str = "https://eu.account.amazon.com/ap/oa"
     fe: str = "https://apac.account.amazon.com/ap/oa"
-
-    @field_validator("na", "eu", "fe")
-    @classmethod
-    def _urls(cls, value: str) -> str:
-        return _check_http_url(value)
-
-    def for_region(self, region: Region) -> str:
-        url: str = getattr(self, region)
-        return url
 
 
 class AmazonSettings(_Section):
@@ -208,15 +223,14 @@ class AmazonSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _secret_sources(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            _resolve_secret(data, "client_secret", CREDENTIAL_CLIENT_SECRET)
-            if data.get("client_secret") is None:
-                raise ValueError(
-                    "client_secret is missing: set [amazon] client_secret_file, "
-                    f"or the systemd credential '{CREDENTIAL_CLIENT_SECRET}'"
-                )
-        return data
+        return _resolve_secret(
+            data,
+            "client_secret",
+            file_key="client_secret_file",
+            credential=CREDENTIAL_CLIENT_SECRET,
+            missing="client_secret is missing: set [amazon] client_secret_file, "
+            f"or the systemd credential '{CREDENTIAL_CLIENT_SECRET}'",
+        )
 
 
 class SecuritySettings(_Section):
@@ -228,22 +242,15 @@ class SecuritySettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _secret_sources(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if data.get("token_keys") is None:
-            text: str | None = None
-            if data.get("token_key_file") is not None:
-                text = _read_secret_file(Path(str(data["token_key_file"])), "token_key_file")
-            elif (path := _credential_path(CREDENTIAL_TOKEN_KEY)) is not None:
-                text = _read_secret_file(path, f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_TOKEN_KEY}")
-            if text is None:
-                raise ValueError(
-                    "no token encryption key: set [security] token_key_file, or the systemd credential "
-                    f"'{CREDENTIAL_TOKEN_KEY}'. Make one with `recomamp keygen`; recomamp never makes one itself"
-                )
-            data["token_keys"] = tuple(line.strip() for line in text.splitlines() if line.strip())
-        return data
+        return _resolve_secret(
+            data,
+            "token_keys",
+            file_key="token_key_file",
+            credential=CREDENTIAL_TOKEN_KEY,
+            missing="no token encryption key: set [security] token_key_file, or the systemd credential "
+            f"'{CREDENTIAL_TOKEN_KEY}'. Make one with `recomamp keygen`; recomamp never makes one itself",
+            parse=lambda text: tuple(line.strip() for line in text.splitlines() if line.strip()),  # one a line
+        )
 
     @field_validator("token_keys")
     @classmethod
@@ -425,20 +432,13 @@ class WebhookTarget(_Section):
     @model_validator(mode="before")
     @classmethod
     def _secret_sources(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("url") is None:
-            data = dict(data)
-            if data.get("url_file") is not None:
-                data["url"] = _read_secret_file(Path(str(data["url_file"])), "url_file")
-            elif data.get("url_credential"):
-                path = _credential_path(str(data["url_credential"]))
-                if path is None:
-                    raise ValueError(
-                        f"url_credential: no systemd credential {data['url_credential']!r} in $CREDENTIALS_DIRECTORY"
-                    )
-                data["url"] = _read_secret_file(path, f"$CREDENTIALS_DIRECTORY/{data['url_credential']}")
-            else:
-                raise ValueError("url is missing: set url, url_file or url_credential")
-        return data
+        return _resolve_secret(
+            data,
+            "url",
+            file_key="url_file",
+            credential_key="url_credential",
+            missing="url is missing: set url, url_file or url_credential",
+        )
 
     @field_validator("url")
     @classmethod
