@@ -12,7 +12,7 @@ active at a time (the database enforces it). Overlap is decided, never accidenta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from recomamp.domain.misfires import FirePlan, MisfirePolicy, plan_due
@@ -319,7 +319,3 @@ async def preview(connection: Connection, schedule_id: int, now: datetime, count
             cadence, row["next_run_at"], now, MisfirePolicy(row["misfire_policy"]), row["catch_up_limit"]
         )
     return Preview(fires, overdue)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

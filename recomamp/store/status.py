@@ -68,8 +68,6 @@ SELECT count(*) FILTER (WHERE done_at IS NULL AND failed_at IS NULL) AS pending,
 FROM notifications
 """
 
-SCHEMA_VERSION = "SELECT COALESCE(max(version), 0) FROM schema_migrations"
-
 
 async def snapshot(connection: Queryable, *, quota_window_seconds: float) -> dict[str, Any]:
     """Everything `recomamp status` shows and the gauges export, read in one go."""
@@ -92,7 +90,3 @@ async def snapshot(connection: Queryable, *, quota_window_seconds: float) -> dic
         "notifications_pending": int(notifications["pending"]) if notifications else 0,
         "notifications_failed_last_day": int(notifications["failed_last_day"]) if notifications else 0,
     }
-
-
-async def schema_version(connection: Queryable) -> int:
-    return int(await connection.fetchval(SCHEMA_VERSION))

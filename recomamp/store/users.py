@@ -28,7 +28,6 @@ RELEASE_REFRESH_LEASE = """
 UPDATE users SET refresh_lease_token = NULL, refresh_lease_until = NULL
 WHERE id = $1 AND refresh_lease_token = $2
 """
-REFRESH_LEASE_HELD = "SELECT refresh_lease_until > now() FROM users WHERE id = $1"
 
 STORE_REFRESHED_TOKENS = """
 UPDATE users
@@ -70,8 +69,6 @@ SELECT u.id, u.email, u.needs_reauth, u.needs_reauth_reason, u.needs_reauth_at, 
 FROM users u ORDER BY u.id
 """
 
-ADD_USER = "INSERT INTO users (email) VALUES ($1) RETURNING id"
-USER_ID_FOR = "SELECT id FROM users WHERE lower(email) = lower($1)"
 
 # Every stored secret, for `recomamp keys rotate`: (table, column).
 SECRET_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -117,10 +114,6 @@ async def release_refresh_lease(connection: Queryable, user_id: int, token: uuid
     await connection.execute(RELEASE_REFRESH_LEASE, user_id, token)
 
 
-async def refresh_lease_held(connection: Queryable, user_id: int) -> bool:
-    return bool(await connection.fetchval(REFRESH_LEASE_HELD, user_id))
-
-
 async def store_refreshed_tokens(
     connection: Queryable,
     user_id: int,
@@ -150,15 +143,6 @@ async def set_refresh_token(connection: Queryable, user_id: int, refresh_encrypt
 
 async def list_users(connection: Queryable) -> list[dict[str, Any]]:
     return [dict(row) for row in await connection.fetch(LIST_USERS)]
-
-
-async def user_id_for(connection: Queryable, email: str) -> int | None:
-    value = await connection.fetchval(USER_ID_FOR, email)
-    return int(value) if value is not None else None
-
-
-async def add_user(connection: Queryable, email: str) -> int:
-    return int(await connection.fetchval(ADD_USER, email))
 
 
 async def secrets_of(connection: Queryable, table: str, column: str) -> list[tuple[int, str]]:
