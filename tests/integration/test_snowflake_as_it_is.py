@@ -176,9 +176,9 @@ async def test_twenty_loads_into_twenty_tables_of_one_schema_never_wait_on_each_
     emulator: FakeSnowflake, spec: SnowflakeConnectionSpec, tmp_path: Path
 ) -> None:
     """(a): loads into different tables share no lock (an UPDATE of one ledger table per schema made every load
-    of the schema wait for the one before). Every COPY takes 2 s: twenty at once take no more than the twenty
-    without that delay (the machine's work: the connector, the emulator, staging) plus 1.5 COPYs; one behind
-    another they would take 40 s more."""
+    of the schema wait for the one before). With every COPY taking 5 s, the twenty COPYs run side by side: no
+    statement waited for a lock, and the emulator saw them in flight together (one behind another, never more
+    than one would be). Wall-clock times are printed, not asserted: on a busy machine they say little."""
     query(spec, "SELECT 1")  # connecting creates the database on the emulator
     sink = SnowflakeSink(SETTINGS, RETRY)
     targets = [LoadTarget(spec.database, "AMC", f"t{n:02d}") for n in range(20)]
@@ -191,13 +191,14 @@ async def test_twenty_loads_into_twenty_tables_of_one_schema_never_wait_on_each_
 
     await twenty(100)  # the tables exist from here on
     without_delay = await twenty(200)
-    with emulator.configured(copy_seconds=2.0):
+    with emulator.configured(copy_seconds=5.0):
+        emulator.reset_account()
         with_delay = await twenty(300)
+        peak = emulator.account()["peak_in_flight"].get("copy", 0)
     await sink.close(5)
+    print(f"twenty loads: {without_delay:.1f} s, {with_delay:.1f} s with a 5 s COPY each; {peak} COPYs at once")
     assert sum(usage(emulator, 300 + n)["lock_waits"] for n in range(20)) == 0
-    assert with_delay <= without_delay + 1.5 * 2.0, (
-        f"twenty loads took {with_delay:.1f} s with a 2 s COPY each, {without_delay:.1f} s without"
-    )
+    assert peak >= 10, f"at most {peak} of the twenty COPYs ran at once"
 
 
 async def test_a_killed_claim_blocks_only_its_own_table_and_its_adopter_ends_it(

@@ -135,6 +135,10 @@ class Emulator:
         self.sessions: dict[str, Session] = {}
         self.total = Usage()
         self.by_query_tag: dict[str, Usage] = {}
+        # Statements running at once, by kind, and the most there were since the last reset: whether loads
+        # overlapped, told by the emulator rather than by a stopwatch on a busy machine.
+        self.in_flight: Counter[str] = Counter()
+        self.peak_in_flight: Counter[str] = Counter()
         self._reaper: asyncio.Task[None] | None = None
 
     def apply_settings(self) -> None:
@@ -200,6 +204,15 @@ class Emulator:
             session.last_put_source = local
         else:
             session.last_put_source = ""
+        kind = statement.kind.value
+        self.in_flight[kind] += 1
+        self.peak_in_flight[kind] = max(self.peak_in_flight[kind], self.in_flight[kind])
+        try:
+            return await self._account(session, statement, sql, request)
+        finally:
+            self.in_flight[kind] -= 1
+
+    async def _account(self, session: Session, statement: Statement, sql: str, request: Request) -> Response:
         async with session.busy:
             started = time.monotonic()
             waited, refused = [0.0], False
@@ -372,11 +385,16 @@ class Emulator:
 
     async def account(self, _: Request) -> Response:
         return JSONResponse(
-            {"total": self.total.as_json(), "by_query_tag": {k: v.as_json() for k, v in self.by_query_tag.items()}}
+            {
+                "total": self.total.as_json(),
+                "by_query_tag": {k: v.as_json() for k, v in self.by_query_tag.items()},
+                "peak_in_flight": dict(self.peak_in_flight),
+            }
         )
 
     async def reset(self, _: Request) -> Response:
         self.total, self.by_query_tag = Usage(), {}
+        self.peak_in_flight = Counter(self.in_flight)
         return JSONResponse({"reset": True})
 
     async def settings_endpoint(self, request: Request) -> Response:
