@@ -514,82 +514,83 @@ async def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _schedule_flags(sub: argparse.ArgumentParser, creating: bool) -> None:
+    """The flags `schedules create` and `schedules update` share; `creating` adds the ones only create has."""
+    retention = f"AMC keeps about 13 months of data: {AMC_RETENTION_DAYS} days at most"
+    sub.add_argument("--name", required=creating, help="what people call it (shown in lists and alerts)")
+    sub.add_argument("--sql", help="ad-hoc AMC SQL")
+    sub.add_argument("--sql-file", metavar="PATH", help="ad-hoc AMC SQL from a file")
+    sub.add_argument("--workflow-id", help="a saved AMC workflow instead of SQL")
+    sub.add_argument("--param", action="append", metavar="KEY=VALUE", help="a saved workflow's parameter; repeat")
+    if creating:
+        sub.add_argument(
+            "--preset",
+            choices=["daily", "weekly", "monthly", "custom"],
+            help="when it fires (default: daily, at --time; custom when --cron is given)",
+        )
+    sub.add_argument("--time", metavar="HH:MM", help="daily/weekly/monthly: the time of day, in --timezone")
+    sub.add_argument("--day-of-week", metavar="DAY", help="weekly: monday..sunday, or 0..6")
+    sub.add_argument(
+        "--day-of-month", type=bounded_int(1, 31), metavar="N", help="monthly: 1..31 (29-31: the month's last day)"
+    )
+    sub.add_argument("--cron", metavar="EXPR", help="custom: a 5-field cron expression, in --timezone")
+    sub.add_argument(
+        "--timezone", metavar="IANA", help="a place's zone, e.g. America/New_York (default UTC; not EST: no DST)"
+    )
+    sub.add_argument(
+        "--lookback-days",
+        type=bounded_int(1, AMC_RETENTION_DAYS, retention),
+        metavar="N",
+        help="each window is N days long (default: since the previous fire's window)",
+    )
+    sub.add_argument(
+        "--data-lag-days",
+        type=bounded_int(0, AMC_RETENTION_DAYS, retention),
+        metavar="N",
+        help="end the window N days before the fire (default 14: AMC restates data)",
+    )
+    sub.add_argument(
+        "--auto-pause",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pause the schedule after --failure-threshold failures in a row (default: off)",
+    )
+    sub.add_argument(
+        "--failure-threshold",
+        type=bounded_int(1, 1000),
+        metavar="N",
+        help="with --auto-pause: failures in a row before it pauses (default 3)",
+    )
+    sub.add_argument(
+        "--misfire",
+        choices=["coalesce", "catch-up"],
+        help="after downtime: run the latest missed window (coalesce) or every one (catch-up)",
+    )
+    sub.add_argument("--catch-up-limit", type=bounded_int(1, 1000), metavar="N", help="catch-up: at most N windows")
+    sub.add_argument("--snowflake-table", metavar="NAME", help="load results into this table (enables Snowflake)")
+    sub.add_argument("--snowflake-schema", metavar="NAME", help="default: the user's default schema")
+    sub.add_argument(
+        "--snowflake-key-columns", metavar="A,B", help="MERGE on these columns instead of replacing the window"
+    )
+    sub.add_argument(
+        "--allow-overlap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="allow windows that overlap without key columns (each overlapping row is kept once per window)",
+    )
+    sub.add_argument("--no-snowflake", action="store_true", help="do not load into Snowflake")
+    if not creating:
+        sub.add_argument("--snowflake", action="store_true", help="load into Snowflake again")
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     actions = add_noun(commands, "schedules", "workflow schedules", common, "schedules_command")
-    retention = f"AMC keeps about 13 months of data: {AMC_RETENTION_DAYS} days at most"
-
-    def schedule_flags(sub: argparse.ArgumentParser, creating: bool) -> None:
-        sub.add_argument("--name", required=creating, help="what people call it (shown in lists and alerts)")
-        sub.add_argument("--sql", help="ad-hoc AMC SQL")
-        sub.add_argument("--sql-file", metavar="PATH", help="ad-hoc AMC SQL from a file")
-        sub.add_argument("--workflow-id", help="a saved AMC workflow instead of SQL")
-        sub.add_argument("--param", action="append", metavar="KEY=VALUE", help="a saved workflow's parameter; repeat")
-        if creating:
-            sub.add_argument(
-                "--preset",
-                choices=["daily", "weekly", "monthly", "custom"],
-                help="when it fires (default: daily, at --time; custom when --cron is given)",
-            )
-        sub.add_argument("--time", metavar="HH:MM", help="daily/weekly/monthly: the time of day, in --timezone")
-        sub.add_argument("--day-of-week", metavar="DAY", help="weekly: monday..sunday, or 0..6")
-        sub.add_argument(
-            "--day-of-month", type=bounded_int(1, 31), metavar="N", help="monthly: 1..31 (29-31: the month's last day)"
-        )
-        sub.add_argument("--cron", metavar="EXPR", help="custom: a 5-field cron expression, in --timezone")
-        sub.add_argument(
-            "--timezone", metavar="IANA", help="a place's zone, e.g. America/New_York (default UTC; not EST: no DST)"
-        )
-        sub.add_argument(
-            "--lookback-days",
-            type=bounded_int(1, AMC_RETENTION_DAYS, retention),
-            metavar="N",
-            help="each window is N days long (default: since the previous fire's window)",
-        )
-        sub.add_argument(
-            "--data-lag-days",
-            type=bounded_int(0, AMC_RETENTION_DAYS, retention),
-            metavar="N",
-            help="end the window N days before the fire (default 14: AMC restates data)",
-        )
-        sub.add_argument(
-            "--auto-pause",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="pause the schedule after --failure-threshold failures in a row (default: off)",
-        )
-        sub.add_argument(
-            "--failure-threshold",
-            type=bounded_int(1, 1000),
-            metavar="N",
-            help="with --auto-pause: failures in a row before it pauses (default 3)",
-        )
-        sub.add_argument(
-            "--misfire",
-            choices=["coalesce", "catch-up"],
-            help="after downtime: run the latest missed window (coalesce) or every one (catch-up)",
-        )
-        sub.add_argument("--catch-up-limit", type=bounded_int(1, 1000), metavar="N", help="catch-up: at most N windows")
-        sub.add_argument("--snowflake-table", metavar="NAME", help="load results into this table (enables Snowflake)")
-        sub.add_argument("--snowflake-schema", metavar="NAME", help="default: the user's default schema")
-        sub.add_argument(
-            "--snowflake-key-columns", metavar="A,B", help="MERGE on these columns instead of replacing the window"
-        )
-        sub.add_argument(
-            "--allow-overlap",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="allow windows that overlap without key columns (each overlapping row is kept once per window)",
-        )
-        sub.add_argument("--no-snowflake", action="store_true", help="do not load into Snowflake")
-        if not creating:
-            sub.add_argument("--snowflake", action="store_true", help="load into Snowflake again")
-
     create = add_command(actions, "create", "create a schedule", cmd_schedules, common)
     create.add_argument("--user", required=True, metavar="EMAIL", help="the recomamp user (their email) it runs as")
     create.add_argument(
         "--instance", required=True, metavar="INSTANCE_ID", help="one of the user's AMC instances (`instances list`)"
     )
-    schedule_flags(create, creating=True)
+    _schedule_flags(create, creating=True)
     add_command(actions, "list", "list schedules", cmd_schedules, common).add_argument(
         "--user", metavar="EMAIL", help="only this user's schedules"
     )
@@ -618,7 +619,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser], comm
     run_now.add_argument("--window-start", type=iso_date, metavar="DATE", help="another window of the grid")
     update = add_command(actions, "update", "change a schedule; only the flags given change", cmd_schedules, common)
     update.add_argument("id", type=schedule_id, help="the schedule's id (`schedules list`)")
-    schedule_flags(update, creating=False)
+    _schedule_flags(update, creating=False)
     preview = add_command(
         actions, "preview", "the next fires and their windows, and what an overdue poll would do", cmd_schedules, common
     )
