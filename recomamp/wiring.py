@@ -21,15 +21,12 @@ from recomamp.crypto import SecretBox
 from recomamp.logs import register_secret
 from recomamp.observe.metrics import Metrics
 from recomamp.services.adapters import Services, amc_policy, token_policy
+from recomamp.services.errors import DatabaseUnreachable
 from recomamp.services.tokens import TokenService
 from recomamp.snowflake.sink import SnowflakeSink
 from recomamp.store.db import connect, create_pool, describe_dsn, is_connection_error
 from recomamp.store.heartbeat import LeaseKeeper
 from recomamp.store.outage import DatabaseGate, DatabaseHealth
-
-
-class DatabaseUnreachable(Exception):
-    """The database in [database] dsn did not answer: where (never the password), and why."""
 
 
 def register_config_secrets(config: Config) -> None:

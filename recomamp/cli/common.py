@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from recomamp.cli.output import print_json as print_json  # re-exported: the commands' JSON goes through output
 from recomamp.config import DEFAULT_CONFIG_PATH, Config, load_config
+from recomamp.services.errors import DatabaseUnreachable as DatabaseUnreachable  # re-exported: main() maps it to 1
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,10 +33,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 class UsageError(Exception):
     """Bad input from the person at the shell: one line that names the field and what is allowed."""
-
-
-class DatabaseUnreachable(Exception):
-    """The database in [database] dsn did not answer: where (never the password), and why."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,27 +66,11 @@ def async_handler(handler: Callable[[argparse.Namespace], Coroutine[Any, Any, in
 @asynccontextmanager
 async def database(args: argparse.Namespace) -> AsyncIterator[tuple[Config, Any]]:
     """(config, a connection). A connection that cannot be made is DatabaseUnreachable, naming the host."""
-    from recomamp.store.db import connect, describe_dsn, is_connection_error
+    from recomamp.wiring import connection
 
     config = load(args)
-    dsn = config.database.dsn.get_secret_value()
-    try:
-        manager = connect(
-            dsn,
-            command_timeout=config.database.command_timeout_seconds,
-            connect_timeout=config.database.connect_timeout_seconds,
-        )
-        connection = await manager.__aenter__()
-    except Exception as exc:
-        if is_connection_error(exc) or type(exc).__name__.startswith("Invalid"):
-            raise DatabaseUnreachable(
-                f"cannot reach the database at {describe_dsn(dsn)} ([database] dsn): {type(exc).__name__}: {exc}"
-            ) from None
-        raise
-    try:
-        yield config, connection
-    finally:
-        await manager.__aexit__(None, None, None)
+    async with connection(config) as opened:
+        yield config, opened
 
 
 def read_file(path: str, flag: str) -> str:

@@ -60,23 +60,23 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 @async_handler
 async def cmd_migrate(args: argparse.Namespace) -> int:
-    from recomamp.store import migrations
+    from recomamp.services import schema
 
     async with database(args) as (_, connection):
         if args.migrate_command == "up":
-            applied = await migrations.migrate_up(connection, to=args.to)
+            applied = await schema.migrate_up(connection, to=args.to)
             if args.json:
                 print_json({"applied": applied})
             else:
                 print(f"applied {len(applied)} migration(s)" + (f": {applied}" if applied else ""))
         elif args.migrate_command == "down":
-            rolled = await migrations.migrate_down(connection, to=args.to)
+            rolled = await schema.migrate_down(connection, to=args.to)
             if args.json:
                 print_json({"rolled_back": rolled})
             else:
                 print(f"rolled back {len(rolled)} migration(s)" + (f": {rolled}" if rolled else ""))
         else:
-            states = await migrations.status(connection)
+            states = await schema.status(connection)
             if args.json:
                 print_json([state.__dict__ for state in states])
             else:

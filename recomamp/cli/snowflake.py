@@ -22,15 +22,14 @@ from recomamp.cli.output import fields, print_json
 
 @async_handler
 async def cmd_snowflake(args: argparse.Namespace) -> int:
-    from recomamp.crypto import SecretBox
     from recomamp.domain.identifiers import validate_identifier
-    from recomamp.snowflake.connection import BadPrivateKey, private_key_der, server_version, spec_from_row
-    from recomamp.store import catalog
-    from recomamp.store.snowflake_configs import SnowflakeConfigInput, fetch_row, masked, save_config
+    from recomamp.services import snowflake_configs
+    from recomamp.services.snowflake_configs import SnowflakeConfigInput
+    from recomamp.services.users import user_id as user_id_of
+    from recomamp.snowflake.connection import BadPrivateKey, private_key_der, server_version
 
     async with database(args) as (config, connection):
-        user_id = await catalog.user_id_for(connection, args.email)
-        box = SecretBox(config.security.token_keys)
+        user_id = await user_id_of(connection, args.email)
         if args.snowflake_command == "set":
             validate_identifier(args.database, "database")
             validate_identifier(args.schema, "schema")
@@ -50,8 +49,9 @@ async def cmd_snowflake(args: argparse.Namespace) -> int:
                     private_key_der(pem, passphrase)
                 except BadPrivateKey as exc:
                     raise UsageError(f"--private-key-file: {exc}") from None
-            await save_config(
+            await snowflake_configs.save(
                 connection,
+                config,
                 user_id,
                 SnowflakeConfigInput(
                     account=args.account,
@@ -67,7 +67,6 @@ async def cmd_snowflake(args: argparse.Namespace) -> int:
                     port=args.port,
                     protocol=args.protocol,
                 ),
-                encrypt=box.encrypt,
             )
             if args.json:
                 print_json({"email": args.email, "saved": True})
@@ -77,19 +76,19 @@ async def cmd_snowflake(args: argparse.Namespace) -> int:
                     f"check it with `recomamp snowflake test {args.email}`"
                 )
             return EXIT_OK
-        row = await fetch_row(connection, user_id)
+        row = await snowflake_configs.stored(connection, user_id)
         if row is None:
             raise UsageError(
                 f"snowflake: {args.email} has no Snowflake configuration; add one with `recomamp snowflake set`"
             )
         if args.snowflake_command == "show":
-            shown = masked(row)
+            shown = snowflake_configs.shown(row)
             if args.json:
                 print_json(shown)
             else:
                 print("\n".join(fields(shown, indent="")))
             return EXIT_OK
-        spec = spec_from_row(row, box)
+        spec = snowflake_configs.connection_spec(row, config)
     try:
         version = await asyncio.to_thread(server_version, spec, config.snowflake)
     except Exception as exc:  # any connector failure, as one line, classified

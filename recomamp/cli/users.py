@@ -32,14 +32,11 @@ def token_state(row: dict[str, Any]) -> tuple[str, str | None]:
 
 @async_handler
 async def cmd_users(args: argparse.Namespace) -> int:
-    from recomamp.crypto import SecretBox
-    from recomamp.services.tokens import set_refresh_token
-    from recomamp.store import catalog
-    from recomamp.store import users as user_store
+    from recomamp.services import users
 
     async with database(args) as (config, connection):
         if args.users_command == "add":
-            user_id = await catalog.add_user(connection, args.email)
+            user_id = await users.add(connection, args.email)
             if args.json:
                 print_json({"id": user_id, "email": args.email})
             else:
@@ -48,15 +45,15 @@ async def cmd_users(args: argparse.Namespace) -> int:
                     f"`recomamp users authorize {args.email}`"
                 )
         elif args.users_command == "set-token":
-            user_id = await catalog.user_id_for(connection, args.email)
+            user_id = await users.user_id(connection, args.email)
             token = read_secret(args.token_file, "refresh token", "--token-file")
-            await set_refresh_token(connection, SecretBox(config.security.token_keys), user_id, token)
+            await users.store_refresh_token(connection, config, user_id, token)
             if args.json:
                 print_json({"id": user_id, "email": args.email, "token": "ok"})
             else:
                 print(f"refresh token stored for {args.email}; the re-authentication mark, if any, is cleared")
         else:
-            rows = await user_store.list_users(connection)
+            rows = await users.list_all(connection)
             for row in rows:
                 row["token"], row["fix"] = token_state(row)
             if args.json:
@@ -103,13 +100,11 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
         consent_request,
         wait_for_browser,
     )
-    from recomamp.store import catalog
-    from recomamp.store import users as user_store
+    from recomamp.services.users import consent_region
 
     config = load(args)
     async with database(args) as (_, connection):
-        user_id = await catalog.user_id_for(connection, args.email)  # an unknown email: one line, exit 2
-        region = args.region or await user_store.region_of(connection, user_id) or "na"
+        region = await consent_region(connection, args.email, args.region)  # an unknown email: one line, exit 2
     request = consent_request(config, region)
     # With --json, stdout is the one JSON answer; the person's instructions go to stderr.
     say = sys.stderr if args.json else sys.stdout
