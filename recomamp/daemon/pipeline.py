@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,15 +24,13 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from recomamp.amazon.matching import Execution, ExecutionRequest
+from recomamp.amazon.matching import Execution
 from recomamp.amazon.results import ResultFiles
 from recomamp.amazon.transport import AmcTarget, QuotaRefused
 from recomamp.config import Config
 from recomamp.daemon.classify import QuotaWait, classify
-from recomamp.daemon.services import Services
 from recomamp.domain.alerts import RunNotice
 from recomamp.domain.runs import (
-    LOAD_QUEUED_ATTEMPT_STEP,
     Cancelled,
     Decision,
     Defer,
@@ -44,18 +41,10 @@ from recomamp.domain.runs import (
     give_up_message,
 )
 from recomamp.logs import get_logger
-from recomamp.snowflake.connection import BadPrivateKey, spec_from_row
-from recomamp.snowflake.errors import SnowflakeLoadError
-from recomamp.snowflake.loader import (
-    LoadCancelled,
-    LoadSuperseded,
-    LoadTarget,
-    RunMetadata,
-)
-from recomamp.snowflake.sink import LoadTimedOut
+from recomamp.services.adapters import Services
+from recomamp.services.load import UserTokenSource, amc_target, ensure_lease, execution_request, run_spool, upload
 from recomamp.store import quota as quota_store
 from recomamp.store import runs as run_store
-from recomamp.store import snowflake_configs
 from recomamp.store.db import is_connection_error
 from recomamp.store.runs import LeaseLost, RunLease, RunRecord
 
@@ -77,53 +66,6 @@ class _Succeeded:
     pass
 
 
-class UserTokenSource:
-    """The run's tokens. The token it was handed is used until it nears its expiry (or AMC rejects it), so
-    polling AMC needs no database read per call and goes on while the database is away; a refresh waits
-    for the database through the outage gate. The first check is logged at info, later ones at debug."""
-
-    def __init__(self, services: Services, user_id: int) -> None:
-        self._services = services
-        self._user_id = user_id
-        self._checked = False
-        self._token: str | None = None
-        self._until: datetime | None = None
-
-    async def __call__(self, stale: str | None = None) -> str:
-        if self._token is not None and stale is None and self._until is not None and datetime.now(UTC) < self._until:
-            return self._token
-        announce, self._checked = not self._checked, True
-        service = self._services.tokens
-        token, self._until = await self._services.gate.call(
-            "token", lambda: service.access_token_until(self._user_id, stale=stale, announce=announce)
-        )
-        self._token = token
-        return token
-
-
-def execution_request(run: RunRecord, config: Config) -> ExecutionRequest:
-    zone = ZoneInfo(run.window_timezone)
-    return ExecutionRequest(
-        window_start=run.window_start.astimezone(zone).replace(tzinfo=None),
-        window_end=run.window_end.astimezone(zone).replace(tzinfo=None),
-        timezone=run.window_timezone,
-        sql_query=run.query_sql,
-        workflow_id=run.query_workflow_id,
-        parameter_values=dict(run.query_parameters),
-        timeout_seconds=config.amazon.amc_execution_timeout_seconds,
-    )
-
-
-def amc_target(run: RunRecord, config: Config) -> AmcTarget:
-    """The instance's own apiEndpoint when discovery stored one; else the region's host."""
-    base = run.api_endpoint or config.amazon.amc_base_url.for_region(run.region)  # type: ignore[arg-type]
-    return AmcTarget(base.rstrip("/"), run.amc_instance_id, run.advertiser_id, run.marketplace_id)
-
-
-def run_spool(config: Config, run_id: int) -> Path:
-    return config.daemon.spool_dir / f"run-{run_id}"
-
-
 def notice_for(run: RunRecord) -> RunNotice:
     return RunNotice(run.id, run.schedule_id, run.schedule_name, run.user_email, run.window_start, run.window_end)
 
@@ -143,13 +85,7 @@ class RunPipeline:
 
     async def _ensure_lease(self, lease: RunLease) -> None:
         """Immediately before a side effect that cannot be undone: this claim still holds the run."""
-        sent_at = time.monotonic()
-        pool = self._services.pool
-        await self._db(
-            "lease check",
-            lambda: run_store.check_fresh(pool, lease, lease_seconds=self._services.leases.lease_seconds),
-        )
-        self._services.leases.confirm(lease.run_id, sent_at)
+        await ensure_lease(self._services, lease)
 
     async def _step_boundary(self, lease: RunLease) -> None:
         """Between steps: a claim whose lease was not renewed in time (a stall) verifies it before going on."""
@@ -428,7 +364,7 @@ class RunPipeline:
         log.info("run_downloaded", result_files=len(files.paths), result_bytes=files.size_bytes)
         if run.target_enabled:
             await self._step_boundary(lease)
-            problem = await self.upload(run, lease, files, config, final)
+            problem = await upload(services, run, lease, files, config, final)
             if problem is not None:
                 return problem
         await self._results_loaded(run, directory, config)
@@ -528,107 +464,6 @@ class RunPipeline:
                 log.info("amc_execution_cancelled", amc_execution_id=execution_id, detail="the run was cancelled")
             except Exception as exc:  # best effort: it is logged for a person to cancel by hand
                 log.error("amc_cancel_failed", amc_execution_id=execution_id, error=str(exc))
-
-    async def upload(
-        self,
-        run: RunRecord,
-        lease: RunLease,
-        files: ResultFiles,
-        config: Config,
-        execution: Execution | None = None,
-        *,
-        replace_loaded: bool = False,
-    ) -> Fail | None:
-        """Load the run's files into its recorded table. Returns a failure for a person when it failed.
-
-        An adopted run whose result another claim already committed is not loaded twice (the Snowflake load
-        ledger says so); `replace_loaded` (an operator's retry-upload) loads it again all the same."""
-        services = self._services
-        pool = services.pool
-
-        async def record(status: str, table: str | None, rows: int | None, error: str | None) -> None:
-            await self._db("record Snowflake", lambda: run_store.set_snowflake(pool, lease, status, table, rows, error))
-
-        if not run.target_table_name:
-            message = (
-                "Snowflake is enabled for this schedule but it names no table: set one with "
-                f"`recomamp schedules update {run.schedule_id} --snowflake-table NAME`."
-            )
-            await record("failed", None, None, message)
-            return Fail("snowflake", message)
-        config_row = await self._db("read Snowflake settings", lambda: snowflake_configs.fetch_row(pool, run.owner_id))
-        if config_row is None or not config_row["is_active"]:
-            message = (
-                f"Snowflake is enabled for this schedule but {run.user_email} has no active Snowflake "
-                f"configuration: add one with `recomamp snowflake set {run.user_email} …`, then "
-                f"`recomamp runs retry-upload {run.id}`. The AMC result is kept."
-            )
-            await record("failed", None, None, message)
-            return Fail("snowflake", message)
-        try:
-            target = LoadTarget(
-                database=config_row["database_name"],
-                schema=run.target_schema_name or config_row["default_schema"],
-                table=run.target_table_name,
-                key_columns=tuple(run.target_key_columns) if run.target_key_columns else None,
-            )
-            spec = spec_from_row(config_row, services.box())
-        except (ValueError, BadPrivateKey) as exc:
-            message = f"Snowflake settings cannot be used: {exc}"
-            await record("failed", None, None, message)
-            return Fail("snowflake", message)
-        await record("uploading", target.display, None, None)
-        await self._db("queue the load", lambda: run_store.set_attempt_step(pool, lease, LOAD_QUEUED_ATTEMPT_STEP))
-
-        async def fence() -> None:
-            await self._ensure_lease(lease)
-
-        async def load_started() -> None:
-            await self._db("start the load", lambda: run_store.set_attempt_step(pool, lease, Step.UPLOADING.value))
-
-        try:
-            with services.metrics.step("snowflake_load"):
-                result = await services.sink.load(
-                    spec,
-                    target,
-                    RunMetadata(
-                        schedule_id=run.schedule_id,
-                        run_id=run.id,
-                        window_start=run.window_start,
-                        window_end=run.window_end,
-                        uploaded_at=datetime.now(UTC),
-                        claim=lease.claim,
-                        amc_execution_id=run.amc_execution_id
-                        or (execution.execution_id if execution is not None else ""),
-                        replace_loaded=replace_loaded,
-                    ),
-                    files.paths,
-                    # AMC's outputColumns types: a STRING column of digits stays text, a LONG stays a number.
-                    declared_types={c.name: c.data_type for c in execution.output_columns if c.data_type}
-                    if execution is not None
-                    else None,
-                    fence=fence,
-                    deadline_seconds=config.snowflake.load_timeout_seconds,
-                    started=load_started,
-                )
-        except LeaseLost:
-            raise
-        except LoadSuperseded as exc:  # a later claim wrote first: this one is over, like a lost lease
-            log.warning("run_lease_lost", step="uploading", detail=str(exc))
-            raise LeaseLost(run.id) from None
-        except (SnowflakeLoadError, BadPrivateKey, LoadTimedOut, LoadCancelled) as exc:
-            transient = getattr(exc, "transient", isinstance(exc, LoadTimedOut | LoadCancelled))
-            message = (
-                f"Snowflake load into {target.display} failed: {exc}. "
-                + ("Temporary. " if transient else "")
-                + f"The AMC result is kept; load it again with `recomamp runs retry-upload {run.id}`."
-            )
-            log.error("snowflake_load_failed", table=target.display, transient=transient, error=str(exc))
-            await record("failed", target.display, None, message)
-            return Fail("snowflake", message)
-        await record("completed", result.table, result.rows, None)
-        services.metrics.rows_loaded(result.rows)
-        return None
 
     async def _results_loaded(self, run: RunRecord, directory: Path, config: Config) -> None:
         """The result is safely loaded: delete it, or keep it for [daemon] keep_results_days."""

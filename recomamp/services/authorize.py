@@ -183,7 +183,7 @@ async def complete(
     """Exchange the code, store the refresh token, prove it, and optionally queue the failed runs again."""
     from recomamp.daemon.services import open_services
     from recomamp.services.instances import cli_replica
-    from recomamp.daemon.pipeline import UserTokenSource
+    from recomamp.services.load import UserTokenSource
     from recomamp.services.runs import rerun_failed_for_reauth
     from recomamp.services.tokens import set_refresh_token
     from recomamp.store import catalog

@@ -7,8 +7,8 @@ import socket
 
 from recomamp.amazon.accounts import AmcInstance
 from recomamp.config import Config
-from recomamp.daemon.pipeline import UserTokenSource
 from recomamp.daemon.services import open_services
+from recomamp.services.load import UserTokenSource
 from recomamp.store import catalog
 
 

@@ -18,9 +18,9 @@ import structlog
 from recomamp.amazon.results import kept_result
 from recomamp.amazon.transport import AmcError
 from recomamp.config import Config
-from recomamp.daemon.pipeline import RunPipeline, UserTokenSource, amc_target, run_spool
-from recomamp.daemon.services import Services
 from recomamp.domain.runs import PRIORITY, Trigger
+from recomamp.services.adapters import Services
+from recomamp.services.load import UserTokenSource, amc_target, run_spool, upload
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.store import runs as run_store
 from recomamp.store import schedules as schedule_store
@@ -133,8 +133,7 @@ async def retry_upload(services: Services, config: Config, run_id: int, *, owner
             files = await services.amc.results.download(
                 amc_target(run, config), tokens, run.amc_execution_id, directory
             )
-        pipeline = RunPipeline(services, owner, lambda: config, once=True)
-        problem = await pipeline.upload(run, lease, files, config, replace_loaded=True)
+        problem = await upload(services, run, lease, files, config, replace_loaded=True)
         if problem is not None:
             raise SnowflakeLoadError(problem.message, transient=False, step="retry-upload")
         loaded = True

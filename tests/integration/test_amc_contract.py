@@ -100,8 +100,8 @@ async def test_a_replica_killed_between_the_marker_and_the_post_leaves_exactly_o
 ) -> None:
     from recomamp.amazon.client import AmcClient
     from recomamp.config import load_config as load
-    from recomamp.daemon.pipeline import amc_target, execution_request
     from recomamp.daemon.services import open_services
+    from recomamp.services.load import amc_target, execution_request
     from recomamp.store.runs import load_run
 
     tenant = await add_tenant(pool, box, simulator, "cy@example.com", "amcK")
@@ -123,7 +123,7 @@ async def test_a_replica_killed_between_the_marker_and_the_post_leaves_exactly_o
         async with open_services(config, replica="dead") as services:
             run = await load_run(services.pool, run_id)
             assert run is not None
-            from recomamp.daemon.pipeline import UserTokenSource
+            from recomamp.services.load import UserTokenSource
 
             client: AmcClient = services.amc
             await client.executions.create(
