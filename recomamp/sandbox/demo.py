@@ -16,6 +16,7 @@ import textwrap
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -318,6 +319,70 @@ def _snowflake_counts(snow: FakeSnowflake, tables: list[str]) -> list[tuple[str,
         connection.close()
 
 
+async def _runs(dsn: str) -> list[dict[str, Any]]:
+    """Every run of the demo, with its user's email and schedule's name, by user, schedule and id."""
+    connection = await asyncpg.connect(dsn)
+    await init_connection(connection)
+    try:
+        listed = await run_store.list_runs(connection, limit=1000)
+    finally:
+        await connection.close()
+    return sorted(
+        ({**run, "email": run["user_email"], "name": run["schedule_name"]} for run in listed),
+        key=lambda run: (run["email"], run["name"], run["id"]),
+    )
+
+
+async def _report(runs: list[dict[str, Any]], simulator: AmcSimulator, snow: FakeSnowflake) -> None:
+    """The runs as a table (with each user's LWA calls), what the failed ones say, and the rows in Snowflake."""
+    print_table(
+        [run | {"lwa_calls": simulator.calls_by_user[("lwa_token", run["email"])]} for run in runs],
+        [
+            Column("id", "RUN"),
+            Column("email", "USER"),
+            Column("name", "SCHEDULE"),
+            Column("status"),
+            Column("attempt"),
+            Column("lwa_calls", "LWA CALLS"),
+            Column("snowflake_rows", "ROWS IN SNOWFLAKE"),
+        ],
+    )
+    failed = [run for run in runs if run["error_message"]]
+    if failed:
+        print("\nwhat the failed runs say (`recomamp runs show ID` shows each run whole):")
+        for run in failed:
+            print(
+                textwrap.fill(
+                    run["error_message"], 118, initial_indent=f"  run {run['id']}: ", subsequent_indent="    "
+                )
+            )
+    tables = sorted({r["snowflake_table"] for r in runs if r["snowflake_table"] and r["snowflake_rows"]})
+    print("\nrows in Snowflake:")
+    for table, count in await asyncio.to_thread(_snowflake_counts, snow, tables):
+        print(f"  {table:<45} {count:>6}")
+
+
+def _as_expected(runs: list[dict[str, Any]], authorized: int, again: int, alerts: list[object]) -> bool:
+    """Whether each user's runs ended as their story says, bob's authorize and rerun worked, and the alert came;
+    says which on stderr when not."""
+    by_user: dict[str, set[str]] = {}
+    for run in runs:
+        by_user.setdefault(run["email"], set()).add(run["status"])
+    expected = {
+        "ada@example.com": {"succeeded"},
+        "bob@example.com": {"failed", "succeeded"},
+        "cy@example.com": {"succeeded"},
+    }
+    if by_user != expected or authorized != 0 or again != 0 or "user_needs_reauth" not in alerts:
+        print(f"unexpected outcome: {by_user}, authorize exit {authorized}, alerts {alerts}", file=sys.stderr)
+        return False
+    print(
+        "as expected: ada's and cy's runs landed in Snowflake (cy's after two 503s); bob's failed fast, "
+        "the webhook receiver got the alert naming the command, and after `users authorize` his reruns landed."
+    )
+    return True
+
+
 async def _demo(workdir: Path) -> int:
     started = time.monotonic()
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
@@ -346,62 +411,13 @@ async def _demo(workdir: Path) -> int:
         again = await _run_daemon(config_path, log_path)
         print(f"the daemon exited with {again}\n")
 
-        connection = await asyncpg.connect(dsn)
-        await init_connection(connection)
-        try:
-            listed = await run_store.list_runs(connection, limit=1000)
-        finally:
-            await connection.close()
-        runs = sorted(
-            ({**run, "email": run["user_email"], "name": run["schedule_name"]} for run in listed),
-            key=lambda run: (run["email"], run["name"], run["id"]),
-        )
-        print_table(
-            [run | {"lwa_calls": simulator.calls_by_user[("lwa_token", run["email"])]} for run in runs],
-            [
-                Column("id", "RUN"),
-                Column("email", "USER"),
-                Column("name", "SCHEDULE"),
-                Column("status"),
-                Column("attempt"),
-                Column("lwa_calls", "LWA CALLS"),
-                Column("snowflake_rows", "ROWS IN SNOWFLAKE"),
-            ],
-        )
-        failed = [run for run in runs if run["error_message"]]
-        if failed:
-            print("\nwhat the failed runs say (`recomamp runs show ID` shows each run whole):")
-            for run in failed:
-                print(
-                    textwrap.fill(
-                        run["error_message"], 118, initial_indent=f"  run {run['id']}: ", subsequent_indent="    "
-                    )
-                )
-        tables = sorted({r["snowflake_table"] for r in runs if r["snowflake_table"] and r["snowflake_rows"]})
-        print("\nrows in Snowflake:")
-        for table, count in await asyncio.to_thread(_snowflake_counts, snow, tables):
-            print(f"  {table:<45} {count:>6}")
+        runs = await _runs(dsn)
+        await _report(runs, simulator, snow)
         print(
             f"\nAMC executions created: {simulator.calls['create_execution']}; "
             f"LWA token calls: {simulator.calls['lwa_token']}; took {time.monotonic() - started:.1f} s"
         )
-        by_user: dict[str, set[str]] = {}
-        for run in runs:
-            by_user.setdefault(run["email"], set()).add(run["status"])
-        expected = {
-            "ada@example.com": {"succeeded"},
-            "bob@example.com": {"failed", "succeeded"},
-            "cy@example.com": {"succeeded"},
-        }
-        alerts = [body.get("event") for body in receiver.received]
-        if by_user != expected or authorized != 0 or again != 0 or "user_needs_reauth" not in alerts:
-            print(f"unexpected outcome: {by_user}, authorize exit {authorized}, alerts {alerts}", file=sys.stderr)
-            return 1
-        print(
-            "as expected: ada's and cy's runs landed in Snowflake (cy's after two 503s); bob's failed fast, "
-            "the webhook receiver got the alert naming the command, and after `users authorize` his reruns landed."
-        )
-        return 0
+        return 0 if _as_expected(runs, authorized, again, [body.get("event") for body in receiver.received]) else 1
     finally:
         await receiver.stop()
         await simulator.stop()
