@@ -11,14 +11,13 @@ from recomamp.domain.runs import REGIONS
 
 @async_handler
 async def cmd_instances(args: argparse.Namespace) -> int:
-    from recomamp.store import catalog
+    from recomamp.services import instances
 
     async with database(args) as (_, connection):
         if args.instances_command == "add":
-            user_id = await catalog.user_id_for(connection, args.email)
-            await catalog.add_instance(
+            await instances.add(
                 connection,
-                user_id,
+                args.email,
                 instance_id=args.instance_id,
                 advertiser_id=args.advertiser_id,
                 marketplace_id=args.marketplace_id,
@@ -30,7 +29,7 @@ async def cmd_instances(args: argparse.Namespace) -> int:
             else:
                 print(f"instance {args.instance_id} added for {args.email}")
         else:
-            rows = await catalog.list_instances(connection)
+            rows = await instances.list_all(connection)
             if args.json:
                 print_json(rows)
             else:
@@ -53,10 +52,12 @@ async def cmd_instances(args: argparse.Namespace) -> int:
 
 @async_handler
 async def cmd_discover(args: argparse.Namespace) -> int:
-    from recomamp.services.instances import discover
+    from recomamp.services.instances import cli_replica, discover
+    from recomamp.wiring import open_services
 
     config = load(args)
-    found, added = await discover(config, args.email, region=args.region, add=args.add)
+    async with open_services(config, replica=cli_replica()) as services:
+        found, added = await discover(services, config, args.email, region=args.region, add=args.add)
     if args.json:
         print_json({"instances": [i.as_dict() for i in found], "added": added})
         return EXIT_OK

@@ -178,11 +178,11 @@ def render_run(row: dict[str, Any]) -> str:
 
 @async_handler
 async def cmd_runs(args: argparse.Namespace) -> int:
-    from recomamp.store import runs as run_store
+    from recomamp.services import runs as service
 
     async with database(args) as (_, connection):
         if args.runs_command == "show":
-            row = await run_store.show_run(connection, args.id)
+            row = await service.show(connection, args.id)
             if row is None:
                 raise UsageError(f"run: no run {args.id}; see `recomamp runs list`")
             if args.json:
@@ -190,7 +190,7 @@ async def cmd_runs(args: argparse.Namespace) -> int:
             else:
                 print(render_run(row))
             return EXIT_OK
-        rows = await run_store.list_runs(
+        rows = await service.list_recent(
             connection, schedule_id=args.schedule, status=args.status, trigger=args.trigger, limit=args.limit
         )
     if args.json:
@@ -207,9 +207,9 @@ async def cmd_runs(args: argparse.Namespace) -> int:
 
 @async_handler
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    from recomamp.daemon.services import open_services
     from recomamp.services.instances import cli_replica
     from recomamp.services.runs import cancel, operator_name
+    from recomamp.wiring import open_services
 
     config = load(args)
     async with open_services(config, replica=cli_replica()) as services:
@@ -223,23 +223,22 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
 
 @async_handler
 async def cmd_retry_upload(args: argparse.Namespace) -> int:
-    from recomamp.daemon.services import open_services
     from recomamp.services.instances import cli_replica
     from recomamp.snowflake.errors import SnowflakeLoadError
+    from recomamp.wiring import open_services
 
     # Logging stays as main() set it (errors only): the daemon's JSON lines are for journald, not a terminal.
     config = load(args)
     owner = f"retry-upload:{cli_replica()}"
     async with open_services(config, replica=owner) as services:
-        from recomamp.services.runs import retry_upload
-        from recomamp.store import runs as run_store
+        from recomamp.services.runs import retry_upload, show
 
         try:
             summary = await retry_upload(services, config, args.id, owner=owner)
         except SnowflakeLoadError as exc:
             print(f"retry-upload failed: {exc}", file=sys.stderr)
             return EXIT_FAILURE
-        row = await run_store.show_run(services.pool, args.id) or {}
+        row = await show(services.pool, args.id) or {}
     if args.json:
         keys = ("id", "status", "step", "snowflake_status", "snowflake_table", "snowflake_rows", "error_message")
         print_json({key: row.get(key) for key in keys})
@@ -250,7 +249,7 @@ async def cmd_retry_upload(args: argparse.Namespace) -> int:
 
 async def watch_runs(args: argparse.Namespace, run_ids: list[int]) -> int:
     """Follow runs until each has ended: a live bar on a terminal, plain lines otherwise, JSON with --json."""
-    from recomamp.store import runs as run_store
+    from recomamp.services.runs import progress
 
     live = sys.stdout.isatty() and not args.json
     ended = ENDED
@@ -258,7 +257,7 @@ async def watch_runs(args: argparse.Namespace, run_ids: list[int]) -> int:
     started = time.monotonic()
     async with database(args) as (_, connection):
         while True:
-            counts = await run_store.progress(connection, run_ids)
+            counts = await progress(connection, run_ids)
             done = sum(n for status, n in counts.items() if status in ended)
             if counts != last:
                 if args.json:
@@ -291,7 +290,7 @@ async def watch_runs(args: argparse.Namespace, run_ids: list[int]) -> int:
 
 @async_handler
 async def cmd_watch(args: argparse.Namespace) -> int:
-    from recomamp.store import runs as run_store
+    from recomamp.services.runs import in_flight_of_schedule
 
     if args.ids:
         run_ids = list(args.ids)
@@ -299,7 +298,7 @@ async def cmd_watch(args: argparse.Namespace) -> int:
         if args.schedule is None:
             raise UsageError("watch: give run ids, or --schedule ID to follow its active runs")
         async with database(args) as (_, connection):
-            run_ids = await run_store.active_runs_of_schedule(connection, args.schedule)
+            run_ids = await in_flight_of_schedule(connection, args.schedule)
         if not run_ids:
             if args.json:
                 print_json_line({"event": "done", "total": 0})

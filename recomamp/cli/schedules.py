@@ -292,7 +292,6 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
 async def _schedules(args: argparse.Namespace) -> int:
     from recomamp.domain.models import ScheduleCreateCustom, ScheduleCreatePreset, ScheduleUpdate
     from recomamp.services import schedules as service
-    from recomamp.store import schedules as store
 
     command = args.schedules_command
     if command == "create":
@@ -310,14 +309,14 @@ async def _schedules(args: argparse.Namespace) -> int:
     async with database(args) as (_, connection):
         if command == "create":
             schedule_id = await service.create(connection, model, now())
-            created = await store.get_schedule(connection, schedule_id)
+            created = await service.get(connection, schedule_id)
             if args.json:
                 print_json(schedule_json(created.model_dump()))
             else:
                 print(f"schedule {schedule_id} created; next run {when(created.next_run_at)}")
             return EXIT_OK
         if command == "list":
-            schedules = [s.model_dump() for s in await store.list_schedules(connection, args.user)]
+            schedules = [s.model_dump() for s in await service.list_all(connection, args.user)]
             if args.json:
                 print_json([schedule_json(s) for s in schedules])
             else:
@@ -325,7 +324,7 @@ async def _schedules(args: argparse.Namespace) -> int:
             return EXIT_OK
         schedule_id = args.id
         if command == "show":
-            schedule = (await store.get_schedule(connection, schedule_id)).model_dump()
+            schedule = (await service.get(connection, schedule_id)).model_dump()
             if args.json:
                 print_json(schedule_json(schedule))
             else:
@@ -338,7 +337,7 @@ async def _schedules(args: argparse.Namespace) -> int:
                 print(f"schedule {schedule_id} updated; next run {when(updated.next_run_at)}")
         elif command in ("pause", "resume"):
             await service.set_active(connection, schedule_id, command == "resume", now())
-            after = (await store.get_schedule(connection, schedule_id)).model_dump()
+            after = (await service.get(connection, schedule_id)).model_dump()
             if args.json:
                 print_json({key: schedule_json(after)[key] for key in ("id", "state", "next_run_at")})
             elif command == "resume":
@@ -346,7 +345,7 @@ async def _schedules(args: argparse.Namespace) -> int:
             else:
                 print(f"schedule {schedule_id} paused; `recomamp schedules resume {schedule_id}` starts it again")
         elif command == "run-now":
-            schedule = (await store.get_schedule(connection, schedule_id)).model_dump()
+            schedule = (await service.get(connection, schedule_id)).model_dump()
             queued = await service.run_now(connection, schedule_id, now(), window_start=args.window_start)
             window = queued.window
             if args.json:
@@ -372,7 +371,7 @@ async def _schedules(args: argparse.Namespace) -> int:
                         f"not (`recomamp schedules resume {schedule_id}`)"
                     )
         elif command == "preview":
-            schedule = (await store.get_schedule(connection, schedule_id)).model_dump()
+            schedule = (await service.get(connection, schedule_id)).model_dump()
             await _preview(connection, args, paused=not schedule["is_active"])
         elif command == "delete":
             return await _delete(connection, args)
@@ -441,20 +440,18 @@ def _zone(name: str) -> Any:
 
 
 async def _delete(connection: Any, args: argparse.Namespace) -> int:
-    from recomamp.store import runs as run_store
-    from recomamp.store import schedules as store
+    from recomamp.services import schedules as service
 
-    active = await run_store.active_runs_of_schedule(connection, args.id)
-    await store.schedule_row(connection, args.id)  # NotFound first
+    active = await service.runs_in_flight(connection, args.id)  # an unknown id: NotFound
     if active and not args.cancel_runs:
         raise UsageError(
             f"schedule {args.id} has {len(active)} run(s) in flight ({', '.join(map(str, active))}); "
             "pass --cancel-runs to cancel them (and their AMC executions) first"
         )
     if active:
-        from recomamp.daemon.services import open_services
         from recomamp.services.instances import cli_replica
         from recomamp.services.runs import cancel, operator_name
+        from recomamp.wiring import open_services
 
         config = load(args)
         async with open_services(config, replica=cli_replica()) as services:
@@ -462,7 +459,7 @@ async def _delete(connection: Any, args: argparse.Namespace) -> int:
                 result = await cancel(services, config, run_id, operator_name())
                 if not args.json:
                     print(result.summary())
-    await store.delete_schedule(connection, args.id)
+    await service.delete(connection, args.id)
     if args.json:
         print_json({"id": args.id, "deleted": True, "cancelled_runs": active})
     else:
@@ -474,11 +471,10 @@ async def _delete(connection: Any, args: argparse.Namespace) -> int:
 async def cmd_backfill(args: argparse.Namespace) -> int:
     from recomamp.services import schedules as service
     from recomamp.services.runs import operator_name
-    from recomamp.store import runs as run_store
 
     async with database(args) as (_, connection):
         if args.cancel:
-            cancelled = await run_store.cancel_queued_backfill(connection, args.id, operator_name())
+            cancelled = await service.cancel_queued_backfill(connection, args.id, operator_name())
             if args.json:
                 print_json({"schedule_id": args.id, "cancelled": cancelled})
             else:

@@ -95,12 +95,15 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
     """Consent URL → the browser's redirect (loopback listener) or a pasted URL → stored, proven, rerun."""
     from recomamp.services.authorize import (
         AuthorizeError,
+        check_age,
         code_from_paste,
         complete,
         consent_request,
         wait_for_browser,
     )
+    from recomamp.services.instances import cli_replica
     from recomamp.services.users import consent_region
+    from recomamp.wiring import open_services
 
     config = load(args)
     async with database(args) as (_, connection):
@@ -122,7 +125,11 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
             code = await wait_for_browser(request)
     except AuthorizeError as exc:
         raise AuthorizeError(f"{exc}{simulator_hint(str(exc), request.url, args.email)}") from None
-    result = await complete(config, args.email, code, request, region=region, rerun_failed=args.rerun_failed)
+    check_age(request)  # before the pools are opened: a code too old is one line, nothing opened
+    async with open_services(config, replica=cli_replica()) as services:
+        result = await complete(
+            services, config, args.email, code, request, region=region, rerun_failed=args.rerun_failed
+        )
     if args.json:
         print_json(result)
         return EXIT_OK

@@ -30,6 +30,7 @@ from aiohttp import web
 from recomamp.amazon.lwa import LwaAttemptFailed
 from recomamp.config import Config
 from recomamp.logs import get_logger
+from recomamp.services.adapters import Services
 
 log = get_logger(__name__)
 
@@ -178,47 +179,50 @@ async def wait_for_browser(request: ConsentRequest, wait_seconds: float = CODE_L
 
 
 async def complete(
-    config: Config, email: str, code: str, request: ConsentRequest, *, region: str, rerun_failed: bool
+    services: Services,
+    config: Config,
+    email: str,
+    code: str,
+    request: ConsentRequest,
+    *,
+    region: str,
+    rerun_failed: bool,
 ) -> dict[str, Any]:
-    """Exchange the code, store the refresh token, prove it, and optionally queue the failed runs again."""
-    from recomamp.daemon.services import open_services
-    from recomamp.services.instances import cli_replica
+    """Exchange the code, store the refresh token, prove it, and optionally queue the failed runs again.
+    The caller checks the code's age (`check_age`) before it opens `services`; it is checked again here."""
     from recomamp.services.load import UserTokenSource
     from recomamp.services.runs import rerun_failed_for_reauth
     from recomamp.services.tokens import set_refresh_token
     from recomamp.store import catalog
 
     check_age(request)
-    async with open_services(config, replica=cli_replica()) as services:
-        user_id = await catalog.user_id_for(services.pool, email)
-        try:
-            grant = await services.tokens.lwa.exchange_code(
-                code, redirect_uri=request.redirect_uri, code_verifier=request.code_verifier
-            )
-        except LwaAttemptFailed as exc:
-            failure = exc.failure
-            raise AuthorizeError(
-                f"Amazon refused the code ({failure.error_code or failure.http_status}: "
-                f"{failure.error_description or failure.kind}): it may be used, older than 5 minutes, or for "
-                "another redirect_uri; nothing stored; run `recomamp users authorize` again"
-            ) from None
-        if not grant.refresh_token:
-            raise AuthorizeError("Amazon's answer has no refresh token: nothing stored; run it again")
-        async with services.pool.acquire() as connection:
-            marked_at: datetime | None = await set_refresh_token(
-                connection, services.box(), user_id, grant.refresh_token
-            )
-        log.info("user_authorized", user_email=email, was_marked=marked_at is not None)
-        # Proof: one refresh through the stored token, and the accounts it can see.
-        tokens = UserTokenSource(services, user_id)
-        accounts = await services.amc.accounts.accounts(
-            config.amazon.amc_base_url.for_region(region),  # type: ignore[arg-type]
-            tokens,
+    user_id = await catalog.user_id_for(services.pool, email)
+    try:
+        grant = await services.tokens.lwa.exchange_code(
+            code, redirect_uri=request.redirect_uri, code_verifier=request.code_verifier
         )
-        rerun: list[dict[str, Any]] = []
-        if rerun_failed and marked_at is not None:
-            async with services.pool.acquire() as connection, connection.transaction():
-                rerun = await rerun_failed_for_reauth(connection, user_id, marked_at)
+    except LwaAttemptFailed as exc:
+        failure = exc.failure
+        raise AuthorizeError(
+            f"Amazon refused the code ({failure.error_code or failure.http_status}: "
+            f"{failure.error_description or failure.kind}): it may be used, older than 5 minutes, or for "
+            "another redirect_uri; nothing stored; run `recomamp users authorize` again"
+        ) from None
+    if not grant.refresh_token:
+        raise AuthorizeError("Amazon's answer has no refresh token: nothing stored; run it again")
+    async with services.pool.acquire() as connection:
+        marked_at: datetime | None = await set_refresh_token(connection, services.box(), user_id, grant.refresh_token)
+    log.info("user_authorized", user_email=email, was_marked=marked_at is not None)
+    # Proof: one refresh through the stored token, and the accounts it can see.
+    tokens = UserTokenSource(services, user_id)
+    accounts = await services.amc.accounts.accounts(
+        config.amazon.amc_base_url.for_region(region),  # type: ignore[arg-type]
+        tokens,
+    )
+    rerun: list[dict[str, Any]] = []
+    if rerun_failed and marked_at is not None:
+        async with services.pool.acquire() as connection, connection.transaction():
+            rerun = await rerun_failed_for_reauth(connection, user_id, marked_at)
     return {
         "email": email,
         "cleared_mark": marked_at is not None,

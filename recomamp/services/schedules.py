@@ -319,3 +319,30 @@ async def preview(connection: Connection, schedule_id: int, now: datetime, count
             cadence, row["next_run_at"], now, MisfirePolicy(row["misfire_policy"]), row["catch_up_limit"]
         )
     return Preview(fires, overdue)
+
+
+async def get(connection: Connection, schedule_id: int) -> ScheduleResponse:
+    """One schedule; an unknown id is NotFound (a LookupError) that says where to look."""
+    return await schedule_store.get_schedule(connection, schedule_id)
+
+
+async def list_all(connection: Connection, user_email: str | None = None) -> list[ScheduleResponse]:
+    """Every schedule, or one user's, by id."""
+    return await schedule_store.list_schedules(connection, user_email)
+
+
+async def runs_in_flight(connection: Connection, schedule_id: int) -> list[int]:
+    """The schedule's runs not yet ended (what a delete would have to cancel). An unknown id is NotFound."""
+    active = await run_store.active_runs_of_schedule(connection, schedule_id)
+    await schedule_store.schedule_row(connection, schedule_id)  # NotFound first
+    return active
+
+
+async def delete(connection: Connection, schedule_id: int) -> None:
+    """Delete the schedule with its run history (cancel its runs in flight first: `runs_in_flight`)."""
+    await schedule_store.delete_schedule(connection, schedule_id)
+
+
+async def cancel_queued_backfill(connection: Connection, schedule_id: int, operator: str) -> list[int]:
+    """Cancel the schedule's backfill runs that have not started; their ids."""
+    return await run_store.cancel_queued_backfill(connection, schedule_id, operator)
