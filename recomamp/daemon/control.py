@@ -16,15 +16,16 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from recomamp.daemon.reload import ReloadVerdict
 from recomamp.logs import get_logger
 
-if TYPE_CHECKING:
-    from recomamp.daemon.process import Daemon
-
 log = get_logger(__name__)
+
+ReloadCallable = Callable[[], Awaitable[ReloadVerdict]]  # the daemon's reload: validate, swap, say what it did
 
 REQUEST_LIMIT_BYTES = 4096
 REQUEST_TIMEOUT_SECONDS = 5.0
@@ -34,10 +35,10 @@ class ControlSocketError(Exception):
     """[daemon] control_socket cannot be had: the message names the key, the path and what to do."""
 
 
-async def bind_control(daemon: Daemon) -> asyncio.Server | None:
-    """Bind the control socket before READY (None when it is off). ControlSocketError when another running
-    daemon answers on it (unlinking it would take `recomamp reload` away from that one) or it cannot be made."""
-    path = daemon.config.daemon.control_socket
+async def bind_control(path: str, *, replica: str, reload: ReloadCallable) -> asyncio.Server | None:
+    """Bind the control socket ([daemon] control_socket) before READY (None when it is off). ControlSocketError
+    when another running daemon answers on it (unlinking it would take `recomamp reload` away from that one) or it
+    cannot be made. `ping` answers with `replica`; `reload` calls `reload()`."""
     if not path:
         return None
     socket_path = Path(path)
@@ -51,7 +52,9 @@ async def bind_control(daemon: Daemon) -> asyncio.Server | None:
         old_umask = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
             server = await asyncio.start_unix_server(
-                lambda reader, writer: _handle(daemon, reader, writer), path=str(socket_path), limit=REQUEST_LIMIT_BYTES
+                lambda reader, writer: _handle(replica, reload, reader, writer),
+                path=str(socket_path),
+                limit=REQUEST_LIMIT_BYTES,
             )
         finally:
             os.umask(old_umask)
@@ -92,9 +95,11 @@ async def _answers(socket_path: Path) -> bool:
     return True
 
 
-async def _handle(daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _handle(
+    replica: str, reload: ReloadCallable, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     try:
-        answer = await _answer(daemon, reader)
+        answer = await _answer(replica, reload, reader)
         writer.write(json.dumps(answer).encode() + b"\n")
         await writer.drain()
     except (ConnectionError, TimeoutError):
@@ -111,7 +116,7 @@ def _clear(socket_path: Path) -> None:
         socket_path.unlink()  # a socket file a killed daemon left behind
 
 
-async def _answer(daemon: Daemon, reader: asyncio.StreamReader) -> dict[str, Any]:
+async def _answer(replica: str, reload: ReloadCallable, reader: asyncio.StreamReader) -> dict[str, Any]:
     try:
         line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_SECONDS)
         request = json.loads(line)
@@ -119,10 +124,10 @@ async def _answer(daemon: Daemon, reader: asyncio.StreamReader) -> dict[str, Any
     except (ValueError, asyncio.LimitOverrunError):
         return {"ok": False, "problems": ["the request is not one JSON object on one line"]}
     if command == "ping":
-        return {"ok": True, "replica": daemon.replica_name, "pid": os.getpid()}
+        return {"ok": True, "replica": replica, "pid": os.getpid()}
     if command == "reload":
         log.info("config_reload_requested", via="control socket")
-        verdict = await daemon.reload()
+        verdict = await reload()
         return {
             "ok": verdict.applied,
             "applied": verdict.applied,

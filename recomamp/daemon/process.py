@@ -33,13 +33,17 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
-from recomamp.config import Config, ConfigError, changed_keys, load_config, restart_only
+from recomamp.config import Config, ConfigError, load_config
+from recomamp.daemon.control import ControlSocketError
 from recomamp.daemon.pipeline import RunOutcome, RunPipeline
+from recomamp.daemon.reload import ReloadVerdict, merge
+from recomamp.daemon.sidecars import Listeners, open_listeners, send_notifications_once, sidecar_tasks
 from recomamp.logs import get_logger, set_level
+from recomamp.observe.http import ListenError
 from recomamp.observe.metrics import Metrics
 from recomamp.services.adapters import Services
 from recomamp.store import migrations
@@ -58,9 +62,6 @@ from recomamp.store.schedules import (
 )
 from recomamp.systemd import Notifier, watchdog_interval_seconds
 from recomamp.wiring import open_services
-
-if TYPE_CHECKING:
-    from recomamp.daemon.sidecars import Listeners
 
 log = get_logger(__name__)
 
@@ -195,6 +196,19 @@ class Daemon:
     def tasks_alive(self) -> bool:
         return all(not task.done() for task in self._tasks.values())
 
+    def liveness(self) -> tuple[bool, str]:
+        """What /healthz answers: every supervised task is alive."""
+        dead = [name for name, task in self._tasks.items() if task.done()]
+        return (not dead, "every task is alive" if not dead else f"tasks ended: {', '.join(dead)}")
+
+    def readiness(self) -> tuple[bool, str]:
+        """What /readyz answers: 503 while the daemon waits for the database or for pending migrations."""
+        if not self.ready:
+            return False, "starting: waiting for the database or for pending migrations"
+        if not self.health.healthy:
+            return False, f"the database has been unreachable for {self.health.away_seconds:.0f} s"
+        return True, "the database answers and the schema is current"
+
     # --- start-up ------------------------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -223,12 +237,15 @@ class Daemon:
                 await self._listeners.close()
 
     async def _open_listeners(self) -> Listeners:
-        from recomamp.daemon.control import ControlSocketError
-        from recomamp.daemon.sidecars import open_listeners
-        from recomamp.observe.http import ListenError
-
         try:
-            return await open_listeners(self)
+            return await open_listeners(
+                self._config,
+                metrics=self.metrics,
+                alive=self.liveness,
+                ready=self.readiness,
+                replica=self._owner,
+                reload=self.reload,
+            )
         except (ListenError, ControlSocketError) as exc:
             raise StartCheckFailed(str(exc)) from exc
 
@@ -438,19 +455,22 @@ class Daemon:
             if self._runs:
                 await self._wait(self._wake_dispatcher, self._config.daemon.poll_interval_seconds)
         await self._drain()
-        from recomamp.daemon.sidecars import send_notifications_once
-
-        await send_notifications_once(self)  # --once has no notifier task: this pass's alerts go out now
+        # --once has no notifier task: this pass's alerts go out now
+        await send_notifications_once(self._services.control_pool, self._config, self.metrics)
         return 0 if self._tally.failed == 0 and self._tally.other == 0 else 1
 
     # --- the long-running daemon ---------------------------------------------------------------------
 
     def _extra_tasks(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
         """Side tasks wired by other modules (alerts, metrics, control socket, housekeeping)."""
-        from recomamp.daemon.sidecars import sidecar_tasks
-
         assert self._listeners is not None
-        return sidecar_tasks(self, self._listeners)
+        return sidecar_tasks(
+            self._listeners,
+            pool=self._services.control_pool,
+            config=lambda: self._config,
+            metrics=self.metrics,
+            health=self.health,
+        )
 
     async def _serve(self) -> int:
         self._tasks = {
@@ -642,43 +662,15 @@ class Daemon:
                 except ConfigError as exc:
                     log.error("config_reload_failed", problems=exc.problems, detail="keeping the running config")
                     return ReloadVerdict(False, tuple(exc.problems))
-                old = self._config
-                keys = changed_keys(old, new)
-                needs_restart = restart_only(keys)
                 # Keys that need a restart keep their running values: nothing is half-applied.
-                effective = new.model_copy(
-                    update={
-                        "database": old.database,
-                        "daemon": new.daemon.model_copy(
-                            update={
-                                "replica_name": old.daemon.replica_name,
-                                "spool_dir": old.daemon.spool_dir,
-                                "control_socket": old.daemon.control_socket,
-                            }
-                        ),
-                        "snowflake": new.snowflake.model_copy(
-                            update={"thread_pool_size": old.snowflake.thread_pool_size}
-                        ),
-                        "metrics": new.metrics.model_copy(update={"listen": old.metrics.listen}),
-                    }
-                )
+                effective, applied, needs_restart = merge(self._config, new)
                 self._config = effective
                 if hasattr(self, "_services"):
                     self._services.reconfigure(effective)
                 set_level(effective.logging.level)
-                applied = [key for key in keys if key not in needs_restart]
                 log.info("config_reloaded", changed_keys=applied, needs_restart=needs_restart)
                 self._wake_poller.set()
                 self._wake_dispatcher.set()
                 return ReloadVerdict(True, (), tuple(applied), tuple(needs_restart))
             finally:
                 self._notifier.ready()
-
-
-class ReloadVerdict(NamedTuple):
-    """What a reload did: `recomamp reload` prints it, and exits non-zero when it was refused."""
-
-    applied: bool
-    problems: tuple[str, ...]
-    changed_keys: tuple[str, ...] = ()
-    needs_restart: tuple[str, ...] = ()

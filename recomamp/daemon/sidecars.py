@@ -2,6 +2,8 @@
 
 Each is a named, supervised task: if one dies, the daemon exits non-zero and systemd restarts it. What can be
 checked at start is: /metrics and the control socket are bound (`open_listeners`) before READY=1.
+Each takes what it uses (a pool, a config getter, the metrics, the database's health, a `reload` callable),
+never the daemon itself: this module knows nothing of daemon.process.
 """
 
 from __future__ import annotations
@@ -12,15 +14,23 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import aiohttp
+import asyncpg
+
+from recomamp.config import Config
+from recomamp.daemon.control import ReloadCallable, bind_control, close_control, serve_control
 from recomamp.logs import get_logger
+from recomamp.notify.sender import BATCH, run_sender, send_due
 from recomamp.observe.http import MetricsServer
+from recomamp.observe.metrics import Metrics
+from recomamp.services.coverage import refresh_freshness
+from recomamp.services.status import read_status
 from recomamp.store import outbox, quota, replicas
 from recomamp.store import runs as run_store
-
-if TYPE_CHECKING:
-    from recomamp.daemon.process import Daemon
+from recomamp.store.db import is_connection_error
+from recomamp.store.outage import DatabaseHealth
 
 log = get_logger(__name__)
 
@@ -37,8 +47,6 @@ class Listeners:
     control_path: str = ""
 
     async def close(self) -> None:
-        from recomamp.daemon.control import close_control
-
         if self.control is not None:
             await close_control(self.control, self.control_path)
             self.control = None
@@ -47,78 +55,70 @@ class Listeners:
             self.metrics = None
 
 
-async def open_listeners(daemon: Daemon) -> Listeners:
-    """Bind /metrics and the control socket. ListenError or ControlSocketError when one cannot be had."""
-    from recomamp.daemon.control import bind_control
+Check = Callable[[], tuple[bool, str]]  # (passes, why): what /healthz and /readyz answer
 
+
+async def open_listeners(
+    config: Config, *, metrics: Metrics, alive: Check, ready: Check, replica: str, reload: ReloadCallable
+) -> Listeners:
+    """Bind /metrics and the control socket. ListenError or ControlSocketError when one cannot be had."""
     listeners = Listeners()
     try:
-        if daemon.config.metrics.listen:
-            listeners.metrics = await start_metrics(daemon)
-        listeners.control = await bind_control(daemon)
-        listeners.control_path = daemon.config.daemon.control_socket
+        if config.metrics.listen:
+            listeners.metrics = await start_metrics(config.metrics.listen, metrics, alive=alive, ready=ready)
+        listeners.control = await bind_control(config.daemon.control_socket, replica=replica, reload=reload)
+        listeners.control_path = config.daemon.control_socket
     except BaseException:
         await listeners.close()
         raise
     return listeners
 
 
-def sidecar_tasks(daemon: Daemon, listeners: Listeners) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
-    from recomamp.daemon.control import serve_control
-
+def sidecar_tasks(
+    listeners: Listeners,
+    *,
+    pool: asyncpg.Pool,
+    config: Callable[[], Config],
+    metrics: Metrics,
+    health: DatabaseHealth,
+) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+    """The side tasks by name, each over the daemon's own pool (`pool`: never queued behind runs) and the config
+    of now (`config()`: a reload swaps it)."""
     return {
-        "housekeeping": lambda: housekeeping(daemon),
+        "housekeeping": lambda: housekeeping(pool, config, metrics, health),
         "control": lambda: serve_control(listeners.control),
-        "gauges": lambda: refresh_gauges(daemon),
-        "notifier": lambda: send_notifications(daemon),
+        "gauges": lambda: refresh_gauges(pool, config, metrics, health),
+        "notifier": lambda: send_notifications(pool, config, metrics, health),
     }
 
 
-async def start_metrics(daemon: Daemon) -> MetricsServer:
+async def start_metrics(listen: str, metrics: Metrics, *, alive: Check, ready: Check) -> MetricsServer:
     """/metrics, /healthz, /readyz on [metrics] listen, from before READY until the daemon stops (a reload keeps
     the address). /readyz says 503 while the daemon waits for the database."""
-
-    def alive() -> tuple[bool, str]:
-        dead = [name for name, task in daemon._tasks.items() if task.done()]
-        return (not dead, "every task is alive" if not dead else f"tasks ended: {', '.join(dead)}")
-
-    def ready() -> tuple[bool, str]:
-        if not daemon.ready:
-            return False, "starting: waiting for the database or for pending migrations"
-        if not daemon.health.healthy:
-            return False, f"the database has been unreachable for {daemon.health.away_seconds:.0f} s"
-        return True, "the database answers and the schema is current"
-
-    server = MetricsServer(daemon.metrics, alive=alive, ready=ready)
-    await server.start(daemon.config.metrics.listen)
+    server = MetricsServer(metrics, alive=alive, ready=ready)
+    await server.start(listen)
     return server
 
 
-async def send_notifications(daemon: Daemon) -> None:
+async def send_notifications(
+    pool: asyncpg.Pool, config: Callable[[], Config], metrics: Metrics, health: DatabaseHealth
+) -> None:
     """Alerts from the outbox to the [[notify.webhook]] targets (a reload applies new targets at once)."""
-    from recomamp.notify.sender import run_sender
-
     await run_sender(
-        daemon._services.control_pool,
-        lambda: daemon.config,
-        observe=daemon.metrics.webhook_delivery,
-        on_database_error=lambda exc: daemon.health.failed(exc, "notifications"),
+        pool,
+        config,
+        observe=metrics.webhook_delivery,
+        on_database_error=lambda exc: health.failed(exc, "notifications"),
     )
 
 
-async def send_notifications_once(daemon: Daemon) -> None:
+async def send_notifications_once(pool: asyncpg.Pool, config: Config, metrics: Metrics) -> None:
     """One try at every due alert (`run --once`); what fails stays in the outbox for the next run."""
-    import aiohttp
-
-    from recomamp.notify.sender import BATCH, send_due
-    from recomamp.store.db import is_connection_error
-
-    config = daemon.config
     if not config.notify.webhook:
         return
     try:
-        async with aiohttp.ClientSession() as session, daemon._services.control_pool.acquire() as connection:
-            while await send_due(connection, session, config, observe=daemon.metrics.webhook_delivery) >= BATCH:
+        async with aiohttp.ClientSession() as session, pool.acquire() as connection:
+            while await send_due(connection, session, config, observe=metrics.webhook_delivery) >= BATCH:
                 pass
     except Exception as exc:
         if not is_connection_error(exc):
@@ -126,31 +126,27 @@ async def send_notifications_once(daemon: Daemon) -> None:
         log.error("notifications_not_sent", error=str(exc), detail="they stay in the outbox for the next run")
 
 
-async def refresh_gauges(daemon: Daemon) -> None:
+async def refresh_gauges(
+    pool: asyncpg.Pool, config_of_now: Callable[[], Config], metrics: Metrics, health: DatabaseHealth
+) -> None:
     """The gauges that come from the database (re-authentication, paused schedules, quota, lag, last success,
     freshness)."""
-    from recomamp.services.coverage import refresh_freshness
-    from recomamp.services.status import read_status
-    from recomamp.store.db import is_connection_error
-
     failing = False
     while True:
-        config = daemon.config
+        config = config_of_now()
         try:
-            snapshot = await read_status(
-                daemon._services.control_pool, quota_window_seconds=config.amc.quota_window_seconds
-            )
-            daemon.metrics.set_database_gauges(snapshot, config.amc.adhoc_executions_per_day)
+            snapshot = await read_status(pool, quota_window_seconds=config.amc.quota_window_seconds)
+            metrics.set_database_gauges(snapshot, config.amc.adhoc_executions_per_day)
             # Freshness too: its gauges, and a lateness episode's start or end as an alert (once per episode).
-            async with daemon._services.control_pool.acquire() as connection:
+            async with pool.acquire() as connection:
                 fleet = await refresh_freshness(connection, datetime.now(UTC))
-            daemon.metrics.set_freshness_gauges(fleet)
+            metrics.set_freshness_gauges(fleet)
             if failing:
                 log.info("metrics_gauges_refreshed_again")
             failing = False
         except Exception as exc:
             if is_connection_error(exc):
-                daemon.health.failed(exc, "metrics gauges")
+                health.failed(exc, "metrics gauges")
             elif not failing:
                 # Gauges are for people watching; a bug here must not stop runs (or restart-loop the unit).
                 # Logged once per change of state; the gauges keep their last values meanwhile.
@@ -159,35 +155,32 @@ async def refresh_gauges(daemon: Daemon) -> None:
         await asyncio.sleep(config.metrics.refresh_seconds)
 
 
-async def housekeeping(daemon: Daemon) -> None:
+async def housekeeping(
+    pool: asyncpg.Pool, config_of_now: Callable[[], Config], metrics: Metrics, health: DatabaseHealth
+) -> None:
     """Prune what would otherwise grow for months: quota rows, delivered alerts, dead replicas, kept results."""
     while True:
-        config = daemon.config
-        services = daemon._services
+        config = config_of_now()
         try:
-            await quota.prune(services.control_pool, config.amc.quota_window_seconds)
-            await outbox.prune(services.control_pool, keep_days=14)
-            await replicas.prune(services.control_pool)
-            await prune_kept_results(daemon)
+            await quota.prune(pool, config.amc.quota_window_seconds)
+            await outbox.prune(pool, keep_days=14)
+            await replicas.prune(pool)
+            await prune_kept_results(pool, config, metrics)
         except Exception as exc:
-            from recomamp.store.db import is_connection_error
-
             if not is_connection_error(exc):
                 raise
-            daemon.health.failed(exc, "housekeeping")
+            health.failed(exc, "housekeeping")
         await asyncio.sleep(HOUSEKEEPING_EVERY_SECONDS)
 
 
-async def prune_kept_results(daemon: Daemon) -> None:
+async def prune_kept_results(pool: asyncpg.Pool, config: Config, metrics: Metrics) -> None:
     """Delete loaded results past [daemon] keep_results_days; report the space kept and warn above the cap."""
-    config = daemon.config
-    services = daemon._services
-    expired = await run_store.expired_kept_results(services.control_pool)
+    expired = await run_store.expired_kept_results(pool)
     for run_id, path in expired:
         await asyncio.to_thread(shutil.rmtree, Path(path), True)
-        await run_store.set_results_kept(services.control_pool, run_id, path=None, size=None, kept_until=None)
+        await run_store.set_results_kept(pool, run_id, path=None, size=None, kept_until=None)
     size = await asyncio.to_thread(directory_size, config.daemon.spool_dir)
-    daemon.metrics.kept_results.set(size)
+    metrics.kept_results.set(size)
     limit = config.daemon.kept_results_max_mb * (1 << 20)
     if size > limit:
         log.error(
