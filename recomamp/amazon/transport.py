@@ -223,29 +223,11 @@ class AmcTransport:
             try:
                 answer = await self._send_once(url, self._headers(token, target), method, params, body)
             except NETWORK_ERRORS as exc:
-                if not idempotent:
-                    raise SubmitUncertain(
-                        f"{method} {path}: {type(exc).__name__}; the request may have been processed",
-                        transient=True,
-                    ) from exc
-                if attempt >= self.policy.max_attempts:
-                    raise AmcError(
-                        f"{method} {path}: {type(exc).__name__} after {attempt} attempts", transient=True
-                    ) from exc
-                wait = self.policy.wait(attempt)
-                log.warning(
-                    "amc_request_retry",
-                    path=path,
-                    attempt=attempt,
-                    exception_class=type(exc).__name__,
-                    wait_seconds=wait,
-                )
-                await self.sleep(wait)
+                await self.sleep(self._wait_after_network_error(exc, method, path, attempt, idempotent))
                 continue
             kind = classify_answer(method, path, answer.status, answer.body)
             if kind is AnswerKind.OK:
                 return answer.body
-            detail = detail_of(answer.body)
             if kind is AnswerKind.UNAUTHORIZED and not refreshed:
                 # The access token expired mid-run: refresh once, then repeat.
                 log.info("amc_token_rejected", path=path, http_status=401)
@@ -253,42 +235,68 @@ class AmcTransport:
                 refreshed = True
                 attempt -= 1
                 continue
-            if kind is AnswerKind.QUOTA:
-                raise QuotaRefused(
-                    f"AMC refused {method} {path} for its execution quota (HTTP {answer.status}: {detail})",
-                    status=answer.status,
-                    detail=detail,
-                    retry_after_seconds=parse_retry_after(answer.headers.get("Retry-After")),
-                )
-            if kind is AnswerKind.THROTTLED and attempt < self.policy.max_attempts:
-                # A 429 means the request was not processed: safe to repeat, a POST included.
-                retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-                wait = (
-                    min(retry_after, self.policy.retry_after_cap_seconds)
-                    if retry_after is not None
-                    else self.policy.wait(attempt)
-                )
-                log.warning("amc_throttled", path=path, attempt=attempt, http_status=429, wait_seconds=wait)
-                await self.sleep(wait)
-                continue
-            if kind is AnswerKind.SERVER:
-                if not idempotent:
-                    raise SubmitUncertain(
-                        f"{method} {path}: HTTP {answer.status}; the request may have been processed",
-                        status=answer.status,
-                        transient=True,
-                        detail=detail,
-                    )
-                if attempt < self.policy.max_attempts:
-                    wait = self.policy.wait(attempt)
-                    log.warning(
-                        "amc_request_retry", path=path, attempt=attempt, http_status=answer.status, wait_seconds=wait
-                    )
-                    await self.sleep(wait)
-                    continue
-            raise AmcError(
-                f"AMC answered HTTP {answer.status} to {method} {path}" + (f": {detail}" if detail else ""),
+            await self.sleep(self._wait_after_answer(answer, kind, method, path, attempt, idempotent))
+
+    def _wait_after_network_error(
+        self, exc: BaseException, method: str, path: str, attempt: int, idempotent: bool
+    ) -> float:
+        """How long to wait before trying `attempt + 1` after a timeout or a dropped connection, or the error."""
+        if not idempotent:
+            raise SubmitUncertain(
+                f"{method} {path}: {type(exc).__name__}; the request may have been processed",
+                transient=True,
+            ) from exc
+        if attempt >= self.policy.max_attempts:
+            raise AmcError(f"{method} {path}: {type(exc).__name__} after {attempt} attempts", transient=True) from exc
+        wait = self.policy.wait(attempt)
+        log.warning(
+            "amc_request_retry",
+            path=path,
+            attempt=attempt,
+            exception_class=type(exc).__name__,
+            wait_seconds=wait,
+        )
+        return wait
+
+    def _wait_after_answer(
+        self, answer: Answer, kind: AnswerKind, method: str, path: str, attempt: int, idempotent: bool
+    ) -> float:
+        """How long to wait before trying `attempt + 1` after an answer that is not OK, or the error it is."""
+        detail = detail_of(answer.body)
+        if kind is AnswerKind.QUOTA:
+            raise QuotaRefused(
+                f"AMC refused {method} {path} for its execution quota (HTTP {answer.status}: {detail})",
                 status=answer.status,
-                transient=kind in (AnswerKind.THROTTLED, AnswerKind.SERVER),
                 detail=detail,
+                retry_after_seconds=parse_retry_after(answer.headers.get("Retry-After")),
             )
+        if kind is AnswerKind.THROTTLED and attempt < self.policy.max_attempts:
+            # A 429 means the request was not processed: safe to repeat, a POST included.
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            wait = (
+                min(retry_after, self.policy.retry_after_cap_seconds)
+                if retry_after is not None
+                else self.policy.wait(attempt)
+            )
+            log.warning("amc_throttled", path=path, attempt=attempt, http_status=429, wait_seconds=wait)
+            return wait
+        if kind is AnswerKind.SERVER:
+            if not idempotent:
+                raise SubmitUncertain(
+                    f"{method} {path}: HTTP {answer.status}; the request may have been processed",
+                    status=answer.status,
+                    transient=True,
+                    detail=detail,
+                )
+            if attempt < self.policy.max_attempts:
+                wait = self.policy.wait(attempt)
+                log.warning(
+                    "amc_request_retry", path=path, attempt=attempt, http_status=answer.status, wait_seconds=wait
+                )
+                return wait
+        raise AmcError(
+            f"AMC answered HTTP {answer.status} to {method} {path}" + (f": {detail}" if detail else ""),
+            status=answer.status,
+            transient=kind in (AnswerKind.THROTTLED, AnswerKind.SERVER),
+            detail=detail,
+        )
