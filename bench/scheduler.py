@@ -20,12 +20,12 @@ from pathlib import Path
 import asyncpg
 from cryptography.fernet import Fernet
 
+from recomamp import wiring
 from recomamp.config import Config, parse_config
 from recomamp.daemon.pipeline import RunOutcome
-from recomamp.daemon.process import Daemon
-from recomamp.daemon.services import Services
 from recomamp.logs import configure_logging
 from recomamp.sandbox.embedded import recreate_database, start_postgres
+from recomamp.services.adapters import Services
 from recomamp.store import migrations
 from recomamp.store.runs import RunLease, begin_attempt, finish_run
 from recomamp.store.schedules import SELECT_DUE
@@ -106,7 +106,7 @@ async def _dispatch(admin_dsn: str) -> dict[str, object]:
     dsn = await _fresh_database(admin_dsn, "recomamp_bench_dispatch")
     await _add_schedules(dsn, DISPATCH_DUE, "now() + interval '1 day'")
     config = _config(dsn, Fernet.generate_key().decode(), production=True)
-    daemon = Daemon(config, once=False, pipeline_factory=NothingPipeline)
+    daemon = wiring.daemon(config, once=False, pipeline_factory=NothingPipeline)
     serving = asyncio.create_task(daemon.run())
     connection = await asyncpg.connect(dsn)
     try:
@@ -170,7 +170,7 @@ async def _run(admin_dsn: str) -> dict[str, object]:
     connection = await asyncpg.connect(dsn)
     await connection.execute("UPDATE workflow_schedules SET next_run_at = now()")
     await connection.close()
-    daemon = Daemon(_config(dsn, Fernet.generate_key().decode()), once=True, pipeline_factory=NothingPipeline)
+    daemon = wiring.daemon(_config(dsn, Fernet.generate_key().decode()), once=True, pipeline_factory=NothingPipeline)
     started = time.perf_counter()
     code = await daemon.run()
     total = time.perf_counter() - started

@@ -1,8 +1,9 @@
 """The composition root: opens the adapters once (the pools, Login with Amazon, the AMC client, the Snowflake sink,
 the metrics, the outage gate and the heartbeat) and hands them out, to the daemon and to the CLI's operations.
 
-The daemon opens them once the database answers (`open_services`); a CLI command opens them for one operation, or
-only a connection (`connect`). Nothing below this module opens an adapter of its own.
+The daemon opens them once the database answers (`daemon()` hands it `open_services`); a CLI command opens them for
+one operation. (A command that only reads or writes tables opens one connection, `services.database.connection`,
+without importing this module: the adapters cost a second to import.)
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -18,15 +21,17 @@ from recomamp.amazon.client import AmcClient
 from recomamp.amazon.lwa import LwaClient
 from recomamp.config import OWN_POOL_CONNECTIONS, Config
 from recomamp.crypto import SecretBox
+from recomamp.daemon.process import Daemon, PipelineFactory
+from recomamp.daemon.process import DaemonError as DaemonError  # re-exported: `recomamp run` reports it
 from recomamp.logs import register_secret
 from recomamp.observe.metrics import Metrics
 from recomamp.services.adapters import Services, amc_policy, token_policy
-from recomamp.services.errors import DatabaseUnreachable
 from recomamp.services.tokens import TokenService
 from recomamp.snowflake.sink import SnowflakeSink
-from recomamp.store.db import connect, create_pool, describe_dsn, is_connection_error
+from recomamp.store.db import create_pool
 from recomamp.store.heartbeat import LeaseKeeper
 from recomamp.store.outage import DatabaseGate, DatabaseHealth
+from recomamp.systemd import Notifier
 
 
 def register_config_secrets(config: Config) -> None:
@@ -110,24 +115,22 @@ async def open_services(
                 each.terminate()
 
 
-@asynccontextmanager
-async def connection(config: Config) -> AsyncIterator[asyncpg.Connection]:
-    """One connection for a CLI command. One that cannot be made is DatabaseUnreachable, naming the host."""
-    dsn = config.database.dsn.get_secret_value()
-    try:
-        manager = connect(
-            dsn,
-            command_timeout=config.database.command_timeout_seconds,
-            connect_timeout=config.database.connect_timeout_seconds,
-        )
-        opened = await manager.__aenter__()
-    except Exception as exc:
-        if is_connection_error(exc) or type(exc).__name__.startswith("Invalid"):
-            raise DatabaseUnreachable(
-                f"cannot reach the database at {describe_dsn(dsn)} ([database] dsn): {type(exc).__name__}: {exc}"
-            ) from None
-        raise
-    try:
-        yield opened
-    finally:
-        await manager.__aexit__(None, None, None)
+def daemon(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    once: bool = False,
+    notifier: Notifier | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    pipeline_factory: PipelineFactory | None = None,
+) -> Daemon:
+    """The daemon over the real adapters: what `recomamp run` starts (the tests start it so too)."""
+    return Daemon(
+        config,
+        open_services=open_services,
+        config_path=config_path,
+        once=once,
+        notifier=notifier,
+        clock=clock,
+        pipeline_factory=pipeline_factory,
+    )

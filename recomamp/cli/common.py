@@ -66,7 +66,7 @@ def async_handler(handler: Callable[[argparse.Namespace], Coroutine[Any, Any, in
 @asynccontextmanager
 async def database(args: argparse.Namespace) -> AsyncIterator[tuple[Config, Any]]:
     """(config, a connection). A connection that cannot be made is DatabaseUnreachable, naming the host."""
-    from recomamp.wiring import connection
+    from recomamp.services.database import connection
 
     config = load(args)
     async with connection(config) as opened:

@@ -14,13 +14,13 @@ from recomamp.cli.common import CONFIG_ENV, EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_O
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from recomamp.daemon.process import Daemon, DaemonError
     from recomamp.logs import configure_logging, get_logger
+    from recomamp.wiring import DaemonError, daemon
 
     config = load(args)
     configure_logging(config.logging.level)
     try:
-        return asyncio.run(Daemon(config, config_path=config_path(args), once=args.once).run())
+        return asyncio.run(daemon(config, config_path=config_path(args), once=args.once).run())
     except DaemonError as exc:
         get_logger("recomamp").error("daemon_cannot_start", reason=str(exc))
         if sys.stderr.isatty():  # under journald the JSON line above is the one line

@@ -178,7 +178,7 @@ def render_run(row: dict[str, Any]) -> str:
 
 @async_handler
 async def cmd_runs(args: argparse.Namespace) -> int:
-    from recomamp.services import runs as service
+    from recomamp.services import run_history as service
 
     async with database(args) as (_, connection):
         if args.runs_command == "show":
@@ -231,7 +231,8 @@ async def cmd_retry_upload(args: argparse.Namespace) -> int:
     config = load(args)
     owner = f"retry-upload:{cli_replica()}"
     async with open_services(config, replica=owner) as services:
-        from recomamp.services.runs import retry_upload, show
+        from recomamp.services.run_history import show
+        from recomamp.services.runs import retry_upload
 
         try:
             summary = await retry_upload(services, config, args.id, owner=owner)
@@ -249,7 +250,7 @@ async def cmd_retry_upload(args: argparse.Namespace) -> int:
 
 async def watch_runs(args: argparse.Namespace, run_ids: list[int]) -> int:
     """Follow runs until each has ended: a live bar on a terminal, plain lines otherwise, JSON with --json."""
-    from recomamp.services.runs import progress
+    from recomamp.services.run_history import progress
 
     live = sys.stdout.isatty() and not args.json
     ended = ENDED
@@ -290,7 +291,7 @@ async def watch_runs(args: argparse.Namespace, run_ids: list[int]) -> int:
 
 @async_handler
 async def cmd_watch(args: argparse.Namespace) -> int:
-    from recomamp.services.runs import in_flight_of_schedule
+    from recomamp.services.run_history import in_flight_of_schedule
 
     if args.ids:
         run_ids = list(args.ids)

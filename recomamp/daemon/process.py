@@ -30,6 +30,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +62,6 @@ from recomamp.store.schedules import (
     plan_schedules,
 )
 from recomamp.systemd import Notifier, watchdog_interval_seconds
-from recomamp.wiring import open_services
 
 log = get_logger(__name__)
 
@@ -74,6 +74,21 @@ class PipelineFactory(Protocol):
     """Builds the per-run pipeline. The benchmarks hand in one that does nothing."""
 
     def __call__(self, services: Services, owner: str, config: Callable[[], Config], *, once: bool) -> Pipeline: ...
+
+
+class ServicesOpener(Protocol):
+    """Opens the adapters once the database answers (`recomamp.wiring.open_services`, handed in by the
+    composition root: the daemon opens nothing of its own)."""
+
+    def __call__(
+        self,
+        config: Config,
+        *,
+        replica: str,
+        health: DatabaseHealth | None = None,
+        on_lease_lost: Callable[[int], None] = ...,
+        metrics: Metrics | None = None,
+    ) -> AbstractAsyncContextManager[Services]: ...
 
 
 class DaemonError(Exception):
@@ -145,6 +160,7 @@ class Daemon:
         self,
         config: Config,
         *,
+        open_services: ServicesOpener,
         config_path: Path | None = None,
         once: bool = False,
         notifier: Notifier | None = None,
@@ -152,6 +168,7 @@ class Daemon:
         pipeline_factory: PipelineFactory | None = None,
     ) -> None:
         self._config = config
+        self._open_services = open_services
         self._config_path = config_path
         self._once = once
         self._notifier = notifier or Notifier()
@@ -222,7 +239,7 @@ class Daemon:
         try:
             if not await self._await_database():
                 return 0  # asked to stop while waiting
-            async with open_services(
+            async with self._open_services(
                 self._config,
                 replica=self._owner,
                 health=self.health,

@@ -8,7 +8,6 @@ import getpass
 import shutil
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.store import runs as run_store
 from recomamp.store import schedules as schedule_store
 from recomamp.store.catalog import NotFound
-from recomamp.store.db import Connection, Queryable
+from recomamp.store.db import Connection
 
 
 class RunRefused(ValueError):
@@ -175,25 +174,3 @@ async def rerun_failed_for_reauth(connection: Connection, user_id: int, since: d
     )
     await schedule_store.notify_wakeup(connection)
     return [{"run_id": c.id, "schedule_id": c.schedule_id, "window_start": c.window_start} for c in created]
-
-
-async def show(connection: Queryable, run_id: int) -> dict[str, Any] | None:
-    """One run as `runs show` prints it (every step's time), or None when there is no such run."""
-    return await run_store.show_run(connection, run_id)
-
-
-async def list_recent(
-    connection: Connection, *, schedule_id: int | None, status: str | None, trigger: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """Runs, newest first, filtered as `runs list` asks."""
-    return await run_store.list_runs(connection, schedule_id=schedule_id, status=status, trigger=trigger, limit=limit)
-
-
-async def progress(connection: Connection, run_ids: Sequence[int]) -> dict[str, int]:
-    """How many of these runs are in each status (what `runs watch` draws)."""
-    return await run_store.progress(connection, run_ids)
-
-
-async def in_flight_of_schedule(connection: Connection, schedule_id: int) -> list[int]:
-    """The schedule's runs not yet ended (what `runs watch --schedule` follows)."""
-    return await run_store.active_runs_of_schedule(connection, schedule_id)

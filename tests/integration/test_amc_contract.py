@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.sandbox.simulator import AmcSimulator, Fault, Unconfirmed
 from recomamp.services import schedules
 from tests.conftest import ConfigWriter
@@ -51,7 +51,7 @@ async def test_an_uncertain_post_ends_with_exactly_one_execution_and_a_run_that_
     tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amcU")
     await add_due_schedule(pool, tenant, "uncertain")
     simulator.add_faults("create_execution", fault)
-    assert await Daemon(load_config(write_world_config(write_config, db_dsn, simulator)), once=True).run() == 0
+    assert await wiring.daemon(load_config(write_world_config(write_config, db_dsn, simulator)), once=True).run() == 0
     run = await one_run(pool)
     assert run["status"] == "succeeded"
     assert len(simulator.executions) == 1
@@ -81,7 +81,7 @@ async def test_a_console_execution_of_the_same_workflow_and_window_with_other_pa
         parameter_values={"brand": "other"},
     )
     simulator.add_faults("create_execution", Fault.dropped())
-    assert await Daemon(load_config(write_world_config(write_config, db_dsn, simulator)), once=True).run() == 0
+    assert await wiring.daemon(load_config(write_world_config(write_config, db_dsn, simulator)), once=True).run() == 0
     run = await one_run(pool)
     assert run["status"] == "succeeded"
     assert run["amc_execution_id"] != console.execution_id
@@ -100,9 +100,9 @@ async def test_a_replica_killed_between_the_marker_and_the_post_leaves_exactly_o
 ) -> None:
     from recomamp.amazon.client import AmcClient
     from recomamp.config import load_config as load
-    from recomamp.daemon.services import open_services
     from recomamp.services.load import amc_target, execution_request
     from recomamp.store.runs import load_run
+    from recomamp.wiring import open_services
 
     tenant = await add_tenant(pool, box, simulator, "cy@example.com", "amcK")
     schedule_id = await add_due_schedule(pool, tenant, "killed")
@@ -132,7 +132,7 @@ async def test_a_replica_killed_between_the_marker_and_the_post_leaves_exactly_o
                 execution_request(run, config),
                 marker=marker,
             )
-    assert await Daemon(config, once=True).run() == 0
+    assert await wiring.daemon(config, once=True).run() == 0
     row = await pool.fetchrow("SELECT status, amc_execution_id FROM schedule_runs WHERE id = $1", run_id)
     assert row is not None and row["status"] == "succeeded"
     assert len(simulator.executions) == 1
@@ -162,7 +162,7 @@ async def test_thirty_five_schedules_on_one_instance_take_thirty_slots_and_five_
             max_runs_per_instance=40,
         )
     )
-    daemon = Daemon(config)
+    daemon = wiring.daemon(config)
     serving = asyncio.create_task(daemon.run())
     try:
 
@@ -200,7 +200,7 @@ async def test_amcs_own_quota_refusal_makes_the_run_wait_never_fail(
     config = load_config(
         write_world_config(write_config, db_dsn, simulator, amc={"quota_refusal_backoff_seconds": 1.0})
     )
-    daemon = Daemon(config)
+    daemon = wiring.daemon(config)
     serving = asyncio.create_task(daemon.run())
     try:
         await wait_until(lambda: _count(pool, "wait_reason = 'amc_quota'", 1), what="the run to wait")
@@ -241,6 +241,6 @@ async def test_instances_discover_lists_and_adds_and_runs_use_the_instances_own_
     assert stored["advertiser_id"] == "ENT-F"
     schedule_id = await add_due_schedule(pool, tenant, "found")
     await pool.execute("UPDATE workflow_schedules SET instance_id = $2 WHERE id = $1", schedule_id, stored["id"])
-    assert await Daemon(load_config(path), once=True).run() == 0
+    assert await wiring.daemon(load_config(path), once=True).run() == 0
     assert simulator.last_headers["create_execution"]["Host"] == f"localhost:{port}"
     assert simulator.executions_for("amc-found")

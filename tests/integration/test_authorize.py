@@ -16,9 +16,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.sandbox.embedded import free_port
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services.authorize import AuthorizeError, ConsentRequest, check_age, code_from_paste
@@ -110,7 +110,7 @@ async def test_the_loopback_flow_stores_the_token_proves_it_and_requeues_exactly
     first = await add_due_schedule(pool, tenant, "bob one")
     second = await add_due_schedule(pool, tenant, "bob two")
     simulator.revoke(EMAIL)
-    assert await Daemon(load_config(world), once=True).run() == 1
+    assert await wiring.daemon(load_config(world), once=True).run() == 1
     failed = await pool.fetch(
         "SELECT schedule_id, window_start, window_end FROM schedule_runs WHERE status = 'failed' ORDER BY schedule_id"
     )
@@ -134,7 +134,7 @@ async def test_the_loopback_flow_stores_the_token_proves_it_and_requeues_exactly
         "SELECT schedule_id, window_start, window_end FROM schedule_runs WHERE trigger = 'rerun' ORDER BY schedule_id"
     )
     assert [tuple(r) for r in requeued] == [tuple(r) for r in failed]  # their own windows, one run each
-    assert await Daemon(load_config(world), once=True).run() == 0  # and they land
+    assert await wiring.daemon(load_config(world), once=True).run() == 0  # and they land
     statuses = await pool.fetch("SELECT status FROM schedule_runs WHERE trigger = 'rerun'")
     assert {r["status"] for r in statuses} == {"succeeded"}
 

@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.domain.models import ScheduleCreatePreset
 from recomamp.sandbox.embedded import free_port
 from recomamp.sandbox.simulator import AmcSimulator
@@ -277,7 +277,7 @@ async def test_a_late_schedule_alerts_once_and_recovers_once_after_its_next_load
     monkeypatch.setenv("RECOMAMP_METRICS__LISTEN", f"127.0.0.1:{port}")
     monkeypatch.setenv("RECOMAMP_METRICS__REFRESH_SECONDS", "0.2")
     config_path = with_webhook(write_world_config(write_config, db_dsn, simulator), receiver)
-    daemon = Daemon(load_config(config_path), config_path=config_path)
+    daemon = wiring.daemon(load_config(config_path), config_path=config_path)
     task = asyncio.create_task(daemon.run())
     key = (("schedule_id", str(schedule_id)),)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
 from recomamp.daemon.process import Daemon
@@ -47,7 +48,7 @@ async def test_a_due_schedule_runs_end_to_end_into_snowflake(
     schedule_id = await add_due_schedule(pool, tenant, "daily traffic", table="daily_traffic", overdue_days=3)
     config = load_config(write_world_config(write_config, db_dsn, simulator))
 
-    assert await Daemon(config, once=True).run() == 0
+    assert await wiring.daemon(config, once=True).run() == 0
 
     rows = await runs(pool)
     (run,) = [r for r in rows if r["status"] != "skipped"]
@@ -91,7 +92,7 @@ async def test_three_daemons_run_every_fire_exactly_once(
     )
     base = load_config(path)
     daemons = [
-        Daemon(
+        wiring.daemon(
             base.model_copy(update={"daemon": base.daemon.model_copy(update={"replica_name": f"replica-{n}"})}),
             once=True,
         )
@@ -100,7 +101,7 @@ async def test_three_daemons_run_every_fire_exactly_once(
     codes = await asyncio.gather(*(daemon.run() for daemon in daemons))
     # A replica may stop before the others are done; then the stragglers are finished by a last pass.
     if sum(d.tally.succeeded for d in daemons) < 500:
-        codes.append(await Daemon(base, once=True).run())
+        codes.append(await wiring.daemon(base, once=True).run())
     assert set(codes) == {0}
     rows = await runs(pool)
     assert len(rows) == 500
@@ -124,7 +125,7 @@ async def test_a_revoked_user_fails_fast_and_the_schedule_auto_pauses(
         schedule_id,
     )
     config = load_config(write_world_config(write_config, db_dsn, simulator))
-    assert await Daemon(config, once=True).run() == 1
+    assert await wiring.daemon(config, once=True).run() == 1
     (run,) = await runs(pool)
     assert run["status"] == "failed"
     assert run["error_kind"] == "reauth_required"
@@ -157,7 +158,7 @@ async def test_a_run_whose_lease_expired_is_adopted_and_polled_not_resubmitted(
         execution_id,
     )
     posts_before = simulator.calls["create_execution"]
-    assert await Daemon(config, once=True).run() == 0
+    assert await wiring.daemon(config, once=True).run() == 0
     (run,) = await runs(pool)
     # The dead replica had advanced it to submitted: adopting it there is progress, not a second attempt.
     assert (run["status"], run["attempt"], run["amc_execution_id"]) == ("succeeded", 1, execution_id)
@@ -206,7 +207,7 @@ async def test_a_transient_amc_outage_defers_the_run_in_the_long_running_daemon(
     config = load_config(
         write_world_config(write_config, db_dsn, simulator, run_retry_delay_seconds=0.3, max_run_attempts=3)
     )
-    daemon = Daemon(config)
+    daemon = wiring.daemon(config)
     serving = asyncio.create_task(daemon.run())
 
     async def succeeded() -> bool:
@@ -228,7 +229,7 @@ async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
     pool: asyncpg.Pool, db_dsn: str, simulator: AmcSimulator, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
     path = write_world_config(write_config, db_dsn, simulator)
-    daemon = Daemon(load_config(path), config_path=path)
+    daemon = wiring.daemon(load_config(path), config_path=path)
     serving = asyncio.create_task(daemon.run())
     await wait_until(lambda: daemon.ready, what="the daemon to be ready")  # a reload then swaps its services' config
     text = path.read_text()
@@ -254,7 +255,7 @@ async def test_recomamp_reload_over_the_control_socket_reports_the_verdict(
     exit 1 with the daemon's problems when refused, the running config kept. It needs no credential."""
     socket_path = tmp_path / "run" / "control.sock"
     path = write_world_config(write_config, db_dsn, simulator, control_socket=str(socket_path))
-    daemon = Daemon(load_config(path), config_path=path)
+    daemon = wiring.daemon(load_config(path), config_path=path)
     serving = asyncio.create_task(daemon.run())
     await wait_until(socket_path.exists, what="the control socket")
     assert oct(socket_path.stat().st_mode & 0o777) == "0o600"
@@ -297,7 +298,7 @@ async def test_a_run_whose_lease_another_replica_took_is_stopped_here(
     config = load_config(
         write_world_config(write_config, db_dsn, simulator, heartbeat_interval_seconds=0.2, lease_seconds=5.0)
     )
-    daemon = Daemon(config)
+    daemon = wiring.daemon(config)
     serving = asyncio.create_task(daemon.run())
     await wait_until(lambda: execution_submitted(pool), what="the run to be submitted")
     # Another replica adopted the run (say this one stalled past its lease): a claim mints a new token.
@@ -330,7 +331,7 @@ async def test_a_run_claimed_too_often_without_an_outcome_gives_up(
         "interruptions = 2, lease_token = gen_random_uuid(), lease_worked = TRUE, "
         "lease_expires_at = now() - interval '1 second'"
     )
-    assert await Daemon(config, once=True).run() == 1
+    assert await wiring.daemon(config, once=True).run() == 1
     run = await pool.fetchrow("SELECT status, error_kind, error_message, attempt FROM schedule_runs")
     assert run is not None
     assert (run["status"], run["error_kind"], run["attempt"]) == ("failed", "too_many_attempts", 4)
@@ -355,7 +356,7 @@ async def test_token_checks_are_logged_once_per_run_at_info(
     await add_due_schedule(pool, tenant, "gus daily")
     config = load_config(write_world_config(write_config, db_dsn, simulator))
     configure_logging("info")
-    assert await Daemon(config, once=True).run() == 0
+    assert await wiring.daemon(config, once=True).run() == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     checks = [line for line in lines if line["event"] == "token_checked"]
     assert [c["token_status"] for c in checks] == ["missing"]  # then refreshed; later checks are debug
@@ -369,7 +370,7 @@ async def test_once_mode_asked_to_stop_drains_within_the_timeout(
     tenant = await add_tenant(pool, box, simulator, "hal@example.com", "amcH")
     await add_due_schedule(pool, tenant, "hal daily")
     config = load_config(write_world_config(write_config, db_dsn, simulator, drain_timeout_seconds=0.3))
-    daemon = Daemon(config, once=True)
+    daemon = wiring.daemon(config, once=True)
     running = asyncio.create_task(daemon.run())
     await wait_until(lambda: execution_submitted(pool), what="the run to be submitted")
     daemon.request_stop()
@@ -398,7 +399,7 @@ async def test_a_drain_longer_than_the_lease_keeps_heartbeating_so_runs_finish_a
         path = write_world_config(
             write_config, db_dsn, simulator, lease_seconds=1.5, drain_timeout_seconds=15.0, replica_name=name
         )
-        return Daemon(load_config(path))
+        return wiring.daemon(load_config(path))
 
     draining, other = replica("draining"), replica("other")
     first = asyncio.create_task(draining.run())

@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.services import fleet as fleet_service
 from recomamp.services.fleet import ApplyLocked
 from recomamp.store import fleet as fleet_store
@@ -441,7 +441,7 @@ async def test_a_running_daemon_starts_a_schedule_applied_while_it_sleeps_and_fi
 ) -> None:
     tenant = await add_tenant(pool, box, simulator, "dan@example.com", "amcdan")
     config_path = write_world_config(write_config, db_dsn, simulator, poll_interval_seconds=60.0)
-    daemon = Daemon(load_config(config_path))
+    daemon = wiring.daemon(load_config(config_path))
     serving = asyncio.create_task(daemon.run())
     await asyncio.sleep(1.0)  # past its first poll, with nothing due: it sleeps for a minute
     fleet_file = tmp_path / "dan.toml"

@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.sandbox.embedded import free_port
 from recomamp.sandbox.simulator import AmcSimulator
 from tests.conftest import ConfigWriter
@@ -139,7 +139,7 @@ async def test_an_alert_survives_500s_and_a_receiver_that_is_down_and_is_deliver
     path = with_webhook(
         write_world_config(write_config, db_dsn, simulator), receiver, events=["user_needs_reauth"], format="json"
     )
-    daemon = Daemon(load_config(path), config_path=path)
+    daemon = wiring.daemon(load_config(path), config_path=path)
     serving = asyncio.create_task(daemon.run())
     try:
         # Two 500s, then the third try lands.
@@ -225,7 +225,7 @@ async def test_a_broken_sender_is_logged_once_and_never_stops_the_daemon(
 
     monkeypatch.setattr(sender, "send_due", broken)
     path = with_webhook(write_world_config(write_config, db_dsn, simulator), Receiver())
-    daemon = Daemon(load_config(path), config_path=path)
+    daemon = wiring.daemon(load_config(path), config_path=path)
     serving = asyncio.create_task(daemon.run())
     await wait_until(lambda: calls >= 3, seconds=60, what="the sender to fail a few times")
     assert not serving.done() and daemon.tasks_alive  # runs go on; the unit is not restarted

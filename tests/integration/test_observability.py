@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
 from recomamp.daemon.process import Daemon
@@ -56,7 +57,7 @@ async def serving(
     monkeypatch.setenv("RECOMAMP_METRICS__LISTEN", f"127.0.0.1:{port}")
     monkeypatch.setenv("RECOMAMP_METRICS__REFRESH_SECONDS", "0.2")
     path = write_world_config(write_config, dsn, simulator)
-    daemon = Daemon(load_config(path), config_path=path)
+    daemon = wiring.daemon(load_config(path), config_path=path)
     task = asyncio.create_task(daemon.run())
     base = f"http://127.0.0.1:{port}"
 

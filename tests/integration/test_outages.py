@@ -20,11 +20,10 @@ import structlog
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
+from recomamp import wiring
 from recomamp.amazon import results
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
-from recomamp.daemon.services import open_services
 from recomamp.logs import configure_logging
 from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow
 from recomamp.sandbox.simulator import AmcSimulator
@@ -32,6 +31,7 @@ from recomamp.services.keys import rotate
 from recomamp.services.runs import retry_upload
 from recomamp.store.db import create_pool
 from recomamp.systemd import Notifier
+from recomamp.wiring import open_services
 from tests.conftest import ConfigWriter
 from tests.integration.conftest import OwnPostgres, migrated_database
 from tests.integration.world import (
@@ -125,7 +125,7 @@ async def test_a_database_outage_longer_than_the_watchdog_is_waited_out(
     config = load_config(
         write_world_config(write_config, dsn, simulator, lease_seconds=6.0, run_retry_delay_seconds=0.5)
     )
-    daemon = Daemon(config, notifier=Notifier(str(notify_socket.path)))
+    daemon = wiring.daemon(config, notifier=Notifier(str(notify_socket.path)))
     serving = asyncio.create_task(daemon.run())
     try:
         await wait_until(lambda: len(simulator.executions) == 4, what="4 runs to be submitted")
@@ -167,7 +167,7 @@ async def test_a_daemon_started_while_the_database_is_down_waits_and_sends_ready
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     await asyncio.to_thread(own_postgres.stop)
     config = load_config(write_world_config(write_config, dsn, simulator))
-    daemon = Daemon(config, notifier=Notifier(str(notify_socket.path)))
+    daemon = wiring.daemon(config, notifier=Notifier(str(notify_socket.path)))
     serving = asyncio.create_task(daemon.run())
     try:
         # Two watchdog intervals and more of waiting: it says why, and waiting is not hanging.
@@ -218,7 +218,7 @@ async def test_a_snowflake_that_stops_answering_is_cut_off_at_the_deadline_then_
     path = write_world_config(write_config, db_dsn, simulator)
     path.write_text(path.read_text().replace("[snowflake]", "[snowflake]\nload_timeout_seconds = 3.0"))
     config = load_config(path)
-    serving = asyncio.create_task(Daemon(config, once=True).run())
+    serving = asyncio.create_task(wiring.daemon(config, once=True).run())
     await wait_until(lambda: len(simulator.executions) == 1, what="the run to be submitted")
     own_fakesnow.process.send_signal(signal.SIGSTOP)  # Snowflake hangs: connections open, nothing answers
     try:
@@ -258,7 +258,7 @@ async def test_a_full_spool_disk_defers_with_where_and_how_much_room_and_downloa
 
     monkeypatch.setattr(results._PartWriter, "write", full_disk_on_the_second_part)
     config = load_config(write_world_config(write_config, db_dsn, simulator, run_retry_delay_seconds=0.3))
-    daemon = Daemon(config)
+    daemon = wiring.daemon(config)
     serving = asyncio.create_task(daemon.run())
     try:
         await wait_until(lambda: _all(db_dsn, "succeeded", 1), seconds=30, what="the run to succeed")
@@ -285,7 +285,7 @@ async def test_keys_rotate_while_the_daemon_runs_and_every_user_still_refreshes_
     tenants = [await add_tenant(pool, old_box, simulator, f"u{i}@example.com", f"amcK{i}") for i in range(3)]
     path = write_world_config(write_config, db_dsn, simulator)
     key_file = write_config.directory / "token.key"
-    daemon = Daemon(load_config(path), config_path=path)
+    daemon = wiring.daemon(load_config(path), config_path=path)
     serving = asyncio.create_task(daemon.run())
     try:
         for tenant in tenants:

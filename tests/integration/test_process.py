@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.sandbox.simulator import AmcSimulator
 from tests.conftest import ConfigWriter
 from tests.integration.world import add_due_schedule, add_tenant, execution_submitted, wait_until, write_world_config
@@ -64,7 +64,7 @@ async def test_sigkill_while_polling_then_a_fresh_daemon_finishes_without_a_seco
     await wait_until(
         lambda: leases_expired(pool), seconds=30, what="the killed replica's leases to expire in the database"
     )
-    assert await Daemon(load_config(path), once=True).run() == 0
+    assert await wiring.daemon(load_config(path), once=True).run() == 0
     rows = await pool.fetch("SELECT status, attempt, claims, interruptions FROM schedule_runs")
     # Each was interrupted once (the kill) after it had advanced: adopted, not counted as a second attempt.
     assert [(r["status"], r["attempt"], r["claims"], r["interruptions"]) for r in rows] == [("succeeded", 1, 2, 1)] * 4

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 import structlog
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
 from recomamp.daemon.process import Daemon
@@ -71,7 +72,7 @@ async def test_a_slow_post_keeps_its_slot_until_amc_frees_it(
     config = write_world_config(
         write_config, db_dsn, simulator, amc={"adhoc_executions_per_day": 1, "quota_window_seconds": window}
     )
-    await serve_until_succeeded(Daemon(load_config(config)), pool, 2, "both runs to land, one slot per window")
+    await serve_until_succeeded(wiring.daemon(load_config(config)), pool, 2, "both runs to land, one slot per window")
     assert simulator.pending_faults() == 0  # the slow POST happened
     assert simulator.calls["quota_refusal"] == 0  # we never sent AMC a POST it had no slot for
     assert len(simulator.executions_for("amcS")) == 2
@@ -100,7 +101,9 @@ async def test_amc_refuses_while_our_count_says_free_and_the_run_waits_for_the_n
         # The fixed back-off is an hour: a run that waited for it would never land within the test.
         amc={"adhoc_executions_per_day": 2, "quota_window_seconds": window, "quota_refusal_backoff_seconds": 3600},
     )
-    await serve_until_succeeded(Daemon(load_config(config)), pool, 2, "the refused run to land at AMC's next slot")
+    await serve_until_succeeded(
+        wiring.daemon(load_config(config)), pool, 2, "the refused run to land at AMC's next slot"
+    )
     assert simulator.calls["quota_refusal"] == 1
     created = sorted(e.created_monotonic for e in simulator.executions_for("amcR"))
     assert len(created) == 2

@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
-from recomamp.daemon.services import open_services
 from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services import schedules
 from recomamp.services.runs import retry_upload
 from recomamp.store import runs as run_store
+from recomamp.wiring import open_services
 from tests.conftest import ConfigWriter
 from tests.integration.test_cli import cli
 from tests.integration.world import add_due_schedule, add_snowflake, add_tenant, wait_until, write_world_config
@@ -35,7 +35,7 @@ async def test_a_failed_upload_is_loaded_again_from_fresh_links(
     tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amcA")
     await add_due_schedule(pool, tenant, "daily", table="daily_results")  # no Snowflake config yet
     config = load_config(write_world_config(write_config, db_dsn, simulator))
-    assert await Daemon(config, once=True).run() == 1
+    assert await wiring.daemon(config, once=True).run() == 1
     run = await pool.fetchrow("SELECT * FROM schedule_runs")
     assert run is not None
     assert (run["status"], run["error_kind"], run["snowflake_status"]) == ("failed", "snowflake", "failed")
@@ -74,7 +74,7 @@ async def test_retry_upload_is_refused_naming_the_holder_while_another_holds_the
     tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amcA")
     await add_due_schedule(pool, tenant, "daily", table="daily_results")  # no Snowflake config: the load fails
     config_path = write_world_config(write_config, db_dsn, simulator)
-    assert await Daemon(load_config(config_path), once=True).run() == 1
+    assert await wiring.daemon(load_config(config_path), once=True).run() == 1
     run_id = await pool.fetchval("SELECT id FROM schedule_runs")
     await add_snowflake(pool, box, tenant, fakesnow_server.host, fakesnow_server.port, f"DB_{uuid.uuid4().hex[:8]}")
     held = await run_store.lease_for_upload(pool, run_id, "retry-upload:other-shell", 60)
@@ -109,7 +109,7 @@ async def test_run_now_wakes_a_sleeping_daemon(
     )
     # A poll every 10 minutes: a wake-up within a minute is the NOTIFY's, however loaded the machine is.
     config = load_config(write_world_config(write_config, db_dsn, simulator, poll_interval_seconds=600.0))
-    daemon = Daemon(config)
+    daemon = wiring.daemon(config)
     serving = asyncio.create_task(daemon.run())
     await wait_until(lambda: listening(pool), what="the daemon to LISTEN for wake-ups")
     await asyncio.sleep(1.0)  # past the first poll (the one at start): now it sleeps for ten minutes

@@ -12,9 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.domain.models import ScheduleCreatePreset
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services import schedules
@@ -126,7 +126,7 @@ async def test_after_a_three_day_outage_catch_up_runs_each_window_and_coalesce_r
     schedule_id = await add_due_schedule(pool, tenant, "daily", overdue_days=2)  # three fires missed
     await pool.execute("UPDATE workflow_schedules SET misfire_policy = $2 WHERE id = $1", schedule_id, policy)
     config = load_config(write_world_config(write_config, db_dsn, simulator))
-    assert await Daemon(config, once=True).run() == 0
+    assert await wiring.daemon(config, once=True).run() == 0
     runs = await pool.fetch(
         "SELECT trigger, status, window_start, window_end FROM schedule_runs WHERE schedule_id = $1 "
         "ORDER BY window_start",
@@ -151,7 +151,7 @@ async def test_cancelling_a_running_run_cancels_its_execution_and_writes_nothing
     simulator.profile("amc1").running_seconds = 60  # long enough to be cancelled while it runs
     schedule_id = await add_due_schedule(pool, tenant, "daily", table="daily_results")
     config_path = write_world_config(write_config, db_dsn, simulator)
-    daemon = Daemon(load_config(config_path))
+    daemon = wiring.daemon(load_config(config_path))
     serving = asyncio.create_task(daemon.run())
 
     async def submitted() -> bool:

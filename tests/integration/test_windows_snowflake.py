@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.daemon.process import Daemon
 from recomamp.domain.models import ScheduleCreatePreset, ScheduleUpdate
 from recomamp.domain.schedules import latest_fire
 from recomamp.sandbox.embedded import FakeSnowflake, free_port
@@ -73,7 +73,7 @@ async def create_schedule(pool: asyncpg.Pool, tenant: Tenant, preset: str, table
 
 
 async def once(config_path: Path) -> int:
-    return await Daemon(load_config(config_path), once=True).run()
+    return await wiring.daemon(load_config(config_path), once=True).run()
 
 
 @pytest.mark.parametrize("preset", ["daily", "weekly", "monthly"])
@@ -162,7 +162,7 @@ async def test_a_backfill_under_a_quota_of_five_a_day_lands_every_window_and_nev
     config = write_world_config(
         write_config, db_dsn, simulator, amc={"adhoc_executions_per_day": 5, "quota_window_seconds": 4.0}
     )
-    daemon = Daemon(load_config(config))
+    daemon = wiring.daemon(load_config(config))
     serving = asyncio.create_task(daemon.run())
     try:
 
