@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
 from recomamp.logs import get_logger
 from recomamp.store.db import is_connection_error
 
@@ -97,18 +99,31 @@ class DatabaseGate:
 
         With `deadline` (a time.monotonic() value), the last connection error is raised once it passes.
         """
-        wait = self._first_wait
-        while True:
-            try:
-                result = await action()
-            except Exception as exc:
-                if not is_connection_error(exc):
-                    raise
+        waits = [self._first_wait]  # the next wait: first_wait, then doubled up to max_wait (read at each wait)
+
+        def wait(_: RetryCallState) -> float:
+            upcoming = waits[0]
+            waits[0] = min(upcoming * 2, self._max_wait)
+            return upcoming
+
+        def failed(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is not None:
                 self.health.failed(exc, what)
-                if deadline is not None and time.monotonic() + wait > deadline:
-                    raise
-                await self._sleep(wait)
-                wait = min(wait * 2, self._max_wait)
-                continue
-            self.health.ok()
-            return result
+
+        def past_deadline(state: RetryCallState) -> bool:
+            return deadline is not None and time.monotonic() + state.upcoming_sleep > deadline
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_connection_error),
+            after=failed,
+            wait=wait,
+            stop=past_deadline,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                result = await action()
+        self.health.ok()
+        return result
