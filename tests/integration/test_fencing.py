@@ -110,6 +110,9 @@ async def rows_per_schedule(snow: FakeSnowflake, database: str) -> dict[int, int
     return {int(k): int(v) for k, v in rows}
 
 
+# Its phases have deadlines of their own (each says what it waits for), up to 2.5 minutes in all on a
+# loaded machine: past pytest's 120 s default, which killed it mid-storm under a CPU hog.
+@pytest.mark.timeout(300)
 async def test_a_replica_paused_for_several_leases_alone_and_then_beside_another_never_doubles_a_run(
     pool: asyncpg.Pool,
     db_dsn: str,
@@ -178,6 +181,9 @@ async def test_a_heartbeat_blocked_by_a_table_lock_never_doubles_a_run(
     assert_exactly_once(simulator, replicas, runs)
 
 
+# Its phases have deadlines of their own (each says what it waits for), up to 2.5 minutes in all on a
+# loaded machine: past pytest's 120 s default, which killed it mid-storm under a CPU hog.
+@pytest.mark.timeout(300)
 async def test_a_kill_storm_loses_nothing_doubles_nothing_and_burns_no_attempts(
     pool: asyncpg.Pool,
     db_dsn: str,
