@@ -140,6 +140,7 @@ class Emulator:
         self.in_flight: Counter[str] = Counter()
         self.peak_in_flight: Counter[str] = Counter()
         self._reaper: asyncio.Task[None] | None = None
+        self._ddl = asyncio.Lock()
 
     def apply_settings(self) -> None:
         self.locks.waiter_limit = self.settings.lock_waiter_limit
@@ -259,6 +260,12 @@ class Emulator:
         if kind is Kind.DDL and session.transaction is not None:
             log.info("ddl committed the open transaction %s of session %s", session.transaction.id, session.token[:8])
             await self._end(session, "COMMIT")
+        if kind is Kind.DDL:
+            # Snowflake's DDL is a metadata operation its cloud services apply atomically: two sessions creating
+            # one schema or table IF NOT EXISTS at once both succeed. DuckDB reports a catalog write-write
+            # conflict instead, so DDL runs one statement at a time here.
+            async with self._ddl:
+                return await self._run_in_transaction(session, statement, request, waited)
         return await self._run_in_transaction(session, statement, request, waited)
 
     async def _run_in_transaction(
