@@ -121,20 +121,21 @@ def snowflake_load() -> bool:
     print(
         f"\nRound trips and warehouse time per load, each statement costing {LATENCY_MS} ms as a round trip to "
         "Snowflake's cloud services does\n  (the emulator's account: statements needing a warehouse are queries of "
-        "tables, DML and COPY; a load into a new table, each in its own process)"
+        "tables, DML and COPY; each load in its own process)"
     )
-    print(f"  {'rows':>9}  {'variant':<32}  {'statements':>10}  {'warehouse s':>11}  {'wall s':>7}")
+    print(f"  {'rows':>9}  {'variant':<40}  {'statements':>10}  {'warehouse s':>11}  {'wall s':>7}")
     for rows, variants in trips.items():
         for variant, r in variants.items():
             print(
-                f"  {rows:>9}  {names[variant]:<32}  {r['statements']:>10}  {r['warehouse_seconds']:>11.2f}  "
+                f"  {rows:>9}  {variant:<40}  {r['statements']:>10}  {r['warehouse_seconds']:>11.2f}  "
                 f"{r['seconds']:>7.2f}"
             )
-    small_trips = trips[1_000]
-    fewer = small_trips["replace"]["statements"] <= small_trips["seed"]["statements"]
+    again = trips[1_000]["replace, existing table"]["statements"]
+    seed_again = trips[1_000]["seed, existing table"]["statements"]
+    fewer = again <= 8 and again <= seed_again
     print(
-        f"  [{'met' if fewer else 'MISSED'}] 1,000-row load: recomamp's statements "
-        f"{small_trips['replace']['statements']} ≤ the seed's {small_trips['seed']['statements']}"
+        f"  [{'met' if fewer else 'MISSED'}] 1,000 rows into an existing table: recomamp sends {again} statements "
+        f"(at most 8, and no more than the seed's {seed_again})"
     )
     return all(met for _, met in goals) and fewer
 
@@ -143,27 +144,30 @@ LATENCY_MS = 100
 
 
 def _round_trips(snow: Any, files: dict[int, Path]) -> dict[int, dict[str, dict[str, Any]]]:
-    """The window replace and the seed's path once each, on an emulator whose every statement costs a round trip."""
+    """The window replace and the seed's path, each twice into one table (a new table, then the same table
+    again), on an emulator whose every statement costs a round trip."""
     found: dict[int, dict[str, dict[str, Any]]] = {}
     with snow.configured(statement_latency_ms=LATENCY_MS):
         for rows, directory in files.items():
             found[rows] = {}
             for variant in ("replace", "seed"):
-                snow.reset_account()
-                arguments = ("--variant", variant, "--files", str(directory), "--snowflake-port", str(snow.port))
-                run = _bench(*arguments, as_installed=variant != "seed")
-                # By the sessions' QUERY_TAG: recomamp tags each load with a JSON object, the seed's path is
-                # tagged "seed" (its USE SCHEMA included), the bench's own set-up "bench".
-                loads = [
-                    usage
-                    for tag, usage in snow.account()["by_query_tag"].items()
-                    if (tag.startswith("{") if variant == "replace" else tag == "seed")
-                ]
-                found[rows][variant] = {
-                    "statements": sum(u["statements"] for u in loads),
-                    "warehouse_seconds": sum(u["warehouse_seconds"] for u in loads),
-                    "seconds": run["seconds"],
-                }
+                database = f"TRIPS_{variant.upper()}_{rows}"
+                for case in ("new table", "existing table"):
+                    snow.reset_account()
+                    arguments = ("--variant", variant, "--files", str(directory), "--snowflake-port", str(snow.port))
+                    run = _bench(*arguments, "--database", database, as_installed=variant != "seed")
+                    # By the sessions' QUERY_TAG: recomamp tags each load with a JSON object, the seed's path is
+                    # tagged "seed" (its USE SCHEMA included), the bench's own set-up "bench".
+                    loads = [
+                        usage
+                        for tag, usage in snow.account()["by_query_tag"].items()
+                        if (tag.startswith("{") if variant == "replace" else tag == "seed")
+                    ]
+                    found[rows][f"{variant}, {case}"] = {
+                        "statements": sum(u["statements"] for u in loads),
+                        "warehouse_seconds": sum(u["warehouse_seconds"] for u in loads),
+                        "seconds": run["seconds"],
+                    }
     return found
 
 
@@ -274,4 +278,5 @@ def main() -> int:
     return 0 if load_ok and scheduler_ok and fleet_ok and coverage_ok else 1
 
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

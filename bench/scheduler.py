@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet
 
 from recomamp import wiring
 from recomamp.config import Config, parse_config
-from recomamp.daemon.pipeline import RunOutcome
+from recomamp.domain.runs import OutcomeStatus, RunOutcome
 from recomamp.logs import configure_logging
 from recomamp.sandbox.embedded import recreate_database, start_postgres
 from recomamp.services.adapters import Services
@@ -46,7 +46,7 @@ class NothingPipeline:
         await begin_attempt(self._services.pool, lease, started_at)
         async with self._services.pool.acquire() as connection:
             await finish_run(connection, lease, status="succeeded", error_kind=None, error_message=None)
-        return RunOutcome(lease.run_id, "succeeded")
+        return RunOutcome(lease.run_id, OutcomeStatus.SUCCEEDED)
 
 
 async def _fresh_database(admin_dsn: str, name: str) -> str:

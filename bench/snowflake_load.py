@@ -173,7 +173,8 @@ def bare_load(spec: SnowflakeConnectionSpec, staged: list[Path], types: dict[str
         for path in staged:
             cursor.execute(f"PUT file://{path} @BARE_STAGE/all/ AUTO_COMPRESS=FALSE")
         cursor.execute(
-            "COPY INTO BARE_TABLE FROM @BARE_STAGE/all/ FILE_FORMAT=(TYPE=PARQUET) "
+            # The floor COPYs recomamp's own files as recomamp does (their timestamps need logical types).
+            "COPY INTO BARE_TABLE FROM @BARE_STAGE/all/ FILE_FORMAT=(TYPE=PARQUET USE_LOGICAL_TYPE=TRUE) "
             "MATCH_BY_COLUMN_NAME=CASE_INSENSITIVE PURGE=TRUE"
         )
     finally:
@@ -192,8 +193,9 @@ def memory_mb() -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-def run_variant(variant: str, files: list[Path], snow_port: int) -> dict[str, Any]:
-    spec = _spec(snow_port, f"BENCH_{uuid.uuid4().hex[:8].upper()}")
+def run_variant(variant: str, files: list[Path], snow_port: int, database: str | None = None) -> dict[str, Any]:
+    """`database`: load into it and keep it (a second load then meets an existing table), else a fresh one."""
+    spec = _spec(snow_port, database or f"BENCH_{uuid.uuid4().hex[:8].upper()}")
     connection, _ = _cursor(spec)  # the database exists before the clock starts
     connection.close()
     with tempfile.TemporaryDirectory(prefix="recomamp-bench-") as directory:
@@ -209,10 +211,11 @@ def run_variant(variant: str, files: list[Path], snow_port: int) -> dict[str, An
             rows = asyncio.run(recomamp_load(spec, files, merge=variant == "merge"))
         seconds = time.perf_counter() - started
     peak = memory_mb()[1]
-    # Untimed: the emulator keeps every database in memory, and a fuller emulator is a slower one.
-    connection, cursor = _cursor(spec)
-    cursor.execute(f'DROP SCHEMA IF EXISTS "{spec.database}"."AMC" CASCADE')
-    connection.close()
+    if database is None:
+        # Untimed: the emulator keeps every database in memory, and a fuller emulator is a slower one.
+        connection, cursor = _cursor(spec)
+        cursor.execute(f'DROP SCHEMA IF EXISTS "{spec.database}"."AMC" CASCADE')
+        connection.close()
     return {
         "variant": variant,
         "rows": rows,
@@ -230,6 +233,7 @@ def main() -> None:
     parser.add_argument("--variant", choices=VARIANTS)
     parser.add_argument("--files", type=Path, metavar="DIR")
     parser.add_argument("--snowflake-port", type=int)
+    parser.add_argument("--database", help="load into this database and keep it")
     args = parser.parse_args()
     configure_logging("warning")
     if args.download:
@@ -237,7 +241,7 @@ def main() -> None:
         print(json.dumps([str(p) for p in paths]))
         return
     files = sorted(args.files.glob("part-*.csv.gz"))
-    print(json.dumps(run_variant(args.variant, files, args.snowflake_port)))
+    print(json.dumps(run_variant(args.variant, files, args.snowflake_port, args.database)))
 
 
 if __name__ == "__main__":

@@ -190,24 +190,29 @@ class _StageAsText(Exception):
 
 class _Housekeeping:
     """When each schema was last swept of dead staging tables and pruned of old ledger rows, in this process.
-    Bounded by the schemas the process loads into."""
+    The first time is one interval after the process started: a daemon that runs for months does each
+    regularly, and a short-lived process (a CLI retry-upload) adds no round trip to its one load. Bounded by
+    the schemas the process loads into."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._started = time.monotonic()
         self._last: dict[tuple[str, str], float] = {}
 
     def due(self, what: str, schema: str, every: float) -> bool:
         now = time.monotonic()
         with self._lock:
-            last = self._last.get((what, schema))
-            if last is not None and now - last < every:
+            last = self._last.get((what, schema), self._started)
+            if now - last < every:
                 return False
             self._last[(what, schema)] = now
             return True
 
     def forget(self) -> None:
+        """Everything due at once (tests)."""
         with self._lock:
             self._last.clear()
+            self._started = float("-inf")
 
 
 HOUSEKEEPING = _Housekeeping()

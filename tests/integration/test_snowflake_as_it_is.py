@@ -261,4 +261,5 @@ async def test_a_load_into_an_unchanged_table_sends_at_most_eight_statements_and
     assert all(c["information_schema_queries"] == 0 for c in counts.values()), counts
     # Only the DELETE, the ledger's INSERT and the COPY need a warehouse when nothing changed.
     assert counts["unchanged"]["warehouse_statements"] == 3, counts["unchanged"]
-    print(json.dumps({case: c["statements"] for case, c in counts.items()}))
+    # Quoted in docs/how-it-works.md ("Round trips per load"): `pytest -s` prints them.
+    print(json.dumps({case: (c["statements"], c["warehouse_statements"]) for case, c in counts.items()}))

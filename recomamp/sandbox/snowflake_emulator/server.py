@@ -179,7 +179,7 @@ class Emulator:
                     async with session.busy:
                         if session.transaction is not None:
                             await self._end(session, "ROLLBACK")
-                        await run_in_threadpool(_drop_stage_files, session.temporary_stages)
+                        await run_in_threadpool(_drop_temporary_stages, session)
         return await fakesnow_server.session(request)
 
     # --- statements --------------------------------------------------------------------------------
@@ -490,12 +490,20 @@ def _fully_qualified(name: str, session: Session) -> str:
     return ".".join(parts)
 
 
-def _drop_stage_files(stages: set[str]) -> None:
+def _drop_temporary_stages(session: Session) -> None:
+    """A temporary stage goes with its session, files and all."""
     import shutil
 
     from fakesnow.transforms import stage
 
-    for name in stages:
+    for name in session.temporary_stages:
+        database, schema, stage_name = name.split(".")
+        with contextlib.suppress(Exception):  # fakesnow has no DROP STAGE: its catalog row goes instead
+            session.conn._duck_conn.execute(
+                "DELETE FROM _fs_global._fs_information_schema._fs_stages "
+                "WHERE database_name = ? AND schema_name = ? AND name = ?",
+                (database, schema, stage_name),
+            )
         with contextlib.suppress(Exception):
             shutil.rmtree(stage.internal_dir(name), ignore_errors=True)
 
