@@ -40,9 +40,10 @@ import asyncpg
 
 from recomamp.config import Config, ConfigError, load_config
 from recomamp.daemon.control import ControlSocketError
-from recomamp.daemon.pipeline import RunOutcome, RunPipeline
+from recomamp.daemon.pipeline import RunPipeline
 from recomamp.daemon.reload import ReloadVerdict, merge
 from recomamp.daemon.sidecars import Listeners, open_listeners, send_notifications_once, sidecar_tasks
+from recomamp.domain.runs import RunOutcome, Tally
 from recomamp.logs import get_logger, set_level
 from recomamp.observe.http import ListenError
 from recomamp.observe.metrics import Metrics
@@ -121,32 +122,6 @@ def spool_problem(spool_dir: Path) -> str | None:
             "may write, or leave it out for the default (under systemd, its StateDirectory=)"
         )
     return None
-
-
-@dataclass
-class Tally:
-    """Counts only: a daemon that runs for months keeps no per-run record in memory."""
-
-    succeeded: int = 0
-    failed: int = 0
-    deferred: int = 0
-    waiting: int = 0
-    cancelled: int = 0
-    other: int = 0
-
-    def add(self, outcome: RunOutcome) -> None:
-        if outcome.status == "succeeded":
-            self.succeeded += 1
-        elif outcome.status == "failed":
-            self.failed += 1
-        elif outcome.status == "deferred":
-            self.deferred += 1
-        elif outcome.status == "waiting":
-            self.waiting += 1
-        elif outcome.status == "cancelled":
-            self.cancelled += 1
-        else:
-            self.other += 1
 
 
 @dataclass(slots=True)

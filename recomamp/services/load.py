@@ -20,9 +20,9 @@ from recomamp.snowflake.connection import BadPrivateKey, SnowflakeConnectionSpec
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.snowflake.loader import LoadCancelled, LoadResult, LoadSuperseded, LoadTarget, RunMetadata
 from recomamp.snowflake.sink import LoadTimedOut
-from recomamp.store import runs as run_store
-from recomamp.store import snowflake_configs
-from recomamp.store.runs import LeaseLost, RunLease, RunRecord
+from recomamp.store.runs.leases import LeaseLost, RunLease
+from recomamp.store.runs.port import RunStore
+from recomamp.store.runs.steps import RunRecord
 
 log = get_logger("recomamp.daemon.pipeline")  # the events' logger name is part of what operators grep for
 
@@ -74,28 +74,25 @@ def run_spool(config: Config, run_id: int) -> Path:
     return config.daemon.spool_dir / f"run-{run_id}"
 
 
-async def ensure_lease(services: Services, lease: RunLease) -> None:
+async def ensure_lease(services: Services, store: RunStore, lease: RunLease) -> None:
     """Immediately before a side effect that cannot be undone: this claim still holds the run."""
     sent_at = time.monotonic()
-    pool = services.pool
     await services.gate.call(
-        "lease check",
-        lambda: run_store.check_fresh(pool, lease, lease_seconds=services.leases.lease_seconds),
+        "lease check", lambda: store.check_fresh(lease, lease_seconds=services.leases.lease_seconds)
     )
     services.leases.confirm(lease.run_id, sent_at)
 
 
-async def _resolve_target(services: Services, run: RunRecord) -> tuple[LoadTarget, SnowflakeConnectionSpec] | str:
+async def _resolve_target(
+    services: Services, store: RunStore, run: RunRecord
+) -> tuple[LoadTarget, SnowflakeConnectionSpec] | str:
     """Where the run's result goes and how to connect there, or the message for a person saying what to fix."""
     if not run.target_table_name:
         return (
             "Snowflake is enabled for this schedule but it names no table: set one with "
             f"`recomamp schedules update {run.schedule_id} --snowflake-table NAME`."
         )
-    pool = services.pool
-    config_row = await services.gate.call(
-        "read Snowflake settings", lambda: snowflake_configs.fetch_row(pool, run.owner_id)
-    )
+    config_row = await services.gate.call("read Snowflake settings", lambda: store.snowflake_settings(run.owner_id))
     if config_row is None or not config_row["is_active"]:
         return (
             f"Snowflake is enabled for this schedule but {run.user_email} has no active Snowflake "
@@ -116,6 +113,7 @@ async def _resolve_target(services: Services, run: RunRecord) -> tuple[LoadTarge
 
 async def _sink_load(
     services: Services,
+    store: RunStore,
     run: RunRecord,
     lease: RunLease,
     files: ResultFiles,
@@ -126,15 +124,11 @@ async def _sink_load(
     *,
     replace_loaded: bool,
 ) -> LoadResult:
-    pool = services.pool
-
     async def fence() -> None:
-        await ensure_lease(services, lease)
+        await ensure_lease(services, store, lease)
 
     async def load_started() -> None:
-        await services.gate.call(
-            "start the load", lambda: run_store.set_attempt_step(pool, lease, Step.UPLOADING.value)
-        )
+        await services.gate.call("start the load", lambda: store.set_attempt_step(lease, Step.UPLOADING.value))
 
     with services.metrics.step("snowflake_load"):
         return await services.sink.load(
@@ -163,6 +157,7 @@ async def _sink_load(
 
 async def upload(
     services: Services,
+    store: RunStore,
     run: RunRecord,
     lease: RunLease,
     files: ResultFiles,
@@ -175,25 +170,20 @@ async def upload(
 
     An adopted run whose result another claim already committed is not loaded twice (the Snowflake load
     ledger says so); `replace_loaded` (an operator's retry-upload) loads it again all the same."""
-    pool = services.pool
 
     async def record(status: str, table: str | None, rows: int | None, error: str | None) -> None:
-        await services.gate.call(
-            "record Snowflake", lambda: run_store.set_snowflake(pool, lease, status, table, rows, error)
-        )
+        await services.gate.call("record Snowflake", lambda: store.set_snowflake(lease, status, table, rows, error))
 
-    resolved = await _resolve_target(services, run)
+    resolved = await _resolve_target(services, store, run)
     if isinstance(resolved, str):
         await record("failed", None, None, resolved)
         return Fail("snowflake", resolved)
     target, spec = resolved
     await record("uploading", target.display, None, None)
-    await services.gate.call(
-        "queue the load", lambda: run_store.set_attempt_step(pool, lease, LOAD_QUEUED_ATTEMPT_STEP)
-    )
+    await services.gate.call("queue the load", lambda: store.set_attempt_step(lease, LOAD_QUEUED_ATTEMPT_STEP))
     try:
         result = await _sink_load(
-            services, run, lease, files, config, execution, target, spec, replace_loaded=replace_loaded
+            services, store, run, lease, files, config, execution, target, spec, replace_loaded=replace_loaded
         )
     except LeaseLost:
         raise

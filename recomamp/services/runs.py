@@ -26,6 +26,7 @@ from recomamp.store import runs as run_store
 from recomamp.store import schedules as schedule_store
 from recomamp.store.catalog import NotFound
 from recomamp.store.db import Connection
+from recomamp.store.runs.port import PostgresRunStore
 
 
 class RunRefused(ValueError):
@@ -133,7 +134,7 @@ async def retry_upload(services: Services, config: Config, run_id: int, *, owner
             files = await services.amc.results.download(
                 amc_target(run, config), tokens, run.amc_execution_id, directory
             )
-        problem = await upload(services, run, lease, files, config, replace_loaded=True)
+        problem = await upload(services, PostgresRunStore(pool), run, lease, files, config, replace_loaded=True)
         if problem is not None:
             raise SnowflakeLoadError(problem.message, transient=False, step="retry-upload")
         loaded = True
