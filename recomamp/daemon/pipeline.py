@@ -187,6 +187,9 @@ class RunPipeline:
             )
         finally:
             services.metrics.run_left(run.amc_instance_id)
+            # The coroutine ends here, however it ends: with run_started, what says one process never held two
+            # coroutines of one run at once (a replica may run a run again later, after losing its lease).
+            log.debug("run_left")
 
     async def _record(self, run: RunRecord, lease: RunLease, decided: Finish | Release | Leave) -> RunOutcome:
         try:

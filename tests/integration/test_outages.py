@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import io
-import json
 import os
 import signal
 import socket
@@ -16,7 +14,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import structlog
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
@@ -24,13 +21,13 @@ from recomamp import wiring
 from recomamp.amazon import results
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
-from recomamp.logs import configure_logging
 from recomamp.sandbox.embedded import FakeSnowflake, start_fakesnow
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services.keys import rotate
 from recomamp.services.runs import retry_upload
 from recomamp.store.db import create_pool
 from recomamp.systemd import Notifier
+from recomamp.testing import LogCapture, capture_logs
 from recomamp.wiring import open_services
 from tests.conftest import ConfigWriter
 from tests.integration.conftest import OwnPostgres, migrated_database
@@ -81,17 +78,9 @@ async def notify_socket(tmp_path: Path) -> AsyncIterator[NotifySocket]:
 
 
 @pytest.fixture
-def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    stream = io.StringIO()
-    configure_logging("info", stream=stream)
-    yield stream
-    structlog.contextvars.clear_contextvars()
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, object]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == name]
+def log_stream() -> Iterator[LogCapture]:
+    with capture_logs() as captured:
+        yield captured
 
 
 async def statuses(dsn: str) -> list[str]:
@@ -108,7 +97,7 @@ async def test_a_database_outage_longer_than_the_watchdog_is_waited_out(
     box: SecretBox,
     write_config: ConfigWriter,
     notify_socket: NotifySocket,
-    log_stream: io.StringIO,
+    log_stream: LogCapture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dsn = await migrated_database(own_postgres.admin_dsn)
@@ -143,8 +132,8 @@ async def test_a_database_outage_longer_than_the_watchdog_is_waited_out(
         daemon.request_stop()
         assert await asyncio.wait_for(serving, 30) == 0
     assert simulator.calls["create_execution"] == 4  # one execution each, through it all
-    assert len(events(log_stream, "database_unreachable")) == 1  # one line per change of state
-    assert len(events(log_stream, "database_reachable_again")) >= 1
+    assert len(log_stream.events("database_unreachable")) == 1  # one line per change of state
+    assert len(log_stream.events("database_reachable_again")) >= 1
 
 
 async def _all(dsn: str, status: str, count: int) -> bool:
@@ -244,7 +233,7 @@ async def test_a_full_spool_disk_defers_with_where_and_how_much_room_and_downloa
     simulator: AmcSimulator,
     write_config: ConfigWriter,
     monkeypatch: pytest.MonkeyPatch,
-    log_stream: io.StringIO,
+    log_stream: LogCapture,
 ) -> None:
     tenant = await add_tenant(pool, box, simulator, "ada@example.com", "amcS")
     await add_due_schedule(pool, tenant, "spool")
@@ -265,7 +254,7 @@ async def test_a_full_spool_disk_defers_with_where_and_how_much_room_and_downloa
     finally:
         daemon.request_stop()
         assert await serving == 0
-    (deferred,) = events(log_stream, "run_deferred")
+    (deferred,) = log_stream.events("run_deferred")
     assert deferred["error_kind"] == "spool"
     assert f"disk full at {config.daemon.spool_dir}" in str(deferred["message"])
     assert "MB free)" in str(deferred["message"])

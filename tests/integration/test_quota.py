@@ -7,8 +7,6 @@ takes; and when AMC refuses one our count let through, the run waits for AMC's n
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -16,31 +14,22 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-import structlog
 
 from recomamp import wiring
 from recomamp.config import load_config
 from recomamp.crypto import SecretBox
 from recomamp.daemon.process import Daemon
-from recomamp.logs import configure_logging
 from recomamp.sandbox.simulator import AmcSimulator, Fault
 from recomamp.store import quota as quota_store
+from recomamp.testing import LogCapture, capture_logs
 from tests.conftest import ConfigWriter
 from tests.integration.world import add_due_schedule, add_tenant, wait_until, write_world_config
 
 
 @pytest.fixture
-def log_stream(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    stream = io.StringIO()
-    configure_logging("info", stream=stream)
-    yield stream
-    structlog.contextvars.clear_contextvars()
-
-
-def events(stream: io.StringIO, name: str) -> list[dict[str, object]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("event") == name]
+def log_stream() -> Iterator[LogCapture]:
+    with capture_logs() as captured:
+        yield captured
 
 
 async def serve_until_succeeded(daemon: Daemon, pool: asyncpg.Pool, count: int, what: str) -> None:
@@ -84,7 +73,7 @@ async def test_amc_refuses_while_our_count_says_free_and_the_run_waits_for_the_n
     box: SecretBox,
     simulator: AmcSimulator,
     write_config: ConfigWriter,
-    log_stream: io.StringIO,
+    log_stream: LogCapture,
 ) -> None:
     """Another tool used one of the instance's two slots: our count says 1 of 2 when AMC says 2 of 2."""
     window = 3.0
@@ -109,7 +98,7 @@ async def test_amc_refuses_while_our_count_says_free_and_the_run_waits_for_the_n
     assert len(created) == 2
     # The refused run went in once our first execution aged out of AMC's window: a window later, not an hour.
     assert window - 0.1 <= created[1] - created[0] <= window + 10
-    (corrected,) = events(log_stream, "amc_quota_count_corrected")
+    (corrected,) = log_stream.events("amc_quota_count_corrected")
     assert (corrected["local_used"], corrected["amc_used"], corrected["limit"]) == (1, 2, 2)
     assert corrected["wait_basis"] == "our_oldest_submission"
     # The refused POST gave its slot back: our count holds the two executions AMC created, no more.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -15,28 +14,20 @@ import structlog
 
 from recomamp.crypto import SecretBox
 from recomamp.domain.retry import TokenError
-from recomamp.logs import configure_logging
 from recomamp.sandbox.simulator import AmcSimulator, Fault
 from recomamp.services.tokens import set_refresh_token
+from recomamp.testing import LogCapture, capture_logs
 from tests.integration.conftest import add_user, make_token_service
 
 
 @pytest.fixture
-def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    stream = io.StringIO()
-    configure_logging("debug", stream=stream)
-    yield stream
-    structlog.contextvars.clear_contextvars()
-
-
-def _events(stream: io.StringIO, name: str) -> list[dict[str, object]]:
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    return [line for line in lines if line["event"] == name]
+def logs() -> Iterator[LogCapture]:
+    with capture_logs("debug") as captured:
+        yield captured
 
 
 async def test_a_first_use_refreshes_then_reuses_the_stored_token(
-    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: io.StringIO
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: LogCapture
 ) -> None:
     user_id = await add_user(pool, box, "ada@example.com", simulator.add_user("ada@example.com"))
     service = make_token_service(pool, http, simulator, box)
@@ -45,7 +36,7 @@ async def test_a_first_use_refreshes_then_reuses_the_stored_token(
     assert first == second
     assert first in simulator.access_tokens
     assert simulator.calls["lwa_token"] == 1
-    checks = _events(logs, "token_checked")
+    checks = logs.events("token_checked")
     assert [c["token_status"] for c in checks] == ["missing", "valid"]
     assert 3500 < int(checks[1]["token_seconds_left"]) <= 3600  # type: ignore[call-overload]
 
@@ -85,32 +76,32 @@ async def test_two_replicas_never_refresh_one_user_at_once(
 
 
 async def test_transient_lwa_failures_heal_with_attempts_logged(
-    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: io.StringIO
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: LogCapture
 ) -> None:
     user_id = await add_user(pool, box, "ada@example.com", simulator.add_user("ada@example.com"))
     simulator.add_faults("lwa_token", Fault.http(503), Fault.throttled(retry_after=0), user="ada@example.com")
     structlog.contextvars.bind_contextvars(run_id=77)
     await make_token_service(pool, http, simulator, box).access_token(user_id)
     assert simulator.calls["lwa_token"] == 3
-    failed = _events(logs, "token_refresh_attempt_failed")
+    failed = logs.events("token_refresh_attempt_failed")
     assert [(f["attempt"], f["http_status"], f["will_retry"]) for f in failed] == [(1, 503, True), (2, 429, True)]
     assert all(f["user_email"] == "ada@example.com" and f["run_id"] == 77 for f in failed)
 
 
 async def test_a_hanging_and_a_dropped_connection_are_retried(
-    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: io.StringIO
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: LogCapture
 ) -> None:
     user_id = await add_user(pool, box, "ada@example.com", simulator.add_user("ada@example.com"))
     simulator.add_faults("lwa_token", Fault.hang(5), Fault.dropped(), user="ada@example.com")
     service = make_token_service(pool, http, simulator, box, timeout=0.3)
     await service.access_token(user_id)
-    failed = _events(logs, "token_refresh_attempt_failed")
+    failed = logs.events("token_refresh_attempt_failed")
     assert [f["exception_class"] for f in failed] == ["TimeoutError", "ServerDisconnectedError"]
     assert simulator.calls["lwa_token"] == 3
 
 
 async def test_a_revoked_token_marks_the_user_and_later_runs_fail_fast(
-    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: io.StringIO
+    pool: asyncpg.Pool, http: aiohttp.ClientSession, simulator: AmcSimulator, box: SecretBox, logs: LogCapture
 ) -> None:
     user_id = await add_user(pool, box, "bob@example.com", simulator.add_user("bob@example.com"))
     simulator.revoke("bob@example.com")

@@ -20,6 +20,7 @@ from recomamp.sandbox.embedded import FakeSnowflake
 from recomamp.sandbox.seed import add_sandbox_user
 from recomamp.sandbox.simulator import AmcSimulator
 from recomamp.services import schedules
+from recomamp.store import schedules as schedule_store
 from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
 from tests.conftest import ConfigWriter
 
@@ -122,11 +123,7 @@ async def add_due_schedule(
             now,
         )
         # Due now (or overdue): as if the daemon had been down.
-        await connection.execute(
-            "UPDATE workflow_schedules SET next_run_at = $2 WHERE id = $1",
-            schedule_id,
-            now - timedelta(days=overdue_days, minutes=5),
-        )
+        await schedule_store.make_due(connection, schedule_id, now - timedelta(days=overdue_days, minutes=5))
     return schedule_id
 
 
