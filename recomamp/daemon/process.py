@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
@@ -113,9 +114,10 @@ def spool_problem(spool_dir: Path) -> str | None:
     """Whether results can be written where they are kept: found at start, not by every run's download."""
     try:
         spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe = spool_dir / f".write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A unique name: replicas in one process (tests, an embedded fleet) check one spool at the same time,
+        # and a name from the pid alone let one's unlink remove the file another was about to remove.
+        with tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".write-check-"):
+            pass
     except OSError as exc:
         return (
             f"[daemon] spool_dir {spool_dir} cannot be written ({exc.strerror or exc}): set a directory the daemon "
