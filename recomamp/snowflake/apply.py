@@ -198,25 +198,7 @@ class RunTransaction:
             log.warning("snowflake_rollback_failed", exception_class=type(rollback_error).__name__)
 
     def _abort_stale_claims(self, only: int | None = None) -> int:
-        try:
-            rows = _rows_as_dicts(self._execute("show", "SHOW TRANSACTIONS"))
-        except Exception as exc:  # without it, Snowflake's own abort of a detached transaction still comes
-            log.warning("snowflake_show_transactions_failed", exception_class=type(exc).__name__)
-            return 0
-        aborted = 0
-        for transaction_id, name in stale_claims(rows, self._run_id, self._claim):
-            if only is not None and transaction_id != only:
-                continue
-            log.warning(
-                "snowflake_stale_claim_aborted",
-                transaction=name,
-                transaction_id=transaction_id,
-                detail="an earlier claim of this run left its load transaction open (its process died or "
-                "stalled after losing the run): ended, so its locks go now",
-            )
-            self._execute("select", f"SELECT SYSTEM$ABORT_TRANSACTION({transaction_id})")
-            aborted += 1
-        return aborted
+        return abort_stale_claims(self._execute, self._run_id, self._claim, only=only)
 
     def _abort_holder_if_stale(self, exc: BaseException) -> bool:
         """A lock error names the holding transaction: end it only if it is an earlier claim of this run."""
@@ -224,6 +206,29 @@ class RunTransaction:
         if match is None or self._claim <= 1:
             return False
         return self._abort_stale_claims(only=int(match.group(1))) > 0
+
+
+def abort_stale_claims(execute: Execute, run_id: int, claim: int, *, only: int | None = None) -> int:
+    """End the open load transactions of this run's earlier claims (only the one with id `only`, if given)."""
+    try:
+        rows = _rows_as_dicts(execute("show", "SHOW TRANSACTIONS"))
+    except Exception as exc:  # without it, Snowflake's own abort of a detached transaction still comes
+        log.warning("snowflake_show_transactions_failed", exception_class=type(exc).__name__)
+        return 0
+    aborted = 0
+    for transaction_id, name in stale_claims(rows, run_id, claim):
+        if only is not None and transaction_id != only:
+            continue
+        log.warning(
+            "snowflake_stale_claim_aborted",
+            transaction=name,
+            transaction_id=transaction_id,
+            detail="an earlier claim of this run left its load transaction open (its process died or "
+            "stalled after losing the run): ended, so its locks go now",
+        )
+        execute("select", f"SELECT SYSTEM$ABORT_TRANSACTION({transaction_id})")
+        aborted += 1
+    return aborted
 
 
 def _busy_waits() -> Iterator[float]:

@@ -24,6 +24,7 @@ A transient failure starts the whole load again on a fresh connection, with new 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ from recomamp.snowflake.apply import (
     LoadSuperseded,
     RunTransaction,
     RunWrite,
+    abort_stale_claims,
     check_copy,
 )
 from recomamp.snowflake.errors import STATEMENT_TIMEOUT, SnowflakeLoadError, classify, is_missing_object
@@ -342,6 +344,23 @@ class Loader:
                 failure = classify(exc)
                 raise SnowflakeLoadError(failure.message, transient=failure.transient, step=step[0]) from exc
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def end_stale_claims(self, run_id: int, claim: int) -> int:
+        """An adopted run's first act, before it waits for a load thread: end what its earlier claims left open.
+
+        A dead claim's transaction holds its table's lock; loads of other runs into that table wait on it, and
+        may hold every load thread while they do. Were this only done inside the adopter's own load, the
+        adopter would wait for a thread behind the very loads its stale claim blocks, until Snowflake aborts
+        the detached transaction itself (5 idle minutes while it blocks someone)."""
+        connection = self._connect()
+        try:
+            cursor = connection.cursor()
+            return abort_stale_claims(functools.partial(self._run, cursor), run_id, claim)
+        finally:
+            try:
+                connection.close()
+            except Exception as exc:  # nothing was open on this session
+                log.warning("snowflake_close_failed", exception_class=type(exc).__name__)
 
     def _attempts(self, step: list[str]) -> Retrying:
         def retryable(exc: BaseException) -> bool:

@@ -40,6 +40,8 @@ from recomamp.snowflake.staging import configure_arrow_memory
 log = get_logger(__name__)
 
 FENCE_TIMEOUT_SECONDS = 60.0
+# An adopted run's look for what its earlier claims left open: a login and two statements.
+STALE_CLAIM_CHECK_SECONDS = 120.0
 
 
 class LoadTimedOut(Exception):
@@ -130,6 +132,9 @@ class SnowflakeSink:
             cancelled=stop.is_set,
         )
         deadline = deadline_seconds if deadline_seconds is not None else settings.load_timeout_seconds
+        if metadata.claim > 1:
+            # Before the wait for a thread, which may be held by loads that this run's dead claim blocks.
+            await self._end_stale_claims(loader, metadata, min(deadline, STALE_CLAIM_CHECK_SECONDS))
         async with self._slots:
             if started is not None:
                 await started()
@@ -170,6 +175,22 @@ class SnowflakeSink:
             except asyncio.CancelledError:
                 stop.set()
                 raise
+
+    async def _end_stale_claims(self, loader: Loader, metadata: RunMetadata, deadline: float) -> None:
+        """On a thread of its own, not one of the load threads; a failure here leaves it to the load itself."""
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(
+                    contextvars.copy_context().run, loader.end_stale_claims, metadata.run_id, metadata.claim
+                ),
+                deadline,
+            )
+        except Exception as exc:  # the load's own transaction looks again, and Snowflake aborts them in the end
+            log.warning(
+                "snowflake_stale_claim_check_failed",
+                exception_class=type(exc).__name__,
+                detail="the load goes on; its transaction ends what an earlier claim left open when it starts",
+            )
 
     async def close(self, wait_seconds: float) -> int:
         """Wait up to `wait_seconds` for loads still running; returns how many are left (their threads die with us)."""

@@ -238,6 +238,49 @@ async def test_a_killed_claim_blocks_only_its_own_table_and_its_adopter_ends_it(
     await dead.close(5)
 
 
+async def test_an_adopter_ends_its_dead_claim_even_when_every_load_thread_waits_on_that_claim(
+    emulator: FakeSnowflake, spec: SnowflakeConnectionSpec, tmp_path: Path
+) -> None:
+    """A load of another run into the dead claim's table takes the only load thread and waits on its lock. The
+    adopter ends the dead claim before it waits for a thread: had it waited first, both would sit until
+    Snowflake aborts the detached transaction (5 idle minutes while it blocks), as in a kill storm."""
+    query(spec, "SELECT 1")  # connecting creates the database on the emulator
+    files = csv(tmp_path, ROWS)
+    held, thawed = asyncio.Event(), asyncio.Event()
+
+    async def dies_before_commit() -> None:
+        held.set()
+        await thawed.wait()
+
+    dead = SnowflakeSink(SETTINGS, RETRY)
+    one_thread = SnowflakeSink(SETTINGS.model_copy(update={"thread_pool_size": 1}), RETRY)
+    crowded = LoadTarget(spec.database, "AMC", "crowded")
+    dying = asyncio.create_task(dead.load(spec, crowded, metadata(420), files, fence=dies_before_commit))
+    await asyncio.wait_for(held.wait(), 30)
+    neighbour = asyncio.create_task(
+        one_thread.load(spec, crowded, replace(metadata(421, execution="exec-421"), schedule_id=8), files)
+    )
+
+    async def neighbour_waits_on_the_lock() -> None:
+        while not any(t["name"] == "RECOMAMP_R421_C1" and t["busy"] for t in emulator.transactions()):
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(neighbour_waits_on_the_lock(), 30)
+    adopted, landed = await asyncio.wait_for(
+        asyncio.gather(one_thread.load(spec, crowded, replace(metadata(420), claim=2), files), neighbour), 60
+    )
+    assert (adopted.rows, landed.rows) == (3, 3)
+    assert query(spec, f"SELECT recomamp_run_id, COUNT(*) FROM {spec.database}.AMC.CROWDED GROUP BY 1 ORDER BY 1") == [
+        (420, 3),
+        (421, 3),
+    ]
+    thawed.set()
+    with pytest.raises(LoadSuperseded):
+        await asyncio.wait_for(dying, 60)
+    await one_thread.close(5)
+    await dead.close(5)
+
+
 async def test_a_load_into_an_unchanged_table_sends_at_most_eight_statements_and_no_warehouse_metadata(
     emulator: FakeSnowflake, spec: SnowflakeConnectionSpec, tmp_path: Path
 ) -> None:
