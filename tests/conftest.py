@@ -8,9 +8,12 @@ A migrated template database is built once per session; each test gets a fresh c
 from __future__ import annotations
 
 import asyncio
+import atexit
 import inspect
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -91,11 +94,17 @@ async def _admin_execute(admin_dsn: str, *statements: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+def pg_admin_dsn() -> str:
     dsn = os.environ.get("RECOMAMP_TEST_DSN")
     if dsn:
         return dsn
-    return start_postgres(tmp_path_factory.mktemp("pgdata"))
+    # Not under pytest's basetemp: as root, pgserver runs Postgres as the user `pgserver`, which must traverse
+    # the data directory's parents, and every pytest session that starts resets /tmp/pytest-of-root to 0700
+    # (seen: a second `pytest` beside `make test` made this server PANIC on pg_control, then every test err).
+    data = Path(tempfile.mkdtemp(prefix="recomamp-test-pg-"))
+    # Registered before pgserver's own exit hook, so it runs after that hook has stopped the server.
+    atexit.register(shutil.rmtree, data, ignore_errors=True)
+    return start_postgres(data / "pgdata")
 
 
 @pytest.fixture(scope="session")

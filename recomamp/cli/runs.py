@@ -91,6 +91,28 @@ def step_durations(row: dict[str, Any]) -> dict[str, float | None]:
     return durations
 
 
+def _target_text(row: dict[str, Any]) -> str:
+    target = ""
+    if row["target_enabled"]:
+        target = ".".join(part for part in (row["target_schema_name"], row["target_table_name"]) if part)
+        if row["target_key_columns"]:
+            target += f" (merge on {', '.join(row['target_key_columns'])})"
+    return target or "off (this run does not load into Snowflake)"
+
+
+def _times(row: dict[str, Any]) -> list[str]:
+    """When each step began (UTC), and how long each took."""
+    durations = step_durations(row)
+    times: dict[str, str | None] = {"created": when(row["created_at"], seconds=True)}
+    for name, start, _end in STEPS[1:]:
+        if row.get(start) is not None:
+            times[f"{name} from"] = when(row[start], seconds=True)
+    times["finished"] = when(row["finished_at"], seconds=True) if row["finished_at"] else None
+    return section("times (UTC)", times) + section(
+        "step durations", {name: duration(seconds) for name, seconds in durations.items() if seconds is not None}
+    )
+
+
 def render_run(row: dict[str, Any]) -> str:
     """One run, grouped: what it is, what it sent, AMC, Snowflake, the kept result, each step's time."""
     timezone = row["window_timezone"]
@@ -99,11 +121,6 @@ def render_run(row: dict[str, Any]) -> str:
         if row["query_workflow_id"]
         else {}
     )
-    target = None
-    if row["target_enabled"]:
-        target = ".".join(part for part in (row["target_schema_name"], row["target_table_name"]) if part)
-        if row["target_key_columns"]:
-            target += f" (merge on {', '.join(row['target_key_columns'])})"
     lines = [
         *section(
             f"run {row['id']}",
@@ -146,7 +163,7 @@ def render_run(row: dict[str, Any]) -> str:
     lines += section(
         "Snowflake",
         {
-            "target": target or "off (this run does not load into Snowflake)",
+            "target": _target_text(row),
             "status": row["snowflake_status"],
             "table": row["snowflake_table"],
             "rows loaded": row["snowflake_rows"],
@@ -161,16 +178,7 @@ def render_run(row: dict[str, Any]) -> str:
             "kept until": when(row["results_kept_until"], seconds=True) if row["results_kept_until"] else None,
         },
     )
-    durations = step_durations(row)
-    times: dict[str, str | None] = {"created": when(row["created_at"], seconds=True)}
-    for name, start, _end in STEPS[1:]:
-        if row.get(start) is not None:
-            times[f"{name} from"] = when(row[start], seconds=True)
-    times["finished"] = when(row["finished_at"], seconds=True) if row["finished_at"] else None
-    lines += section("times (UTC)", times)
-    lines += section(
-        "step durations", {name: duration(seconds) for name, seconds in durations.items() if seconds is not None}
-    )
+    lines += _times(row)
     if row["query_sql"]:
         lines += ["SQL", *("  " + line for line in str(row["query_sql"]).splitlines())]
     return "\n".join(lines)

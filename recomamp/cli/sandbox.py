@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 from recomamp.cli.common import EXIT_OK, add_command, bounded_int
+from recomamp.cli.output import Column, table
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -41,8 +43,23 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from recomamp.sandbox.demo import run_demo
 
-    code: int = run_demo(Path(args.workdir))
+    code: int = run_demo(Path(args.workdir), show_demo_runs)
     return code
+
+
+def show_demo_runs(runs: list[dict[str, Any]]) -> None:
+    table(
+        runs,
+        [
+            Column("id", "RUN"),
+            Column("email", "USER"),
+            Column("name", "SCHEDULE"),
+            Column("status"),
+            Column("attempt"),
+            Column("lwa_calls", "LWA CALLS"),
+            Column("snowflake_rows", "ROWS IN SNOWFLAKE"),
+        ],
+    )
 
 
 def cmd_standalone(args: argparse.Namespace) -> int:

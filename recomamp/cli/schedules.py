@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recomamp.cli.common import (
     EXIT_OK,
@@ -22,6 +22,9 @@ from recomamp.cli.common import (
 )
 from recomamp.cli.output import Column, print_json, section, table, when, window_text
 from recomamp.domain.models import AMC_RETENTION_DAYS
+
+if TYPE_CHECKING:
+    from recomamp.domain.models import ScheduleCreateCustom, ScheduleCreatePreset
 
 # The model's field → the flag a person types, so that every error names the flag.
 FLAGS = {
@@ -289,21 +292,29 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
         raise UsageError(flag_message(str(exc))) from None
 
 
+def _create_model(args: argparse.Namespace) -> ScheduleCreatePreset | ScheduleCreateCustom:
+    """The schedule `create` asks for, validated before the database is opened: a cron means a custom one."""
+    from recomamp.domain.models import ScheduleCreateCustom, ScheduleCreatePreset
+
+    fields = _schedule_fields(args)
+    fields.update(user_email=args.user, instance_id=args.instance)
+    if args.preset == "custom" or (args.preset is None and args.cron):
+        fields.pop("time_of_day", None)
+        custom: ScheduleCreateCustom = _model(ScheduleCreateCustom, fields)
+        return custom
+    if args.cron:
+        raise UsageError(f"--cron: a {args.preset} schedule has no cron expression; use --preset custom")
+    preset: ScheduleCreatePreset = _model(ScheduleCreatePreset, {"preset": args.preset or "daily", **fields})
+    return preset
+
+
 async def _schedules(args: argparse.Namespace) -> int:
-    from recomamp.domain.models import ScheduleCreateCustom, ScheduleCreatePreset, ScheduleUpdate
+    from recomamp.domain.models import ScheduleUpdate
     from recomamp.services import schedules as service
 
     command = args.schedules_command
     if command == "create":
-        fields = _schedule_fields(args)
-        fields.update(user_email=args.user, instance_id=args.instance)
-        if args.preset == "custom" or (args.preset is None and args.cron):
-            fields.pop("time_of_day", None)
-            model: ScheduleCreatePreset | ScheduleCreateCustom = _model(ScheduleCreateCustom, fields)
-        else:
-            if args.cron:
-                raise UsageError(f"--cron: a {args.preset} schedule has no cron expression; use --preset custom")
-            model = _model(ScheduleCreatePreset, {"preset": args.preset or "daily", **fields})
+        model = _create_model(args)
     elif command == "update":
         update = _model(ScheduleUpdate, _schedule_fields(args))
     async with database(args) as (_, connection):
@@ -345,37 +356,43 @@ async def _schedules(args: argparse.Namespace) -> int:
             else:
                 print(f"schedule {schedule_id} paused; `recomamp schedules resume {schedule_id}` starts it again")
         elif command == "run-now":
-            schedule = (await service.get(connection, schedule_id)).model_dump()
-            queued = await service.run_now(connection, schedule_id, now(), window_start=args.window_start)
-            window = queued.window
-            if args.json:
-                print_json(
-                    {
-                        "run_id": queued.run_id,
-                        "schedule_id": schedule_id,
-                        "window_start": window.start_local.date(),
-                        "window_end": window.end_local.date(),
-                        "timezone": window.timezone,
-                        "schedule_state": state_text(schedule),
-                    }
-                )
-            else:
-                print(
-                    f"run {queued.run_id} queued for the window "
-                    f"{window_text(window.start_local, window.end_local, window.timezone)} {window.timezone}; "
-                    f"a running daemon picks it up at once (`recomamp runs show {queued.run_id}`)"
-                )
-                if not schedule["is_active"]:
-                    print(
-                        f"note: schedule {schedule_id} is paused: this one run goes ahead, its scheduled fires do "
-                        f"not (`recomamp schedules resume {schedule_id}`)"
-                    )
+            await _run_now(connection, schedule_id, args)
         elif command == "preview":
             schedule = (await service.get(connection, schedule_id)).model_dump()
             await _preview(connection, args, paused=not schedule["is_active"])
         elif command == "delete":
             return await _delete(connection, args)
     return EXIT_OK
+
+
+async def _run_now(connection: Any, schedule_id: int, args: argparse.Namespace) -> None:
+    from recomamp.services import schedules as service
+
+    schedule = (await service.get(connection, schedule_id)).model_dump()
+    queued = await service.run_now(connection, schedule_id, now(), window_start=args.window_start)
+    window = queued.window
+    if args.json:
+        print_json(
+            {
+                "run_id": queued.run_id,
+                "schedule_id": schedule_id,
+                "window_start": window.start_local.date(),
+                "window_end": window.end_local.date(),
+                "timezone": window.timezone,
+                "schedule_state": state_text(schedule),
+            }
+        )
+    else:
+        print(
+            f"run {queued.run_id} queued for the window "
+            f"{window_text(window.start_local, window.end_local, window.timezone)} {window.timezone}; "
+            f"a running daemon picks it up at once (`recomamp runs show {queued.run_id}`)"
+        )
+        if not schedule["is_active"]:
+            print(
+                f"note: schedule {schedule_id} is paused: this one run goes ahead, its scheduled fires do "
+                f"not (`recomamp schedules resume {schedule_id}`)"
+            )
 
 
 async def _preview(connection: Any, args: argparse.Namespace, *, paused: bool) -> None:

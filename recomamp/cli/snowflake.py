@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING, Any
 
 from recomamp.cli.common import (
     EXIT_FAILURE,
@@ -19,63 +20,65 @@ from recomamp.cli.common import (
 )
 from recomamp.cli.output import fields, print_json
 
+if TYPE_CHECKING:
+    from recomamp.config import Config
 
-@async_handler
-async def cmd_snowflake(args: argparse.Namespace) -> int:
+
+async def _set(connection: Any, config: Config, user_id: int, args: argparse.Namespace) -> int:
+    """`snowflake set`: the secrets read and the private key checked before anything is saved."""
     from recomamp.domain.identifiers import validate_identifier
     from recomamp.services import snowflake_configs
     from recomamp.services.snowflake_configs import SnowflakeConfigInput
+    from recomamp.snowflake.connection import BadPrivateKey, private_key_der
+
+    validate_identifier(args.database, "database")
+    validate_identifier(args.schema, "schema")
+    if (args.password_file is None) == (args.private_key_file is None):
+        raise UsageError("auth: give exactly one of --password-file and --private-key-file")
+    password = read_secret(args.password_file, "password", "--password-file") if args.password_file else None
+    pem = read_secret(args.private_key_file, "private key", "--private-key-file") if args.private_key_file else None
+    passphrase = read_secret(args.passphrase_file, "passphrase", "--passphrase-file") if args.passphrase_file else None
+    if pem is not None:
+        try:
+            private_key_der(pem, passphrase)
+        except BadPrivateKey as exc:
+            raise UsageError(f"--private-key-file: {exc}") from None
+    await snowflake_configs.save(
+        connection,
+        config,
+        user_id,
+        SnowflakeConfigInput(
+            account=args.account,
+            username=args.login,
+            database=args.database,
+            default_schema=args.schema,
+            warehouse=args.warehouse,
+            role=args.role,
+            password=password,
+            private_key_pem=pem,
+            private_key_passphrase=passphrase,
+            host=args.host,
+            port=args.port,
+            protocol=args.protocol,
+        ),
+    )
+    if args.json:
+        print_json({"email": args.email, "saved": True})
+    else:
+        print(f"Snowflake configuration saved for {args.email}; check it with `recomamp snowflake test {args.email}`")
+    return EXIT_OK
+
+
+@async_handler
+async def cmd_snowflake(args: argparse.Namespace) -> int:
+    from recomamp.services import snowflake_configs
     from recomamp.services.users import user_id as user_id_of
-    from recomamp.snowflake.connection import BadPrivateKey, private_key_der, server_version
+    from recomamp.snowflake.connection import server_version
 
     async with database(args) as (config, connection):
         user_id = await user_id_of(connection, args.email)
         if args.snowflake_command == "set":
-            validate_identifier(args.database, "database")
-            validate_identifier(args.schema, "schema")
-            if (args.password_file is None) == (args.private_key_file is None):
-                raise UsageError("auth: give exactly one of --password-file and --private-key-file")
-            password = read_secret(args.password_file, "password", "--password-file") if args.password_file else None
-            pem = (
-                read_secret(args.private_key_file, "private key", "--private-key-file")
-                if args.private_key_file
-                else None
-            )
-            passphrase = (
-                read_secret(args.passphrase_file, "passphrase", "--passphrase-file") if args.passphrase_file else None
-            )
-            if pem is not None:
-                try:
-                    private_key_der(pem, passphrase)
-                except BadPrivateKey as exc:
-                    raise UsageError(f"--private-key-file: {exc}") from None
-            await snowflake_configs.save(
-                connection,
-                config,
-                user_id,
-                SnowflakeConfigInput(
-                    account=args.account,
-                    username=args.login,
-                    database=args.database,
-                    default_schema=args.schema,
-                    warehouse=args.warehouse,
-                    role=args.role,
-                    password=password,
-                    private_key_pem=pem,
-                    private_key_passphrase=passphrase,
-                    host=args.host,
-                    port=args.port,
-                    protocol=args.protocol,
-                ),
-            )
-            if args.json:
-                print_json({"email": args.email, "saved": True})
-            else:
-                print(
-                    f"Snowflake configuration saved for {args.email}; "
-                    f"check it with `recomamp snowflake test {args.email}`"
-                )
-            return EXIT_OK
+            return await _set(connection, config, user_id, args)
         row = await snowflake_configs.stored(connection, user_id)
         if row is None:
             raise UsageError(

@@ -997,7 +997,6 @@ def diff(fleet: Fleet, stored: Stored, *, prune: bool) -> list[Change]:
     """What apply does to make the database say what the fleet says, grouped by user in the file's order.
     Users, instances and Snowflake targets are created or changed, never removed (that is a person's call);
     with `prune`, the live schedules of the file's users that the file does not name are archived."""
-    changes: list[Change] = []
     by_user: dict[str, list[Change]] = {_key(u.email): [] for u in fleet.users}
     for user in fleet.users:
         existing = stored.users.get(_key(user.email))
@@ -1012,27 +1011,9 @@ def diff(fleet: Fleet, stored: Stored, *, prune: bool) -> list[Change]:
                 )
             )
     for target in fleet.snowflake:
-        current = stored.snowflake.get(_key(target.user))
-        new_fields = dict(target.fields)
-        if current is None:
-            fields = [FieldChange(k, None, v) for k, v in new_fields.items() if v is not None]
-            fields += [FieldChange(k, None, ref, secret=False) for k, ref in target.references.items()]
-            by_user[_key(target.user)].append(Change("+", "snowflake", target.user, "snowflake", fields))
-            continue
-        fields = _field_changes(current.fields, new_fields, new_fields)
-        notes: list[str] = []
-        for key in SECRET_KEYS:
-            old_ref = (current.references or {}).get(key)
-            new_ref = target.references.get(key)
-            if current.references is None and new_ref is not None:
-                fields.append(FieldChange(key, "(stored by `snowflake set`, no reference)", new_ref))
-            elif old_ref != new_ref:
-                fields.append(FieldChange(key, old_ref, new_ref))
-            elif new_ref is not None and current.secrets.get(key) != fleet.secrets.get((_key(target.user), key)):
-                fields.append(FieldChange(key, "(secret)", "(secret)", secret=True))
-                notes.append(f"{key}: the secret behind {_ref_text(new_ref)} changed; apply stores the new one")
-        if fields:
-            by_user[_key(target.user)].append(Change("~", "snowflake", target.user, "snowflake", fields, notes))
+        snowflake_change = _snowflake_change(fleet, target, stored.snowflake.get(_key(target.user)))
+        if snowflake_change is not None:
+            by_user[_key(target.user)].append(snowflake_change)
     for instance in fleet.instances:
         current_instance = stored.instances.get((_key(instance.user), instance.instance_id))
         if current_instance is None:
@@ -1052,60 +1033,9 @@ def diff(fleet: Fleet, stored: Stored, *, prune: bool) -> list[Change]:
     for schedule in fleet.schedules:
         skey = (_key(schedule.user), schedule.name)
         named.add(skey)
-        found = stored.schedules.get(skey, [])
-        new = schedule.fields
-        table = (_key(schedule.user), (new["snowflake.schema"] or "").upper(), (new["snowflake.table"] or "").upper())
-        new_table_note = (
-            f"a new Snowflake table: {new['snowflake.schema'] + '.' if new['snowflake.schema'] else ''}"
-            f"{new['snowflake.table']} (created by its first load)"
-        )
-        if len(found) > 1:
-            ids = ", ".join(str(s.id) for s in found)
-            change = Change("~", "schedule", schedule.user, schedule.name, [])
-            change.refused = (
-                f"{schedule.user} has {len(found)} live schedules named {schedule.name!r} (ids {ids}); the name is "
-                "the fleet's key: rename all but one with `recomamp schedules update ID --name …`"
-            )
-            by_user[skey[0]].append(change)
-            continue
-        if not found:
-            fields = [FieldChange(k, None, new[k]) for k in SCHEDULE_KEYS if new[k] not in (None, {}, False)]
-            change = Change("+", "schedule", schedule.user, schedule.name, fields)
-            if new["paused"]:
-                change.notes.append("created paused: it does not fire until paused = false")
-            if new["snowflake.table"] and table not in tables_in_use:
-                change.notes.append(new_table_note)
-            by_user[skey[0]].append(change)
-            continue
-        current_schedule = found[0]
-        fields = _field_changes(current_schedule.fields, new, SCHEDULE_KEYS)
-        if not fields:
-            continue
-        change = Change("~", "schedule", schedule.user, schedule.name, fields, schedule_id=current_schedule.id)
-        changed = {f.key for f in fields}
-        for key, what in FIXED_KEYS.items():
-            if key in changed:
-                change.refused = (
-                    f"{key}: a schedule cannot move to {what} in place (its runs and windows belong to the old "
-                    f"one); give it a new name, and remove the old one with --prune (its history is kept)"
-                )
-        if changed & GRID_KEYS:
-            change.notes.append(
-                f"moves the grid ({', '.join(sorted(changed & GRID_KEYS))}): the next fire is computed again"
-            )
-        if "paused" in changed:
-            if new["paused"]:
-                change.notes.append("pauses it: no new runs; a run in flight finishes")
-            else:
-                reason = f" (paused: {current_schedule.paused_reason})" if current_schedule.paused_reason else ""
-                change.notes.append(f"resumes it{reason} from its next fire; missed fires are not owed (backfill them)")
-        if "sql" in changed or "workflow_id" in changed or "parameters" in changed:
-            change.notes.append("later runs send the new query; runs already created keep theirs")
-        if changed & {"snowflake.table", "snowflake.schema"} and new["snowflake.table"] and table not in tables_in_use:
-            change.notes.append(new_table_note)
-        if "snowflake.key_columns" in changed and new["snowflake.key_columns"]:
-            change.notes.append(f"later loads MERGE on {', '.join(new['snowflake.key_columns'])}")
-        by_user[skey[0]].append(change)
+        schedule_change = _schedule_change(schedule, stored.schedules.get(skey, []), tables_in_use)
+        if schedule_change is not None:
+            by_user[skey[0]].append(schedule_change)
     if prune:
         for (email, name), found in stored.schedules.items():
             if email in by_user and (email, name) not in named:
@@ -1115,9 +1045,90 @@ def diff(fleet: Fleet, stored: Stored, *, prune: bool) -> list[Change]:
                     change.notes.append("archived: its runs are kept, a run in flight finishes, it fires no more")
                     by_user[email].append(change)
     order = {"user": 0, "snowflake": 1, "instance": 2, "schedule": 3}
+    changes: list[Change] = []
     for email in by_user:
         changes += sorted(by_user[email], key=lambda c: (order[c.kind], c.op == "-"))
     return changes
+
+
+def _snowflake_change(fleet: Fleet, target: DesiredSnowflake, current: StoredSnowflake | None) -> Change | None:
+    """A user's Snowflake target: created, or its changed fields; a secret is compared behind its reference."""
+    new_fields = dict(target.fields)
+    if current is None:
+        fields = [FieldChange(k, None, v) for k, v in new_fields.items() if v is not None]
+        fields += [FieldChange(k, None, ref, secret=False) for k, ref in target.references.items()]
+        return Change("+", "snowflake", target.user, "snowflake", fields)
+    fields = _field_changes(current.fields, new_fields, new_fields)
+    notes: list[str] = []
+    for key in SECRET_KEYS:
+        old_ref = (current.references or {}).get(key)
+        new_ref = target.references.get(key)
+        if current.references is None and new_ref is not None:
+            fields.append(FieldChange(key, "(stored by `snowflake set`, no reference)", new_ref))
+        elif old_ref != new_ref:
+            fields.append(FieldChange(key, old_ref, new_ref))
+        elif new_ref is not None and current.secrets.get(key) != fleet.secrets.get((_key(target.user), key)):
+            fields.append(FieldChange(key, "(secret)", "(secret)", secret=True))
+            notes.append(f"{key}: the secret behind {_ref_text(new_ref)} changed; apply stores the new one")
+    return Change("~", "snowflake", target.user, "snowflake", fields, notes) if fields else None
+
+
+def _schedule_change(
+    schedule: DesiredSchedule, found: list[StoredSchedule], tables_in_use: set[tuple[str, str, str]]
+) -> Change | None:
+    """One schedule of the file against the live ones of its name: created, changed (with what the change
+    implies, or why it is refused), or nothing to do."""
+    new = schedule.fields
+    table = (_key(schedule.user), (new["snowflake.schema"] or "").upper(), (new["snowflake.table"] or "").upper())
+    new_table_note = (
+        f"a new Snowflake table: {new['snowflake.schema'] + '.' if new['snowflake.schema'] else ''}"
+        f"{new['snowflake.table']} (created by its first load)"
+    )
+    if len(found) > 1:
+        ids = ", ".join(str(s.id) for s in found)
+        change = Change("~", "schedule", schedule.user, schedule.name, [])
+        change.refused = (
+            f"{schedule.user} has {len(found)} live schedules named {schedule.name!r} (ids {ids}); the name is "
+            "the fleet's key: rename all but one with `recomamp schedules update ID --name …`"
+        )
+        return change
+    if not found:
+        fields = [FieldChange(k, None, new[k]) for k in SCHEDULE_KEYS if new[k] not in (None, {}, False)]
+        change = Change("+", "schedule", schedule.user, schedule.name, fields)
+        if new["paused"]:
+            change.notes.append("created paused: it does not fire until paused = false")
+        if new["snowflake.table"] and table not in tables_in_use:
+            change.notes.append(new_table_note)
+        return change
+    current_schedule = found[0]
+    fields = _field_changes(current_schedule.fields, new, SCHEDULE_KEYS)
+    if not fields:
+        return None
+    change = Change("~", "schedule", schedule.user, schedule.name, fields, schedule_id=current_schedule.id)
+    changed = {f.key for f in fields}
+    for key, what in FIXED_KEYS.items():
+        if key in changed:
+            change.refused = (
+                f"{key}: a schedule cannot move to {what} in place (its runs and windows belong to the old "
+                f"one); give it a new name, and remove the old one with --prune (its history is kept)"
+            )
+    if changed & GRID_KEYS:
+        change.notes.append(
+            f"moves the grid ({', '.join(sorted(changed & GRID_KEYS))}): the next fire is computed again"
+        )
+    if "paused" in changed:
+        if new["paused"]:
+            change.notes.append("pauses it: no new runs; a run in flight finishes")
+        else:
+            reason = f" (paused: {current_schedule.paused_reason})" if current_schedule.paused_reason else ""
+            change.notes.append(f"resumes it{reason} from its next fire; missed fires are not owed (backfill them)")
+    if "sql" in changed or "workflow_id" in changed or "parameters" in changed:
+        change.notes.append("later runs send the new query; runs already created keep theirs")
+    if changed & {"snowflake.table", "snowflake.schema"} and new["snowflake.table"] and table not in tables_in_use:
+        change.notes.append(new_table_note)
+    if "snowflake.key_columns" in changed and new["snowflake.key_columns"]:
+        change.notes.append(f"later loads MERGE on {', '.join(new['snowflake.key_columns'])}")
+    return change
 
 
 def _ref_text(reference: dict[str, str]) -> str:

@@ -52,6 +52,8 @@ class FreshnessFacts(Protocol):
 
 class Metrics:
     def __init__(self) -> None:
+        """Every series the daemon exports, declared here and nowhere else: long because it is the list, and a
+        list read top to bottom is where an operator looks up what a series means."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         Info("recomamp_build", "recomamp's version", registry=r).info({"version": __version__})

@@ -14,6 +14,7 @@ import os
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,6 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from recomamp.cli.output import Column
-from recomamp.cli.output import table as print_table
 from recomamp.crypto import SecretBox, generate_key
 from recomamp.domain.models import ScheduleCreatePreset
 from recomamp.sandbox.embedded import FakeSnowflake, recreate_database, start_fakesnow, start_postgres
@@ -38,6 +37,8 @@ from recomamp.store.snowflake_configs import SnowflakeConfigInput, save_config
 DEMO_DATABASE = "recomamp_demo"
 DEMO_SQL = "SELECT event_date, campaign_id, SUM(impressions) FROM sponsored_ads_traffic GROUP BY 1, 2"
 SNOWFLAKE_DATABASE = "ANALYTICS"
+# Prints the demo's runs (each with `lwa_calls` added) as a table.
+ShowRuns = Callable[[list[dict[str, Any]]], None]
 
 USERS = (
     ("ada@example.com", "healthy", "amc-ada-1"),
@@ -333,20 +334,11 @@ async def _runs(dsn: str) -> list[dict[str, Any]]:
     )
 
 
-async def _report(runs: list[dict[str, Any]], simulator: AmcSimulator, snow: FakeSnowflake) -> None:
+async def _report(
+    runs: list[dict[str, Any]], simulator: AmcSimulator, snow: FakeSnowflake, show_runs: ShowRuns
+) -> None:
     """The runs as a table (with each user's LWA calls), what the failed ones say, and the rows in Snowflake."""
-    print_table(
-        [run | {"lwa_calls": simulator.calls_by_user[("lwa_token", run["email"])]} for run in runs],
-        [
-            Column("id", "RUN"),
-            Column("email", "USER"),
-            Column("name", "SCHEDULE"),
-            Column("status"),
-            Column("attempt"),
-            Column("lwa_calls", "LWA CALLS"),
-            Column("snowflake_rows", "ROWS IN SNOWFLAKE"),
-        ],
-    )
+    show_runs([run | {"lwa_calls": simulator.calls_by_user[("lwa_token", run["email"])]} for run in runs])
     failed = [run for run in runs if run["error_message"]]
     if failed:
         print("\nwhat the failed runs say (`recomamp runs show ID` shows each run whole):")
@@ -383,7 +375,7 @@ def _as_expected(runs: list[dict[str, Any]], authorized: int, again: int, alerts
     return True
 
 
-async def _demo(workdir: Path) -> int:
+async def _demo(workdir: Path, show_runs: ShowRuns) -> int:
     started = time.monotonic()
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     print("recomamp demo: starting an embedded Postgres, the AMC/LWA simulator and a local Snowflake emulator")
@@ -412,7 +404,7 @@ async def _demo(workdir: Path) -> int:
         print(f"the daemon exited with {again}\n")
 
         runs = await _runs(dsn)
-        await _report(runs, simulator, snow)
+        await _report(runs, simulator, snow, show_runs)
         print(
             f"\nAMC executions created: {simulator.calls['create_execution']}; "
             f"LWA token calls: {simulator.calls['lwa_token']}; took {time.monotonic() - started:.1f} s"
@@ -424,5 +416,6 @@ async def _demo(workdir: Path) -> int:
         snow.stop()
 
 
-def run_demo(workdir: Path) -> int:
-    return asyncio.run(_demo(workdir))
+def run_demo(workdir: Path, show_runs: ShowRuns) -> int:
+    """`show_runs` prints the table of runs: the CLI's output layer, handed in (the sandbox sits below the CLI)."""
+    return asyncio.run(_demo(workdir, show_runs))

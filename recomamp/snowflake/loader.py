@@ -186,6 +186,16 @@ StatementHook = Callable[[str, str], None]
 Fence = Callable[[], None]
 
 
+@dataclass
+class _Staged:
+    """What a load staged: the types it saw, where the files are, what it counted, and its key columns."""
+
+    tracker: TypeTracker
+    location: str
+    result: LoadResult
+    keys: list[str]
+
+
 class _StageAsText(Exception):
     """A column ended as text after earlier batches staged it typed: stage the result again, all as text."""
 
@@ -419,7 +429,7 @@ class Loader:
             raise LoadCancelled("the load was cut off before it started")
         step[0] = "connect"
         connection = self._connect()
-        staging: str | None = None
+        staging: list[str] = []  # a keyed load's staging table, once made: dropped however the load ends
         cursor: Cursor | None = None
         try:
             cursor = connection.cursor()
@@ -437,50 +447,12 @@ class Loader:
             elif metadata.claim > 1 and not metadata.replace_loaded:
                 # An adopted run: a result another claim committed is not staged again.
                 self._decide(ledger, metadata)
-            stage = qualified(database, schema, f"RECOMAMP_STAGE_{metadata.run_id}_{uuid.uuid4().hex[:8]}".upper())
-            execute("ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {stage}")
-            # A column the table already has as text stays text: staged typed, "007" would come back as "7".
-            text_columns = [c for c in columns if existing and c in existing and existing[c].kind is Kind.VARCHAR]
-            tracker = TypeTracker(columns, declared, text=as_text, text_columns=text_columns)
-            result = LoadResult(table=target.display, rows=0, batches=0)
-            # A new prefix on every attempt: reusing a staged name on retry is how other loaders duplicated rows.
-            location = f"@{stage}/a{uuid.uuid4().hex[:12]}/"
-            keys = [k.upper() for k in target.key_columns or ()]
-            self._stage(execute, files, header, columns, tracker, metadata, location, result, step, bool(keys))
-            if tracker.restage_as_text:
-                raise _StageAsText
-            if keys:
-                step[0] = "copy keys"
-                self._sweep_orphaned_staging(execute, database, schema)
-                staging = staging_table_name(metadata.run_id)
-                keys_table = qualified(database, schema, staging)
-                self._create_staging(execute, keys_table, {k: tracker.types[k].sql() for k in keys})
-                if result.batches:  # the files stay on the stage: the apply COPYs them into the table
-                    check_copy(
-                        execute("copy", f"COPY INTO {keys_table} FROM {location} {PARQUET_COPY}").fetchall(),
-                        result.rows,
-                        keys_table,
-                    )
-            step[0] = "prepare table"
-            plan = plan_table(target.parts, existing, tracker.types)
-            for column in plan.widened:
-                log.warning("snowflake_column_widened", column=column, to=plan.final[column].sql())
-            for planned in plan.steps:
-                execute(planned.kind, planned.sql)
-            result.created_table, result.added_columns, result.widened_columns = plan.created, plan.added, plan.widened
-            if tracker.staged_typed_but_text(plan.final):
-                # The table's column is (or was just widened to) text, and these files hold it typed: stage
-                # again, now that the table says text ("007" must not land as "7").
-                raise _StageAsText
+            staged = self._stage_run(
+                execute, target, metadata, files, (header, columns, declared), existing, step, as_text, staging
+            )
+            write = self._prepare_table(execute, target, metadata, existing, staged, staging, step)
             step[0] = "apply"
-            name = qualified(*target.parts)
-            if staging is None:
-                write = self._window_write(name, location, metadata, result)
-            else:
-                write = self._keyed_write(
-                    execute, (database, schema), name, staging, location, keys, (tracker.types, plan.final), result
-                )
-            transaction = RunTransaction(
+            RunTransaction(
                 execute,
                 ledger=ledger,
                 parts=(database, schema),
@@ -492,8 +464,8 @@ class Loader:
                 fence=self._check_fence,
                 sleep=self._policy.sleep,
                 cancelled=self._cancelled,
-            )
-            transaction.commit(write, name)
+            ).commit(write, qualified(*target.parts))
+            result = staged.result
             log.info(
                 "snowflake_load_completed",
                 table=target.display,
@@ -518,18 +490,100 @@ class Loader:
             )
             return LoadResult(table=target.display, rows=rows, batches=0, already_loaded=True)
         finally:
-            if staging is not None and cursor is not None:
-                for table_name in (staging, keyed_table_name(staging)):
-                    try:
-                        cursor.execute(f"DROP TABLE IF EXISTS {qualified(database, schema, table_name)}")
-                    except Exception as exc:  # a later load drops it as an orphan
-                        log.warning(
-                            "snowflake_staging_not_dropped", table=table_name, exception_class=type(exc).__name__
-                        )
-            try:
-                connection.close()  # a clean close rolls back anything open and drops the temporary stage
-            except Exception as exc:  # the load's outcome stands; a failed close loses nothing
-                log.warning("snowflake_close_failed", exception_class=type(exc).__name__)
+            self._close(connection, cursor, (database, schema), staging)
+
+    def _stage_run(
+        self,
+        execute: Callable[..., Cursor],
+        target: LoadTarget,
+        metadata: RunMetadata,
+        files: Sequence[Path],
+        shape: tuple[list[str], list[str], Mapping[str, str]],  # the header, its column names, AMC's types
+        existing: Mapping[str, ColumnType] | None,
+        step: list[str],
+        as_text: bool,
+        staging: list[str],
+    ) -> _Staged:
+        """The files on a temporary stage (and, for a keyed load, their keys in a staging table)."""
+        header, columns, declared = shape
+        database, schema, _ = target.parts
+        stage = qualified(database, schema, f"RECOMAMP_STAGE_{metadata.run_id}_{uuid.uuid4().hex[:8]}".upper())
+        execute("ddl", f"CREATE TEMPORARY STAGE IF NOT EXISTS {stage}")
+        # A column the table already has as text stays text: staged typed, "007" would come back as "7".
+        text_columns = [c for c in columns if existing and c in existing and existing[c].kind is Kind.VARCHAR]
+        tracker = TypeTracker(columns, declared, text=as_text, text_columns=text_columns)
+        result = LoadResult(table=target.display, rows=0, batches=0)
+        # A new prefix on every attempt: reusing a staged name on retry is how other loaders duplicated rows.
+        location = f"@{stage}/a{uuid.uuid4().hex[:12]}/"
+        keys = [k.upper() for k in target.key_columns or ()]
+        self._stage(execute, files, header, columns, tracker, metadata, location, result, step, bool(keys))
+        if tracker.restage_as_text:
+            raise _StageAsText
+        if keys:
+            step[0] = "copy keys"
+            self._sweep_orphaned_staging(execute, database, schema)
+            staging.append(staging_table_name(metadata.run_id))
+            keys_table = qualified(database, schema, staging[0])
+            self._create_staging(execute, keys_table, {k: tracker.types[k].sql() for k in keys})
+            if result.batches:  # the files stay on the stage: the apply COPYs them into the table
+                check_copy(
+                    execute("copy", f"COPY INTO {keys_table} FROM {location} {PARQUET_COPY}").fetchall(),
+                    result.rows,
+                    keys_table,
+                )
+        return _Staged(tracker, location, result, keys)
+
+    def _prepare_table(
+        self,
+        execute: Callable[..., Cursor],
+        target: LoadTarget,
+        metadata: RunMetadata,
+        existing: Mapping[str, ColumnType] | None,
+        staged: _Staged,
+        staging: list[str],
+        step: list[str],
+    ) -> RunWrite:
+        """The table made to take the staged rows (created, columns added or widened), and the run's write."""
+        step[0] = "prepare table"
+        database, schema, _ = target.parts
+        tracker, result = staged.tracker, staged.result
+        plan = plan_table(target.parts, existing, tracker.types)
+        for column in plan.widened:
+            log.warning("snowflake_column_widened", column=column, to=plan.final[column].sql())
+        for planned in plan.steps:
+            execute(planned.kind, planned.sql)
+        result.created_table, result.added_columns, result.widened_columns = plan.created, plan.added, plan.widened
+        if tracker.staged_typed_but_text(plan.final):
+            # The table's column is (or was just widened to) text, and these files hold it typed: stage
+            # again, now that the table says text ("007" must not land as "7").
+            raise _StageAsText
+        name = qualified(*target.parts)
+        if not staging:
+            return self._window_write(name, staged.location, metadata, result)
+        return self._keyed_write(
+            execute,
+            (database, schema),
+            name,
+            staging[0],
+            staged.location,
+            staged.keys,
+            (tracker.types, plan.final),
+            result,
+        )
+
+    @staticmethod
+    def _close(connection: Connection, cursor: Cursor | None, parts: tuple[str, str], staging: list[str]) -> None:
+        """A keyed load's staging tables dropped, then the session closed: whatever the load's outcome."""
+        if staging and cursor is not None:
+            for table_name in (staging[0], keyed_table_name(staging[0])):
+                try:
+                    cursor.execute(f"DROP TABLE IF EXISTS {qualified(*parts, table_name)}")
+                except Exception as exc:  # a later load drops it as an orphan
+                    log.warning("snowflake_staging_not_dropped", table=table_name, exception_class=type(exc).__name__)
+        try:
+            connection.close()  # a clean close rolls back anything open and drops the temporary stage
+        except Exception as exc:  # the load's outcome stands; a failed close loses nothing
+            log.warning("snowflake_close_failed", exception_class=type(exc).__name__)
 
     def _stage(
         self,

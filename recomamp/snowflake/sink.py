@@ -138,29 +138,10 @@ class SnowflakeSink:
         async with self._slots:
             if started is not None:
                 await started()
-            future: asyncio.Future[LoadResult] = loop.create_future()
-            context = contextvars.copy_context()
-
-            def work() -> None:
-                try:
-                    result = context.run(loader.load, target, metadata, list(files), declared_types)
-                except BaseException as exc:  # handed to the event loop, which raises it in the caller
-                    loop.call_soon_threadsafe(_settle, future, None, exc)
-                else:
-                    loop.call_soon_threadsafe(_settle, future, result, None)
-                finally:
-                    with self._threads_lock:
-                        self._threads.discard(threading.current_thread())
-                        idle = not self._threads
-                    if idle and self._idle is not None:
-                        loop.call_soon_threadsafe(self._idle.set)
-
-            thread = threading.Thread(target=work, name=f"snowflake-run{metadata.run_id}", daemon=True)
-            with self._threads_lock:
-                self._threads.add(thread)
-            assert self._idle is not None
-            self._idle.clear()
-            thread.start()
+            future = self._start_thread(
+                f"snowflake-run{metadata.run_id}",
+                functools.partial(loader.load, target, metadata, list(files), declared_types),
+            )
             # A thread given up on settles its future later, with nobody awaiting it: consume that answer.
             future.add_done_callback(_consume_unawaited)
             try:
@@ -175,6 +156,35 @@ class SnowflakeSink:
             except asyncio.CancelledError:
                 stop.set()
                 raise
+
+    def _start_thread(self, name: str, load: Callable[[], LoadResult]) -> asyncio.Future[LoadResult]:
+        """The load on a thread of the sink's own (daemon threads: one still running at exit dies with us),
+        its answer on the returned future."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LoadResult] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def work() -> None:
+            try:
+                result = context.run(load)
+            except BaseException as exc:  # handed to the event loop, which raises it in the caller
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+            finally:
+                with self._threads_lock:
+                    self._threads.discard(threading.current_thread())
+                    idle = not self._threads
+                if idle and self._idle is not None:
+                    loop.call_soon_threadsafe(self._idle.set)
+
+        thread = threading.Thread(target=work, name=name, daemon=True)
+        with self._threads_lock:
+            self._threads.add(thread)
+        assert self._idle is not None
+        self._idle.clear()
+        thread.start()
+        return future
 
     async def _end_stale_claims(self, loader: Loader, metadata: RunMetadata, deadline: float) -> None:
         """On a thread of its own, not one of the load threads; a failure here leaves it to the load itself."""

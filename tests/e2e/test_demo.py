@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from recomamp.cli.sandbox import show_demo_runs
 from recomamp.sandbox.demo import run_demo
 
 
@@ -14,7 +15,7 @@ from recomamp.sandbox.demo import run_demo
 async def test_the_demo_runs_and_reports_the_expected_outcome(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await asyncio.to_thread(run_demo, tmp_path / "demo") == 0
+    assert await asyncio.to_thread(run_demo, tmp_path / "demo", show_demo_runs) == 0
     out = capsys.readouterr().out
     assert "as expected" in out
     assert "User needs to re-authenticate via Amazon OAuth" in out
