@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from recomamp.amazon.lwa import NETWORK_ERRORS
 from recomamp.domain.retry import SERVER_ERROR_STATUSES, parse_retry_after
@@ -136,6 +137,36 @@ class AmcRetryPolicy:
         return self.waits[min(attempt, len(self.waits)) - 1] if self.waits else 0.0
 
 
+@dataclass
+class _Grant:
+    """The access token a call sends, and whether the call has refreshed it already (once at most)."""
+
+    token: str
+    refreshed: bool = False
+
+
+class _NotOk(Exception):
+    """An attempt got no answer (a timeout, a dropped connection) or one that is not OK (nor a 401 a refresh
+    answers): the classification decides whether it is tried again."""
+
+    def __init__(
+        self, *, answer: Answer | None = None, kind: AnswerKind | None = None, error: BaseException | None = None
+    ) -> None:
+        self.answer, self.kind, self.error = answer, kind, error
+
+
+class _TryAgain(Exception):
+    """The attempt failed in a way that is tried again after `wait` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+
+def _asked_wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    return exc.wait if isinstance(exc, _TryAgain) else 0.0
+
+
 class AmcTransport:
     def __init__(
         self,
@@ -214,28 +245,62 @@ class AmcTransport:
         body: Any = None,
         idempotent: bool = True,
     ) -> Any:
-        """One logical call. Non-idempotent calls are retried only where the request surely did nothing."""
-        token = await tokens()
-        refreshed = False
-        attempt = 0
+        """One logical call. Non-idempotent calls are retried only where the request surely did nothing.
+
+        tenacity, as the token refresh and the outage gate: each attempt either answers or raises `_TryAgain`
+        with the wait its classification chose (the decisions below also end the call, past the policy's
+        attempts or on an answer that is final), and the sleep is the transport's, so tests can compress it."""
+        grant = _Grant(await tokens())
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_TryAgain),
+            wait=_asked_wait,
+            sleep=lambda seconds: self.sleep(seconds),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return await self._attempt(url, target, tokens, method, path, params, body, grant)
+                except _NotOk as caught:
+                    failed = caught
+                # Outside the except block, so a final error does not carry _NotOk as its context.
+                number = attempt.retry_state.attempt_number
+                if failed.error is not None:
+                    wait = self._wait_after_network_error(failed.error, method, path, number, idempotent)
+                else:
+                    assert failed.answer is not None
+                    assert failed.kind is not None
+                    wait = self._wait_after_answer(failed.answer, failed.kind, method, path, number, idempotent)
+                raise _TryAgain(wait)
+        raise AssertionError("tenacity ended without a result or an error")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        url: str,
+        target: AmcTarget | None,
+        tokens: TokenSource,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        grant: _Grant,
+    ) -> Any:
+        """One attempt; a 401 refreshes the token once per call and sends again within the same attempt."""
         while True:
-            attempt += 1
             try:
-                answer = await self._send_once(url, self._headers(token, target), method, params, body)
+                answer = await self._send_once(url, self._headers(grant.token, target), method, params, body)
             except NETWORK_ERRORS as exc:
-                await self.sleep(self._wait_after_network_error(exc, method, path, attempt, idempotent))
-                continue
+                raise _NotOk(error=exc) from exc
             kind = classify_answer(method, path, answer.status, answer.body)
             if kind is AnswerKind.OK:
                 return answer.body
-            if kind is AnswerKind.UNAUTHORIZED and not refreshed:
-                # The access token expired mid-run: refresh once, then repeat.
+            if kind is AnswerKind.UNAUTHORIZED and not grant.refreshed:
+                # The access token expired mid-run: refresh once, then repeat (a 401 did nothing).
                 log.info("amc_token_rejected", path=path, http_status=401)
-                token = await tokens(stale=token)
-                refreshed = True
-                attempt -= 1
+                grant.token = await tokens(stale=grant.token)
+                grant.refreshed = True
                 continue
-            await self.sleep(self._wait_after_answer(answer, kind, method, path, attempt, idempotent))
+            raise _NotOk(answer=answer, kind=kind)
 
     def _wait_after_network_error(
         self, exc: BaseException, method: str, path: str, attempt: int, idempotent: bool
