@@ -137,6 +137,16 @@ class AmcRetryPolicy:
         return self.waits[min(attempt, len(self.waits)) - 1] if self.waits else 0.0
 
 
+@dataclass(frozen=True)
+class _Request:
+    url: str
+    target: AmcTarget | None
+    method: str
+    path: str
+    params: Mapping[str, str] | None
+    body: Any
+
+
 @dataclass
 class _Grant:
     """The access token a call sends, and whether the call has refreshed it already (once at most)."""
@@ -260,7 +270,7 @@ class AmcTransport:
         async for attempt in retrying:
             with attempt:
                 try:
-                    return await self._attempt(url, target, tokens, method, path, params, body, grant)
+                    return await self._attempt(_Request(url, target, method, path, params, body), tokens, grant)
                 except _NotOk as caught:
                     failed = caught
                 # Outside the except block, so a final error does not carry _NotOk as its context.
@@ -274,21 +284,14 @@ class AmcTransport:
                 raise _TryAgain(wait)
         raise AssertionError("tenacity ended without a result or an error")  # pragma: no cover
 
-    async def _attempt(
-        self,
-        url: str,
-        target: AmcTarget | None,
-        tokens: TokenSource,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        body: Any,
-        grant: _Grant,
-    ) -> Any:
+    async def _attempt(self, request: _Request, tokens: TokenSource, grant: _Grant) -> Any:
         """One attempt; a 401 refreshes the token once per call and sends again within the same attempt."""
+        method, path = request.method, request.path
         while True:
             try:
-                answer = await self._send_once(url, self._headers(grant.token, target), method, params, body)
+                answer = await self._send_once(
+                    request.url, self._headers(grant.token, request.target), method, request.params, request.body
+                )
             except NETWORK_ERRORS as exc:
                 raise _NotOk(error=exc) from exc
             kind = classify_answer(method, path, answer.status, answer.body)
