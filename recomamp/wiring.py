@@ -26,7 +26,7 @@ from recomamp.daemon.process import DaemonError as DaemonError  # re-exported: `
 from recomamp.logs import register_secret
 from recomamp.observe.metrics import Metrics
 from recomamp.services.adapters import Services, amc_policy, token_policy
-from recomamp.services.tokens import TokenService
+from recomamp.services.tokens import REFRESH_LEASE_SECONDS, TokenService
 from recomamp.snowflake.sink import SnowflakeSink
 from recomamp.store.db import create_pool
 from recomamp.store.heartbeat import LeaseKeeper
@@ -95,7 +95,15 @@ async def open_services(
                 control_pool=control_pool,
                 gate=DatabaseGate(health, max_wait=config.database.outage_max_wait_seconds),
                 leases=leases,
-                tokens=TokenService(pool, lwa, box, token_policy(config), observe=metrics.lwa_attempt),
+                tokens=TokenService(
+                    pool,
+                    lwa,
+                    box,
+                    token_policy(config),
+                    observe=metrics.lwa_attempt,
+                    # As long as a run's lease, at most 15 s: a dead holder's goes as soon as its runs' do.
+                    refresh_lease_seconds=min(REFRESH_LEASE_SECONDS, config.daemon.lease_seconds),
+                ),
                 amc=AmcClient(http, client_id=config.amazon.client_id, policy=amc_policy(config)),
                 sink=sink,
                 http=http,

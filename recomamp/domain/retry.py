@@ -234,8 +234,9 @@ class TokenPolicy:
         )
 
     @property
-    def refresh_lease_seconds(self) -> float:
-        """Long enough for the longest retry sequence: every attempt timing out, every wait at its longest."""
+    def longest_refresh_seconds(self) -> float:
+        """The longest a refresh can take (every attempt timing out, every wait at its longest): how long a replica
+        waits on another's refresh before it gives up and the run is tried again."""
         longest_wait = max(
             max(self.backoff.server_error_waits, default=0.0),
             max(self.backoff.throttle_waits, default=0.0),

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +32,8 @@ from recomamp.store.users import UserTokens
 log = get_logger(__name__)
 
 REAUTH_MESSAGE = "User needs to re-authenticate via Amazon OAuth"
+# The single-flight refresh's lease across replicas, renewed every third of it while its holder lives.
+REFRESH_LEASE_SECONDS = 15.0
 
 
 def _reauth_error(user: UserTokens) -> TokenError:
@@ -56,8 +60,10 @@ class TokenService:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         wait_poll_seconds: float = 0.25,
         observe: Callable[[str], None] = lambda _: None,
+        refresh_lease_seconds: float = REFRESH_LEASE_SECONDS,
     ) -> None:
         self._pool = pool
+        self._refresh_lease_seconds = refresh_lease_seconds
         self._lwa = lwa
         self._box = box
         self._policy = policy
@@ -151,15 +157,22 @@ class TokenService:
 
     async def _refresh_single_flight(self, user_id: int, stale: str | None) -> str:
         policy = self._policy
-        deadline = time.monotonic() + policy.refresh_lease_seconds + 30.0
+        deadline = time.monotonic() + policy.longest_refresh_seconds + 30.0
         waited = False
         poll = self._wait_poll_seconds
         while True:
-            lease = await user_store.take_refresh_lease(self._pool, user_id, policy.refresh_lease_seconds)
+            hold = self._refresh_lease_seconds
+            lease = await user_store.take_refresh_lease(self._pool, user_id, hold)
             if lease is not None:
+                renewal = asyncio.create_task(
+                    self._keep_refresh_lease(user_id, lease, hold), name=f"token-refresh-lease-{user_id}"
+                )
                 try:
                     return await self._refresh_holding_lease(user_id, stale, policy)
                 finally:
+                    renewal.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await renewal
                     try:
                         await user_store.release_refresh_lease(self._pool, user_id, lease)
                     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -180,9 +193,31 @@ class TokenService:
                 raise TokenError(
                     "token_refresh_timeout",
                     f"Another replica held the token refresh of {user.email} for longer than "
-                    f"{policy.refresh_lease_seconds:.0f} s without storing a token. Temporary: the run is tried again.",
+                    f"{policy.longest_refresh_seconds:.0f} s without storing a token. "
+                    "Temporary: the run is tried again.",
                     permanent=False,
                 )
+
+    async def _keep_refresh_lease(self, user_id: int, lease: uuid.UUID, hold: float) -> None:
+        """Renew the refresh lease while its holder lives: short, so a replica killed mid-refresh holds up its
+        user's refresh for `hold` seconds, not for the whole retry sequence (minutes: every attempt timing out,
+        every wait at its longest), as a lease taken once for that long did in the kill-storm test."""
+        while True:
+            await asyncio.sleep(hold / 3)
+            try:
+                held = await user_store.renew_refresh_lease(self._pool, user_id, lease, hold)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Tried again at the next beat; were it to run out, another replica refreshes too: harmless
+                # (LWA hands out another access token, and the refresh token comes back unchanged).
+                log.warning("token_refresh_lease_not_renewed", user_id=user_id, error=str(exc))
+                continue
+            if not held:
+                log.warning(
+                    "token_refresh_lease_lost",
+                    user_id=user_id,
+                    detail="the lease ran out before it was renewed; another replica may refresh this user too",
+                )
+                return
 
     async def _refresh_holding_lease(self, user_id: int, stale: str | None, policy: TokenPolicy) -> str:
         # Read again under the lease: another replica may have refreshed just before we took it.

@@ -24,6 +24,11 @@ UPDATE users SET refresh_lease_token = $2, refresh_lease_until = now() + make_in
 WHERE id = $1 AND (refresh_lease_until IS NULL OR refresh_lease_until <= now())
 RETURNING id
 """
+RENEW_REFRESH_LEASE = """
+UPDATE users SET refresh_lease_until = now() + make_interval(secs => $3)
+WHERE id = $1 AND refresh_lease_token = $2
+RETURNING id
+"""
 RELEASE_REFRESH_LEASE = """
 UPDATE users SET refresh_lease_token = NULL, refresh_lease_until = NULL
 WHERE id = $1 AND refresh_lease_token = $2
@@ -108,6 +113,11 @@ async def take_refresh_lease(connection: Queryable, user_id: int, lease_seconds:
     token = uuid.uuid4()
     taken = await connection.fetchval(TAKE_REFRESH_LEASE, user_id, token, lease_seconds)
     return token if taken is not None else None
+
+
+async def renew_refresh_lease(connection: Queryable, user_id: int, token: uuid.UUID, lease_seconds: float) -> bool:
+    """False when the lease is no longer this token's (it ran out and another replica took it)."""
+    return await connection.fetchval(RENEW_REFRESH_LEASE, user_id, token, lease_seconds) is not None
 
 
 async def release_refresh_lease(connection: Queryable, user_id: int, token: uuid.UUID) -> None:

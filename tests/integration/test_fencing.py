@@ -224,6 +224,41 @@ async def test_a_kill_storm_loses_nothing_doubles_nothing_and_burns_no_attempts(
     assert await rows_per_schedule(fakesnow_server, database) == dict.fromkeys(schedules, 30)
 
 
+async def test_a_refresh_lease_is_short_and_renewed_while_its_holder_lives(
+    db_dsn: str, simulator: AmcSimulator, box: SecretBox, http: aiohttp.ClientSession
+) -> None:
+    """The refresh lease lasts 0.5 s here and the refresh 1.5 s (a 503, a wait, then OK): the holder renews it,
+    so the other replica waits for its token instead of refreshing again. Short, so that a replica killed
+    mid-refresh holds its user up for the lease only (a lease as long as the retry sequence stalled the
+    kill-storm test for minutes)."""
+    from recomamp.config import RetrySettings
+    from recomamp.domain.retry import TokenPolicy
+    from recomamp.services.tokens import TokenService
+
+    policy = TokenPolicy.from_settings(RetrySettings(lwa_server_error_waits=(1.5, 1.5)), refresh_margin_seconds=300)
+    pools = [await create_pool(db_dsn, size=3, command_timeout=10, connect_timeout=5) for _ in range(2)]
+    try:
+        user_id = await add_user(pools[0], box, "lin@example.com", simulator.add_user("lin@example.com"))
+        simulator.add_faults("lwa_token", Fault.http(503), user="lin@example.com")
+        holder, other = (
+            TokenService(
+                pool, make_lwa(http, simulator), box, policy, wait_poll_seconds=0.05, refresh_lease_seconds=0.5
+            )
+            for pool in pools
+        )
+        first = asyncio.create_task(holder.access_token(user_id))
+        while simulator.calls["lwa_token"] == 0:  # the holder has the lease and met the 503
+            await asyncio.sleep(0.01)
+        tokens = await asyncio.gather(first, other.access_token(user_id))
+        lease = await pools[0].fetchval("SELECT refresh_lease_token FROM users WHERE id = $1", user_id)
+    finally:
+        for pool in pools:
+            await pool.close()
+    assert tokens[0] == tokens[1]
+    assert simulator.calls["lwa_token"] == 2  # one sequence (503, OK): the other replica never refreshed
+    assert lease is None  # released when the refresh ended
+
+
 async def test_two_replicas_refresh_one_user_through_503s_with_one_sequence_and_no_command_timeout(
     db_dsn: str, simulator: AmcSimulator, box: SecretBox, http: aiohttp.ClientSession
 ) -> None:
