@@ -206,10 +206,10 @@ class TokenService:
             await asyncio.sleep(hold / 3)
             try:
                 held = await user_store.renew_refresh_lease(self._pool, user_id, lease, hold)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # a timeout or an outage: best effort, and never the refresh's own error
                 # Tried again at the next beat; were it to run out, another replica refreshes too: harmless
                 # (LWA hands out another access token, and the refresh token comes back unchanged).
-                log.warning("token_refresh_lease_not_renewed", user_id=user_id, error=str(exc))
+                log.warning("token_refresh_lease_not_renewed", user_id=user_id, exception_class=type(exc).__name__)
                 continue
             if not held:
                 log.warning(

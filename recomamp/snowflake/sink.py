@@ -21,7 +21,7 @@ import json
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from recomamp.config import RetrySettings, SnowflakeSettings
 from recomamp.logs import get_logger
@@ -38,6 +38,8 @@ from recomamp.snowflake.loader import (
 from recomamp.snowflake.staging import configure_arrow_memory
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 FENCE_TIMEOUT_SECONDS = 60.0
 # An adopted run's look for what its earlier claims left open: a login and two statements.
@@ -157,16 +159,16 @@ class SnowflakeSink:
                 stop.set()
                 raise
 
-    def _start_thread(self, name: str, load: Callable[[], LoadResult]) -> asyncio.Future[LoadResult]:
-        """The load on a thread of the sink's own (daemon threads: one still running at exit dies with us),
-        its answer on the returned future."""
+    def _start_thread(self, name: str, work_for: Callable[[], T]) -> asyncio.Future[T]:
+        """`work_for` on a thread of the sink's own (a daemon thread, counted in `loads_in_flight`, so `close`
+        waits for it and one still running at exit dies with us), its answer on the returned future."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[LoadResult] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         context = contextvars.copy_context()
 
         def work() -> None:
             try:
-                result = context.run(load)
+                result = context.run(work_for)
             except BaseException as exc:  # handed to the event loop, which raises it in the caller
                 loop.call_soon_threadsafe(_settle, future, None, exc)
             else:
@@ -187,14 +189,14 @@ class SnowflakeSink:
         return future
 
     async def _end_stale_claims(self, loader: Loader, metadata: RunMetadata, deadline: float) -> None:
-        """On a thread of its own, not one of the load threads; a failure here leaves it to the load itself."""
+        """On a thread of its own, outside the load threads' slots; a failure here leaves it to the load itself."""
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(
-                    contextvars.copy_context().run, loader.end_stale_claims, metadata.run_id, metadata.claim
-                ),
-                deadline,
+            thread = f"snowflake-run{metadata.run_id}-stale-claims"
+            answer = self._start_thread(
+                thread, functools.partial(loader.end_stale_claims, metadata.run_id, metadata.claim)
             )
+            answer.add_done_callback(_consume_unawaited)
+            await asyncio.wait_for(asyncio.shield(answer), deadline)
         except Exception as exc:  # the load's own transaction looks again, and Snowflake aborts them in the end
             log.warning(
                 "snowflake_stale_claim_check_failed",
@@ -213,7 +215,7 @@ class SnowflakeSink:
         return left
 
 
-def _settle(future: asyncio.Future[LoadResult], result: LoadResult | None, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:
@@ -223,7 +225,7 @@ def _settle(future: asyncio.Future[LoadResult], result: LoadResult | None, error
         future.set_result(result)
 
 
-def _consume_unawaited(future: asyncio.Future[LoadResult]) -> None:
+def _consume_unawaited(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
 
