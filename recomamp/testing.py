@@ -16,6 +16,8 @@ import gzip
 import io
 import json
 import os
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -79,6 +81,81 @@ def capture_logs(level: str = "info") -> Iterator[LogCapture]:
         structlog.contextvars.clear_contextvars()
         if journal is not None:
             os.environ["JOURNAL_STREAM"] = journal
+
+
+# --- the event loop held -------------------------------------------------------------------------------
+
+
+class RunQueueWait:
+    """How long this thread has waited on a run queue: runnable, while another process had the CPU.
+
+    Linux counts it per thread (/proc/<pid>/task/<tid>/schedstat, the second field, in ns). Made on the thread
+    it measures; without schedstat (not Linux) it reads 0, so every wall-clock second counts."""
+
+    def __init__(self) -> None:
+        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def __call__(self) -> float:
+        if self._fd is None:
+            return 0.0
+        return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True)
+class LoopHold:
+    """One callback that kept `loop` from running anything else for `held` seconds (`wall` by the clock)."""
+
+    callback: str
+    held: float
+    wall: float
+
+    def __str__(self) -> str:
+        return f"Executing {self.callback} held the loop {self.held:.3f} s ({self.wall:.3f} s wall)"
+
+
+@contextlib.contextmanager
+def loop_holds(
+    loop: asyncio.AbstractEventLoop, longest: float, run_queue_wait: Callable[[], float] | None = None
+) -> Iterator[list[LoopHold]]:
+    """Every callback of `loop` that held it for `longest` seconds or more, by running or by blocking.
+
+    asyncio's debug mode (slow_callback_duration) times a callback by the wall clock, which also counts the time
+    the loop's thread waited for a CPU: beside a CPU hog a step that had blocked nothing read 0.8 s. This takes
+    that wait out (`run_queue_wait`, by default RunQueueWait on the calling thread, which must be the loop's)."""
+    waited = RunQueueWait() if run_queue_wait is None else run_queue_wait
+    describe: Callable[[asyncio.Handle], str] = getattr(asyncio.base_events, "_format_handle", repr)
+    run_handle = asyncio.Handle._run
+    holds: list[LoopHold] = []
+
+    def timed_run(handle: asyncio.Handle) -> None:
+        if getattr(handle, "_loop", None) is not loop:  # another thread's loop, another run queue
+            run_handle(handle)
+            return
+        started, waited_before = time.monotonic(), waited()
+        try:
+            run_handle(handle)
+        finally:
+            wall = time.monotonic() - started
+            held = wall - (waited() - waited_before)
+            if held >= longest:
+                holds.append(LoopHold(describe(handle), held, wall))
+
+    asyncio.Handle._run = timed_run  # type: ignore[method-assign, assignment]
+    try:
+        yield holds
+    finally:
+        asyncio.Handle._run = run_handle  # type: ignore[method-assign]
+        if isinstance(waited, RunQueueWait):
+            waited.close()
 
 
 # --- the run store in memory ----------------------------------------------------------------------------
