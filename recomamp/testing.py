@@ -130,7 +130,9 @@ def loop_holds(
 
     asyncio's debug mode (slow_callback_duration) times a callback by the wall clock, which also counts the time
     the loop's thread waited for a CPU: beside a CPU hog a step that had blocked nothing read 0.8 s. This takes
-    that wait out (`run_queue_wait`, by default RunQueueWait on the calling thread, which must be the loop's)."""
+    that wait out (`run_queue_wait`, by default RunQueueWait on the calling thread, which must be the loop's).
+    What is left is the time the callback ran or blocked; a wait for the GIL while another of the process's threads
+    holds it counts too (a worker thread descheduled with the GIL keeps the loop waiting in production as well)."""
     waited = RunQueueWait() if run_queue_wait is None else run_queue_wait
     describe: Callable[[asyncio.Handle], str] = getattr(asyncio.base_events, "_format_handle", repr)
     run_handle = asyncio.Handle._run
@@ -144,15 +146,19 @@ def loop_holds(
         try:
             run_handle(handle)
         finally:
-            wall = time.monotonic() - started
-            held = wall - (waited() - waited_before)
-            if held >= longest:
-                holds.append(LoopHold(describe(handle), held, wall))
+            # Not the callback that ended the watch (it closed the reader under its own feet).
+            if watching:
+                wall = time.monotonic() - started
+                held = wall - (waited() - waited_before)
+                if held >= longest:
+                    holds.append(LoopHold(describe(handle), held, wall))
 
+    watching = True
     asyncio.Handle._run = timed_run  # type: ignore[method-assign, assignment]
     try:
         yield holds
     finally:
+        watching = False
         asyncio.Handle._run = run_handle  # type: ignore[method-assign]
         if isinstance(waited, RunQueueWait):
             waited.close()

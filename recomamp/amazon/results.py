@@ -302,7 +302,9 @@ class Results:
             try:
                 async for chunk in response.content.iter_chunked(1 << 16):
                     writer.write(chunk)
-                writer.finish()
+                # The fsync waits for the disk, which a busy host makes slow (0.2-0.7 s held the loop in the
+                # tests beside a CPU hog): on a thread, as every run's event loop is shared by all the others.
+                await asyncio.to_thread(writer.finish)
             except OSError as exc:
                 writer.discard()
                 if isinstance(exc, _NETWORK_OS_ERRORS):

@@ -54,3 +54,16 @@ def test_the_run_queue_wait_of_this_thread_is_read_and_never_goes_back() -> None
         assert waited() >= first >= 0.0
     finally:
         waited.close()
+
+
+async def test_the_callback_that_ends_the_watch_is_not_timed_against_a_closed_reader() -> None:
+    loop = asyncio.get_running_loop()
+    watch = loop_holds(loop, 0.0)
+    holds = watch.__enter__()
+
+    def end_the_watch() -> None:
+        watch.__exit__(None, None, None)
+
+    loop.call_soon(end_the_watch)
+    await asyncio.sleep(0.05)
+    assert not [h for h in holds if "end_the_watch" in h.callback], holds
