@@ -199,7 +199,9 @@ class Results:
         columns: Sequence[str] = (),
     ) -> ResultFiles:
         """Every result part of `execution_id` in `directory`, downloading only what is not there yet."""
-        kept = kept_result(directory, execution_id)
+        # Every file operation of the spool on a thread: a busy disk made even an open() of the manifest hold
+        # the event loop, which every other run shares, for 80 ms beside a CPU hog.
+        kept = await asyncio.to_thread(kept_result, directory, execution_id)
         if kept is not None:
             log.info("amc_result_reused", result_files=len(kept.paths), result_bytes=kept.size_bytes)
             return kept
@@ -218,7 +220,7 @@ class Results:
         file_attempts = 0
         index = 0
         while index < len(urls):
-            if index in complete and (directory / part_name(index)).is_file():
+            if index in complete and await asyncio.to_thread((directory / part_name(index)).is_file):
                 index += 1
                 continue
             try:
@@ -255,15 +257,15 @@ class Results:
                 known = header
             complete.add(index)
             file_attempts = 0
-            self._save_manifest(directory, execution_id, known, complete, len(urls))
+            await self._save_manifest(directory, execution_id, known, complete, len(urls))
             index += 1
-        self._save_manifest(directory, execution_id, known, complete, len(urls), complete_result=True)
+        await self._save_manifest(directory, execution_id, known, complete, len(urls), complete_result=True)
         paths = tuple(directory / part_name(i) for i in range(len(urls)))
         size = await asyncio.to_thread(lambda: sum(os.path.getsize(p) for p in paths))
         log.info("amc_result_downloaded", result_files=len(paths), result_bytes=size)
         return ResultFiles(directory, paths, known or (), size)
 
-    def _save_manifest(
+    async def _save_manifest(
         self,
         directory: Path,
         execution_id: str,
@@ -274,7 +276,8 @@ class Results:
         complete_result: bool = False,
     ) -> None:
         try:
-            _write_manifest(
+            await asyncio.to_thread(
+                _write_manifest,
                 directory,
                 {
                     "execution_id": execution_id,
@@ -296,7 +299,7 @@ class Results:
             if response.status != 200:
                 raise _DownloadFailed(f"result file answered HTTP {response.status}", response.status)
             try:
-                writer = _PartWriter(path, columns)
+                writer = await asyncio.to_thread(_PartWriter, path, columns)
             except OSError as exc:
                 raise SpoolError(path.parent, exc) from exc
             try:

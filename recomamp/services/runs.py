@@ -128,7 +128,7 @@ async def retry_upload(services: Services, config: Config, run_id: int, *, owner
     loaded = False
     try:
         directory = Path(run.results_path) if run.results_path else run_spool(config, run_id)
-        files = kept_result(directory, run.amc_execution_id)
+        files = await asyncio.to_thread(kept_result, directory, run.amc_execution_id)
         if files is None:
             tokens = UserTokenSource(services, run.owner_id)
             files = await services.amc.results.download(

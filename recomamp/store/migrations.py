@@ -6,6 +6,7 @@ time applied. A session-level advisory lock keeps two migrators (two replicas st
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def _check_unchanged(migrations: list[Migration], applied: dict[int, asyncpg.Rec
 
 
 async def status(connection: Connection, directory: Path | None = None) -> list[MigrationState]:
-    migrations = load_migrations(directory)
+    migrations = await asyncio.to_thread(load_migrations, directory)  # file reads: off the event loop
     applied = await _applied(connection)
     return [
         MigrationState(
@@ -134,7 +135,7 @@ async def pending_versions(connection: Connection, directory: Path | None = None
 
 async def migrate_up(connection: Connection, *, to: int | None = None, directory: Path | None = None) -> list[int]:
     """Apply pending migrations up to `to` (default: all). Returns the versions applied."""
-    migrations = load_migrations(directory)
+    migrations = await asyncio.to_thread(load_migrations, directory)  # file reads: off the event loop
     done: list[int] = []
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
@@ -162,7 +163,7 @@ async def migrate_down(connection: Connection, *, to: int, directory: Path | Non
     """Roll back applied migrations above `to`, newest first. Returns the versions rolled back."""
     if to < 0:
         raise MigrationError("--to must be 0 or more")
-    migrations = load_migrations(directory)
+    migrations = await asyncio.to_thread(load_migrations, directory)  # file reads: off the event loop
     done: list[int] = []
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
