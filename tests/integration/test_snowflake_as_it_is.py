@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from recomamp.snowflake.connection import SnowflakeConnectionSpec
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.snowflake.loader import LoadSuperseded, LoadTarget, RunMetadata
 from recomamp.snowflake.sink import SnowflakeSink
+from recomamp.testing import loop_holds
 
 pytestmark = pytest.mark.slow
 
@@ -199,6 +201,48 @@ async def test_twenty_loads_into_twenty_tables_of_one_schema_never_wait_on_each_
     print(f"twenty loads: {without_delay:.1f} s, {with_delay:.1f} s with a 5 s COPY each; {peak} COPYs at once")
     assert sum(usage(emulator, 300 + n)["lock_waits"] for n in range(20)) == 0
     assert peak >= 10, f"at most {peak} of the twenty COPYs ran at once"
+
+
+async def test_a_load_thread_slow_to_start_never_holds_the_event_loop(
+    emulator: FakeSnowflake, spec: SnowflakeConnectionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread.start waits until the new thread runs, which needs the GIL and a CPU: beside twenty busy load threads
+    that took 0.14 s at the median (over 1 s beside a CPU hog), and every run shares the loop that waited."""
+    query(spec, "SELECT 1")  # connecting creates the database on the emulator
+    real_start = threading.Thread.start
+
+    def slow_start(thread: threading.Thread) -> None:
+        if thread.name.startswith("snowflake-run"):
+            time.sleep(0.4)  # the GIL and the CPU are busy
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    with loop_holds(asyncio.get_running_loop(), 0.25) as holds:  # the load's steps, in a task of its own
+        result = await asyncio.create_task(
+            sink.load(spec, LoadTarget(spec.database, "AMC", "slow_start"), metadata(900), csv(tmp_path, ROWS))
+        )
+    assert await sink.close(5) == 0
+    assert result.rows == len(ROWS) - 1  # the header is not a row
+    assert holds == []
+
+
+async def test_a_load_thread_that_cannot_start_fails_its_load_and_leaves_none_in_flight(
+    emulator: FakeSnowflake, spec: SnowflakeConnectionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_start = threading.Thread.start
+
+    def no_thread(thread: threading.Thread) -> None:
+        if thread.name.startswith("snowflake-run"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    sink = SnowflakeSink(SETTINGS, RETRY)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        await sink.load(spec, LoadTarget(spec.database, "AMC", "no_thread"), metadata(901), csv(tmp_path, ROWS))
+    assert sink.loads_in_flight == 0
+    assert await sink.close(1) == 0
 
 
 async def test_a_killed_claim_blocks_only_its_own_table_and_its_adopter_ends_it(
