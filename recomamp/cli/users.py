@@ -111,18 +111,18 @@ async def cmd_authorize(args: argparse.Namespace) -> int:
     request = consent_request(config, region)
     # With --json, stdout is the one JSON answer; the person's instructions go to stderr.
     say = sys.stderr if args.json else sys.stdout
-    print(f"Open this link, sign in as {args.email}'s Amazon Ads login and approve:\n\n  {request.url}\n", file=say)
+
+    def show_link(then: str) -> None:
+        print(f"Open this link, sign in as {args.email}'s Amazon Ads login and approve:\n\n  {request.url}\n", file=say)
+        print(then, file=say, flush=True)
+
     try:
         if args.paste:
-            print(
-                "Then paste the whole URL the browser was sent to (or only its code), and press Enter:",
-                file=say,
-                flush=True,
-            )
+            show_link("Then paste the whole URL the browser was sent to (or only its code), and press Enter:")
             code = code_from_paste(sys.stdin.readline(), request)
         else:
-            print(f"Waiting for the browser on {request.redirect_uri} (Ctrl-C to stop)…", file=say, flush=True)
-            code = await wait_for_browser(request)
+            waiting = f"Waiting for the browser on {request.redirect_uri} (Ctrl-C to stop)…"
+            code = await wait_for_browser(request, listening=lambda: show_link(waiting))
     except AuthorizeError as exc:
         raise AuthorizeError(f"{exc}{simulator_hint(str(exc), request.url, args.email)}") from None
     check_age(request)  # before the pools are opened: a code too old is one line, nothing opened

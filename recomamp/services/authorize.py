@@ -20,6 +20,7 @@ import base64
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -136,8 +137,17 @@ def check_age(request: ConsentRequest, now: float | None = None) -> None:
         )
 
 
-async def wait_for_browser(request: ConsentRequest, wait_seconds: float = CODE_LIFETIME_SECONDS) -> str:
-    """Listen on the redirect_uri's loopback address until Amazon's redirect arrives; returns the code."""
+async def wait_for_browser(
+    request: ConsentRequest,
+    wait_seconds: float = CODE_LIFETIME_SECONDS,
+    *,
+    listening: Callable[[], None] = lambda: None,
+) -> str:
+    """Listen on the redirect_uri's loopback address until Amazon's redirect arrives; returns the code.
+
+    `listening` is called once the address is bound, and is where the consent link is shown: a browser quicker
+    than the bind (or a person on a busy machine) would otherwise meet a refused connection, and a taken port
+    would be reported after the link had been opened."""
     parts = urlsplit(request.redirect_uri)
     if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1", "::1"):
         raise AuthorizeError(
@@ -168,6 +178,7 @@ async def wait_for_browser(request: ConsentRequest, wait_seconds: float = CODE_L
             f"cannot listen on {request.redirect_uri} ({exc.strerror}): free that port, or use --paste"
         ) from None
     try:
+        listening()
         query = await asyncio.wait_for(answer, wait_seconds)
     except TimeoutError:
         raise AuthorizeError(

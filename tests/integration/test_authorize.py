@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -137,6 +138,25 @@ async def test_the_loopback_flow_stores_the_token_proves_it_and_requeues_exactly
     assert await wiring.daemon(load_config(world), once=True).run() == 0  # and they land
     statuses = await pool.fetch("SELECT status FROM schedule_runs WHERE trigger = 'rerun'")
     assert {r["status"] for r in statuses} == {"succeeded"}
+
+
+async def test_the_consent_link_is_shown_only_once_the_loopback_listens(world: Path) -> None:
+    """A browser (or a person) quicker than the bind met a refused connection: the link comes after the bind, and a
+    taken port is one line with no link to open first."""
+    redirect = next(line for line in world.read_text().splitlines() if line.startswith("redirect_uri"))
+    port = int(redirect.rsplit(":", 1)[1].split("/", 1)[0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "recomamp", "users", "authorize", EMAIL, "--config", str(world),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, (out, err)
+    assert f"cannot listen on http://127.0.0.1:{port}/callback" in err.decode()
+    assert b"http" not in out  # no consent link to open
 
 
 async def test_the_paste_flow_and_every_bad_answer_is_one_line_and_stores_nothing(
