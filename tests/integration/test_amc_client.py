@@ -7,6 +7,7 @@ import asyncio
 import csv
 import gzip
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from recomamp.amazon import results
 from recomamp.amazon.client import AmcClient
 from recomamp.amazon.matching import ExecutionRequest
 from recomamp.amazon.transport import AmcError, AmcRetryPolicy, AmcTarget, QuotaRefused, SubmitUncertain
@@ -175,6 +177,75 @@ async def test_a_slow_disk_never_holds_the_event_loop_while_a_result_is_kept(
         files = await amc.results.download(target, tokens, execution_id, tmp_path / "run")
     assert len(files.paths) == 3 and len(fsynced) >= 3  # every part waited for the disk, off the loop
     assert holds == []
+
+
+async def test_a_throttled_write_to_the_spool_never_holds_the_event_loop(
+    amc: AmcClient,
+    tokens: UserTokens,
+    target: AmcTarget,
+    simulator: AmcSimulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write to the page cache blocks while the kernel throttles a busy disk's writeback; every other run
+    shares this loop, so each received chunk is written on a thread."""
+    original = results._PartWriter.write
+    written: list[int] = []
+
+    def throttled_write(self: results._PartWriter, chunk: bytes) -> None:
+        time.sleep(0.3)  # dirty pages over the limit: the writer waits for the disk
+        original(self, chunk)
+        written.append(len(chunk))
+
+    monkeypatch.setattr(results._PartWriter, "write", throttled_write)
+    execution_id = await _submit(amc, target, tokens, REQUEST, "recomamp-run1-ad")
+    await amc.executions.wait_until_terminal(target, tokens, execution_id)
+    loop = asyncio.get_running_loop()
+    with loop_holds(loop, 0.25) as holds:
+        files = await amc.results.download(target, tokens, execution_id, tmp_path / "run")
+    sim_execution = simulator.executions[execution_id]
+    assert _rows(files.paths) == expected_rows(sim_execution, sim_execution.profile.rows)
+    assert len(files.paths) == 3 and len(written) >= 3  # every part waited for the disk, off the loop
+    assert holds == []
+
+
+async def test_a_download_cancelled_mid_write_leaves_no_partial_file_and_no_writer_behind(
+    amc: AmcClient,
+    tokens: UserTokens,
+    target: AmcTarget,
+    simulator: AmcSimulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop cancels a download while its writer's thread is inside a write: the cancel waits for that write,
+    then closes and removes the partial file, rather than closing it under the thread."""
+    original = results._PartWriter.write
+    started = threading.Event()
+    events: list[str] = []
+
+    def slow_write(self: results._PartWriter, chunk: bytes) -> None:
+        started.set()
+        time.sleep(0.5)
+        original(self, chunk)
+        events.append("written")
+
+    original_discard = results._PartWriter.discard
+
+    def recorded_discard(self: results._PartWriter) -> None:
+        original_discard(self)
+        events.append("discarded")
+
+    monkeypatch.setattr(results._PartWriter, "write", slow_write)
+    monkeypatch.setattr(results._PartWriter, "discard", recorded_discard)
+    execution_id = await _submit(amc, target, tokens, REQUEST, "recomamp-run1-ae")
+    await amc.executions.wait_until_terminal(target, tokens, execution_id)
+    download = asyncio.create_task(amc.results.download(target, tokens, execution_id, tmp_path / "run"))
+    assert await asyncio.to_thread(started.wait, 30), "no write began within 30 s"
+    download.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await download
+    assert events == ["written", "discarded"]  # the write in flight ended before its file was closed
+    assert not list((tmp_path / "run").glob("*.partial"))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
