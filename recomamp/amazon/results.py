@@ -134,7 +134,8 @@ class _PartWriter:
     """Writes one part: header handling on the first line, then gzip on the fly, to a .partial file.
 
     Every method that touches the file runs on a thread. They hold one lock, so that a `discard` after a
-    cancelled await waits for the thread still writing (or finishing) instead of closing the file under it.
+    cancelled await waits for the thread still writing (or finishing) instead of closing the file under it; a
+    write whose thread got the lock only after the discard does nothing.
     """
 
     def __init__(self, path: Path, columns: tuple[str, ...] | None) -> None:
@@ -146,10 +147,13 @@ class _PartWriter:
         self._columns = columns
         self._head = b""
         self._decided = False
+        self._discarded = False
         self.header: tuple[str, ...] | None = None
 
     def write_all(self, chunks: Sequence[bytes]) -> None:
         with self._lock:
+            if self._discarded:
+                return
             for chunk in chunks:
                 self.write(chunk)
 
@@ -188,6 +192,8 @@ class _PartWriter:
 
     def finish(self) -> int:
         with self._lock:
+            if self._discarded:
+                raise OSError(errno.ECANCELED, "the part was discarded", str(self.partial))
             if not self._decided:
                 self._decide(self._head.find(b"\n"))
             self._file.write(self._gzip.flush())
@@ -201,6 +207,7 @@ class _PartWriter:
         """Close and remove the partial file. After a `finish` that renamed it, the part stays whole on disk; the
         manifest does not list it, so it is fetched again."""
         with self._lock:
+            self._discarded = True
             # The close flushes what is buffered, into the error that brought us here (a full disk): not news.
             with contextlib.suppress(OSError):
                 self._file.close()

@@ -531,3 +531,15 @@ async def test_polling_stops_at_its_deadline(
             target, tokens, execution.execution_id, deadline_seconds=250, clock=lambda: float(next(ticks))
         )
     assert not excinfo.value.transient
+
+
+def test_a_write_or_finish_that_reaches_a_discarded_part_changes_nothing(tmp_path: Path) -> None:
+    """The thread of a cancelled write may get the writer's lock only after the discard: it must not write to
+    the closed file, and a finish must not make a whole part of what was thrown away."""
+    writer = results._PartWriter(tmp_path / results.part_name(0), None)
+    writer.write_all([b"a,b\n1,2\n"])
+    writer.discard()
+    writer.write_all([b"3,4\n"])  # no ValueError from a closed file
+    with pytest.raises(OSError, match="discarded"):
+        writer.finish()
+    assert list(tmp_path.iterdir()) == []
