@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import csv
 import errno
+import functools
 import io
 import json
 import os
@@ -42,9 +44,7 @@ log = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 _HEADER_PEEK_LIMIT = 1 << 20  # a header row longer than this is not a header row
-# Received chunks are handed to the writer's thread a mebibyte at a time: a write to the page cache blocks when
-# the kernel throttles a busy disk's writeback, and every other run shares the event loop.
-_WRITE_BATCH_BYTES = 1 << 20
+_WRITE_BATCH_BYTES = 1 << 20  # received chunks go to the writer's thread a mebibyte at a time
 
 
 class SpoolError(Exception):
@@ -134,8 +134,9 @@ class _PartWriter:
     """Writes one part: header handling on the first line, then gzip on the fly, to a .partial file.
 
     Every method that touches the file runs on a thread. They hold one lock, so that a `discard` after a
-    cancelled await waits for the thread still writing (or finishing) instead of closing the file under it; a
-    write whose thread got the lock only after the discard does nothing.
+    cancelled await waits for the thread still writing (or finishing) instead of closing the file under it.
+    A discard asks a batch in progress to stop after its current chunk, so a stop waits for one write, not a
+    mebibyte of them; a write or finish whose thread got the lock only after the discard does nothing.
     """
 
     def __init__(self, path: Path, columns: tuple[str, ...] | None) -> None:
@@ -148,13 +149,14 @@ class _PartWriter:
         self._head = b""
         self._decided = False
         self._discarded = False
+        self._stopping = False  # set by `discard` before it waits for the lock
         self.header: tuple[str, ...] | None = None
 
     def write_all(self, chunks: Sequence[bytes]) -> None:
         with self._lock:
-            if self._discarded:
-                return
             for chunk in chunks:
+                if self._stopping or self._discarded:
+                    return
                 self.write(chunk)
 
     def write(self, chunk: bytes) -> None:
@@ -205,13 +207,18 @@ class _PartWriter:
 
     def discard(self) -> None:
         """Close and remove the partial file. After a `finish` that renamed it, the part stays whole on disk; the
-        manifest does not list it, so it is fetched again."""
+        manifest does not list it, so it is fetched again. Never raises: it runs while another error (or a
+        cancel) is on its way up, which must not be replaced."""
+        self._stopping = True
         with self._lock:
             self._discarded = True
             # The close flushes what is buffered, into the error that brought us here (a full disk): not news.
             with contextlib.suppress(OSError):
                 self._file.close()
-            self.partial.unlink(missing_ok=True)
+            try:
+                self.partial.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("amc_result_partial_left", path=str(self.partial), detail=exc.strerror or str(exc))
 
 
 class Results:
@@ -347,15 +354,22 @@ class Results:
                 # tests beside a CPU hog): on a thread, as every run's event loop is shared by all the others.
                 await asyncio.to_thread(writer.finish)
             except OSError as exc:
-                await asyncio.to_thread(writer.discard)
+                await _discard(writer)
                 if isinstance(exc, _NETWORK_OS_ERRORS):
                     raise
                 raise SpoolError(path.parent, exc) from exc
             except BaseException:
-                # A cancel, too: the discard waits for a write or finish still running on its thread.
-                await asyncio.to_thread(writer.discard)
+                await _discard(writer)  # a cancel, too
                 raise
             return writer.header or ()
+
+
+async def _discard(writer: _PartWriter) -> None:
+    """Discard `writer`'s part on a thread, after the write or finish still running there. Shielded: a second
+    cancel (a lost lease, then the daemon's drain) stops the wait for it, not the discard."""
+    # The run's log context goes with it, as asyncio.to_thread's would.
+    discard_in_context = functools.partial(contextvars.copy_context().run, writer.discard)
+    await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, discard_in_context))
 
 
 # A body cut short (ClientPayloadError) or a network failure: fetch that file again.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import gzip
 import os
 import threading
@@ -24,7 +25,7 @@ from recomamp.crypto import SecretBox
 from recomamp.sandbox.results_data import RESULT_COLUMNS, expected_rows
 from recomamp.sandbox.simulator import AmcSimulator, Fault, Unconfirmed
 from recomamp.services.tokens import TokenService
-from recomamp.testing import loop_holds
+from recomamp.testing import capture_logs, loop_holds
 from tests.integration.conftest import add_user, make_token_service
 
 POLICY = AmcRetryPolicy(
@@ -217,34 +218,39 @@ async def test_a_download_cancelled_mid_write_leaves_no_partial_file_and_no_writ
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A stop cancels a download while its writer's thread is inside a write: the cancel waits for that write,
-    then closes and removes the partial file, rather than closing it under the thread."""
-    original = results._PartWriter.write
-    started = threading.Event()
+    """A stop cancels a download while its writer's thread is inside a write: the discard waits for that one
+    write, then closes and removes the partial file, rather than closing it under the thread."""
+    simulator.profile("amcinst1").rows = 9000  # several chunks per part: the batch in flight has more to write
+    original_write = results._PartWriter.write
+    original_discard = results._PartWriter.discard
+    writing, discard_called, release = threading.Event(), threading.Event(), threading.Event()
     events: list[str] = []
 
-    def slow_write(self: results._PartWriter, chunk: bytes) -> None:
-        started.set()
-        time.sleep(0.5)
-        original(self, chunk)
+    def held_write(self: results._PartWriter, chunk: bytes) -> None:
+        writing.set()
+        release.wait(30)  # the disk, until the test lets it go
+        original_write(self, chunk)
         events.append("written")
 
-    original_discard = results._PartWriter.discard
-
     def recorded_discard(self: results._PartWriter) -> None:
+        events.append("discard called")
+        discard_called.set()
         original_discard(self)
         events.append("discarded")
 
-    monkeypatch.setattr(results._PartWriter, "write", slow_write)
+    monkeypatch.setattr(results._PartWriter, "write", held_write)
     monkeypatch.setattr(results._PartWriter, "discard", recorded_discard)
     execution_id = await _submit(amc, target, tokens, REQUEST, "recomamp-run1-ae")
     await amc.executions.wait_until_terminal(target, tokens, execution_id)
     download = asyncio.create_task(amc.results.download(target, tokens, execution_id, tmp_path / "run"))
-    assert await asyncio.to_thread(started.wait, 30), "no write began within 30 s"
+    assert await asyncio.to_thread(writing.wait, 30), "no write began within 30 s"
     download.cancel()
+    assert await asyncio.to_thread(discard_called.wait, 30), "the cancel did not discard the part within 30 s"
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await download
-    assert events == ["written", "discarded"]  # the write in flight ended before its file was closed
+    # The write in flight ended before its file was closed, and the rest of its batch was not written.
+    assert events == ["discard called", "written", "discarded"]
     assert not list((tmp_path / "run").glob("*.partial"))
 
 
@@ -543,3 +549,21 @@ def test_a_write_or_finish_that_reaches_a_discarded_part_changes_nothing(tmp_pat
     with pytest.raises(OSError, match="discarded"):
         writer.finish()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_discard_that_cannot_remove_its_file_says_so_and_does_not_replace_the_error_on_its_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A discard runs while a disk error or a cancel is on its way up; an EIO of its own is logged, not raised."""
+    writer = results._PartWriter(tmp_path / results.part_name(0), None)
+    writer.write_all([b"a,b\n1,2\n"])
+
+    def failing_unlink(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "unlink", failing_unlink)
+    with capture_logs() as captured:
+        writer.discard()
+    (left,) = captured.events("amc_result_partial_left")
+    assert left["path"] == str(tmp_path / "part-00000.csv.gz.partial")
+    assert left["detail"] == "Input/output error"
