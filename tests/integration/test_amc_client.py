@@ -152,6 +152,7 @@ async def test_a_second_download_of_a_kept_result_fetches_nothing(
     assert (simulator.calls["download_urls"], simulator.calls["download_file"]) == calls
 
 
+@pytest.mark.parametrize("slow_step", ["fsync", "write"])
 async def test_a_slow_disk_never_holds_the_event_loop_while_a_result_is_kept(
     amc: AmcClient,
     tokens: UserTokens,
@@ -159,54 +160,38 @@ async def test_a_slow_disk_never_holds_the_event_loop_while_a_result_is_kept(
     simulator: AmcSimulator,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    slow_step: str,
 ) -> None:
-    """Each part is fsynced before it counts as kept; on a busy host that waits for the disk (0.2-0.7 s seen beside
-    a CPU hog), and every other run shares this loop."""
-    real_fsync = os.fsync
-    fsynced: list[int] = []
+    """Each part is fsynced before it counts as kept, which on a busy host waits for the disk (0.2-0.7 s seen
+    beside a CPU hog); even a write to the page cache blocks while the kernel throttles a busy disk's writeback.
+    Every other run shares this loop."""
+    waited: list[str] = []
+    if slow_step == "fsync":
+        real_fsync = os.fsync
 
-    def slow_fsync(fd: int) -> None:
-        time.sleep(0.4)  # the disk of a busy host
-        real_fsync(fd)
-        fsynced.append(fd)
+        def slow_fsync(fd: int) -> None:
+            time.sleep(0.4)  # the disk of a busy host
+            real_fsync(fd)
+            waited.append(slow_step)
 
-    monkeypatch.setattr(os, "fsync", slow_fsync)
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+    else:
+        real_write = results._PartWriter.write
+
+        def throttled_write(self: results._PartWriter, chunk: bytes) -> None:
+            time.sleep(0.3)  # dirty pages over the limit: the writer waits for the disk
+            real_write(self, chunk)
+            waited.append(slow_step)
+
+        monkeypatch.setattr(results._PartWriter, "write", throttled_write)
     execution_id = await _submit(amc, target, tokens, REQUEST, "recomamp-run1-ac")
-    await amc.executions.wait_until_terminal(target, tokens, execution_id)
-    loop = asyncio.get_running_loop()
-    with loop_holds(loop, 0.25) as holds:
-        files = await amc.results.download(target, tokens, execution_id, tmp_path / "run")
-    assert len(files.paths) == 3 and len(fsynced) >= 3  # every part waited for the disk, off the loop
-    assert holds == []
-
-
-async def test_a_throttled_write_to_the_spool_never_holds_the_event_loop(
-    amc: AmcClient,
-    tokens: UserTokens,
-    target: AmcTarget,
-    simulator: AmcSimulator,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A write to the page cache blocks while the kernel throttles a busy disk's writeback; every other run
-    shares this loop, so each received chunk is written on a thread."""
-    original = results._PartWriter.write
-    written: list[int] = []
-
-    def throttled_write(self: results._PartWriter, chunk: bytes) -> None:
-        time.sleep(0.3)  # dirty pages over the limit: the writer waits for the disk
-        original(self, chunk)
-        written.append(len(chunk))
-
-    monkeypatch.setattr(results._PartWriter, "write", throttled_write)
-    execution_id = await _submit(amc, target, tokens, REQUEST, "recomamp-run1-ad")
     await amc.executions.wait_until_terminal(target, tokens, execution_id)
     loop = asyncio.get_running_loop()
     with loop_holds(loop, 0.25) as holds:
         files = await amc.results.download(target, tokens, execution_id, tmp_path / "run")
     sim_execution = simulator.executions[execution_id]
     assert _rows(files.paths) == expected_rows(sim_execution, sim_execution.profile.rows)
-    assert len(files.paths) == 3 and len(written) >= 3  # every part waited for the disk, off the loop
+    assert len(files.paths) == 3 and len(waited) >= 3  # every part waited for the disk, off the loop
     assert holds == []
 
 
