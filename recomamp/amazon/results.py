@@ -135,8 +135,8 @@ class _PartWriter:
 
     Every method that touches the file runs on a thread. They hold one lock, so that a `discard` after a
     cancelled await waits for the thread still writing (or finishing) instead of closing the file under it.
-    A discard asks a batch in progress to stop after its current chunk, so a stop waits for one write, not a
-    mebibyte of them; a write or finish whose thread got the lock only after the discard does nothing.
+    A discard says so before it waits for the lock: a batch in progress stops after its current chunk (a stop
+    waits for one write, not a mebibyte of them), and a write or finish that comes after does nothing.
     """
 
     def __init__(self, path: Path, columns: tuple[str, ...] | None) -> None:
@@ -148,14 +148,13 @@ class _PartWriter:
         self._columns = columns
         self._head = b""
         self._decided = False
-        self._discarded = False
-        self._stopping = False  # set by `discard` before it waits for the lock
+        self._discarding = False  # set by `discard` before it waits for the lock
         self.header: tuple[str, ...] | None = None
 
     def write_all(self, chunks: Sequence[bytes]) -> None:
         with self._lock:
             for chunk in chunks:
-                if self._stopping or self._discarded:
+                if self._discarding:
                     return
                 self.write(chunk)
 
@@ -194,7 +193,7 @@ class _PartWriter:
 
     def finish(self) -> int:
         with self._lock:
-            if self._discarded:
+            if self._discarding:
                 raise OSError(errno.ECANCELED, "the part was discarded", str(self.partial))
             if not self._decided:
                 self._decide(self._head.find(b"\n"))
@@ -209,9 +208,8 @@ class _PartWriter:
         """Close and remove the partial file. After a `finish` that renamed it, the part stays whole on disk; the
         manifest does not list it, so it is fetched again. Never raises: it runs while another error (or a
         cancel) is on its way up, which must not be replaced."""
-        self._stopping = True
+        self._discarding = True
         with self._lock:
-            self._discarded = True
             # The close flushes what is buffered, into the error that brought us here (a full disk): not news.
             with contextlib.suppress(OSError):
                 self._file.close()
