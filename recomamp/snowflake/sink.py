@@ -173,15 +173,9 @@ class SnowflakeSink:
             try:
                 result = context.run(work_for)
             except BaseException as exc:  # handed to the event loop, which raises it in the caller
-                loop.call_soon_threadsafe(_settle, future, None, exc)
+                self._ended(loop, thread, future, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
-            finally:
-                with self._threads_lock:
-                    self._threads.discard(threading.current_thread())
-                    idle = not self._threads
-                if idle and self._idle is not None:
-                    loop.call_soon_threadsafe(self._idle.set)
+                self._ended(loop, thread, future, result, None)
 
         thread = threading.Thread(target=work, name=name, daemon=True)
         with self._threads_lock:
@@ -193,15 +187,32 @@ class SnowflakeSink:
             try:
                 thread.start()
             except BaseException as exc:  # no thread to be had ("can't start new thread"): the caller hears it
-                with self._threads_lock:
-                    self._threads.discard(thread)
-                    idle = not self._threads
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-                if idle and self._idle is not None:
-                    loop.call_soon_threadsafe(self._idle.set)
+                self._ended(loop, thread, future, None, exc)
 
         self._start_soon(start)
         return future
+
+    def _ended(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        future: asyncio.Future[T],
+        result: T | None,
+        error: BaseException | None,
+    ) -> None:
+        """From the thread that ran (or could not start) `thread`: out of the count, then its answer to the loop in
+        one hop. A loop already closed has nobody left to tell; raising here instead killed the starter thread
+        (seen beside a CPU hog, when the starter ran only after the loop had closed), and no load started again."""
+        with self._threads_lock:
+            self._threads.discard(thread)
+        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+            loop.call_soon_threadsafe(self._answer, future, result, error)
+
+    def _answer(self, future: asyncio.Future[T], result: T | None, error: BaseException | None) -> None:
+        _settle(future, result, error)
+        # Counted here, on the loop, where loads start: a load started since the thread ended keeps it unset.
+        if self._idle is not None and not self.loads_in_flight:
+            self._idle.set()
 
     def _start_soon(self, start: Callable[[], None]) -> None:
         """Thread.start waits until the new thread runs, which needs the GIL: beside twenty busy load threads that
@@ -259,7 +270,14 @@ def _settle(future: asyncio.Future[T], result: T | None, error: BaseException | 
 
 def _run_starts(starts: queue.SimpleQueue[Callable[[], None] | None]) -> None:
     while (start := starts.get()) is not None:
-        start()
+        try:
+            start()
+        except Exception as exc:  # every later load needs this thread: one start that failed oddly must not end it
+            log.error(
+                "snowflake_thread_start_failed",
+                exception_class=type(exc).__name__,
+                detail="the sink's thread starter goes on with the next load",
+            )
 
 
 def _consume_unawaited(future: asyncio.Future[Any]) -> None:

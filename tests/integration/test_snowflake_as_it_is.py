@@ -23,7 +23,7 @@ from recomamp.snowflake import loader as loader_module
 from recomamp.snowflake.connection import SnowflakeConnectionSpec
 from recomamp.snowflake.errors import SnowflakeLoadError
 from recomamp.snowflake.loader import LoadSuperseded, LoadTarget, RunMetadata
-from recomamp.snowflake.sink import SnowflakeSink
+from recomamp.snowflake.sink import LoadTimedOut, SnowflakeSink
 from recomamp.testing import loop_holds
 
 pytestmark = pytest.mark.slow
@@ -243,6 +243,42 @@ async def test_a_load_thread_that_cannot_start_fails_its_load_and_leaves_none_in
         await sink.load(spec, LoadTarget(spec.database, "AMC", "no_thread"), metadata(901), csv(tmp_path, ROWS))
     assert sink.loads_in_flight == 0
     assert await sink.close(1) == 0
+
+
+def test_a_thread_start_answered_after_its_loop_closed_leaves_the_starter_thread_unharmed(
+    emulator: FakeSnowflake, spec: SnowflakeConnectionSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside a CPU hog the sink's starter thread ran a refused start only after the caller's loop had closed;
+    its answer then raised "Event loop is closed" in the starter, which died of it, and no load could start again.
+    Now the answer has nobody to go to and is dropped, and the starter goes on to its next request."""
+    release = threading.Event()
+    real_start = threading.Thread.start
+
+    def held_then_refused(thread: threading.Thread) -> None:
+        if thread.name.startswith("snowflake-run"):
+            release.wait(30)  # the starter, descheduled
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    escaped: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading.Thread, "start", held_then_refused)
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
+    before = set(threading.enumerate())
+    sink = SnowflakeSink(SETTINGS, RETRY)
+
+    async def load_cut_off() -> None:
+        target = LoadTarget(spec.database, "AMC", "late_start")
+        with pytest.raises(LoadTimedOut):
+            await sink.load(spec, target, metadata(902), csv(tmp_path, ROWS), deadline_seconds=0.2)
+
+    asyncio.run(load_cut_off())  # its loop is closed now, with the start still held
+    (starter,) = [t for t in set(threading.enumerate()) - before if t.name == "snowflake-thread-starter"]
+    release.set()
+    asyncio.run(sink.close(1))  # asks the starter to end, after the refused start
+    starter.join(30)
+    assert not starter.is_alive()
+    assert [(args.thread.name if args.thread else None, repr(args.exc_value)) for args in escaped] == []
+    assert sink.loads_in_flight == 0
 
 
 async def test_a_killed_claim_blocks_only_its_own_table_and_its_adopter_ends_it(
